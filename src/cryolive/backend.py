@@ -1,0 +1,129 @@
+"""The one array-backend switch: NumPy or CuPy, chosen once per process.
+
+``CRYOLIVE_BACKEND=numpy|cupy`` picks it; without it, CuPy is used when a GPU is really usable
+(``cupy.cuda.is_available()``, not just an importable module), else NumPy. Core functions call :func:`xp`
+and accept/return that module's arrays; :func:`to_numpy` hands NumPy ``float32``/``complex64`` data to
+napari, files and plots.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+_XP: ModuleType | None = None
+
+
+def _cupy_usable() -> bool:
+    try:
+        import cupy  # noqa: F401
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _choose() -> ModuleType:
+    name = os.environ.get("CRYOLIVE_BACKEND", "").strip().lower()
+    if name in ("", "auto"):
+        if _cupy_usable():
+            import cupy
+
+            return cupy
+        return np
+    if name == "numpy":
+        return np
+    if name == "cupy":
+        if not _cupy_usable():
+            raise RuntimeError("CRYOLIVE_BACKEND=cupy but CuPy cannot use a GPU on this machine")
+        import cupy
+
+        return cupy
+    raise ValueError(f"CRYOLIVE_BACKEND must be 'numpy' or 'cupy', not {name!r}")
+
+
+def xp() -> ModuleType:
+    """The array module in use (``numpy`` or ``cupy``), chosen on first call."""
+    global _XP
+    if _XP is None:
+        _XP = _choose()
+    return _XP
+
+
+def set_backend(name: str) -> ModuleType:
+    """Switch the backend explicitly (``'numpy'`` or ``'cupy'``); meant for tests and benchmarks."""
+    global _XP
+    old = os.environ.get("CRYOLIVE_BACKEND")
+    os.environ["CRYOLIVE_BACKEND"] = name
+    try:
+        _XP = _choose()
+    finally:
+        if old is None:
+            os.environ.pop("CRYOLIVE_BACKEND", None)
+        else:
+            os.environ["CRYOLIVE_BACKEND"] = old
+    return _XP
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here: always ``'numpy'``, plus ``'cupy'`` when a GPU is usable."""
+    return ["numpy", "cupy"] if _cupy_usable() else ["numpy"]
+
+
+def backend_name() -> str:
+    """``'numpy'`` or ``'cupy'``."""
+    return "cupy" if xp().__name__ == "cupy" else "numpy"
+
+
+def device_label() -> str:
+    """A short label for the UI/log: ``'CPU (NumPy)'`` or ``'GPU (CuPy: <name>)'``."""
+    if backend_name() == "numpy":
+        return "CPU (NumPy)"
+    import cupy
+
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception:  # pragma: no cover - depends on the driver
+        name = "GPU"
+    return f"GPU (CuPy: {name})"
+
+
+def asarray(a: Any, dtype: Any = None) -> Any:
+    """Move ``a`` to the current backend (no copy when already there)."""
+    return xp().asarray(a, dtype=dtype)
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Return ``a`` as a NumPy array (copies from the GPU when needed)."""
+    if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def scatter_add(target: Any, index: Any, values: Any) -> None:
+    """``target.ravel()[index] += values`` with repeated indices accumulated (in place, 1-D ``target``).
+
+    NumPy uses ``bincount`` (much faster than ``np.add.at``); CuPy uses atomic ``cupyx.scatter_add``.
+    Complex data are split into real and imaginary parts.
+    """
+    mod = xp()
+    if mod.__name__ == "cupy":
+        import cupyx
+
+        if mod.iscomplexobj(target):
+            real = target.view(mod.float32 if target.dtype == mod.complex64 else mod.float64)
+            cupyx.scatter_add(real, 2 * index, values.real.astype(real.dtype))
+            cupyx.scatter_add(real, 2 * index + 1, values.imag.astype(real.dtype))
+        else:
+            cupyx.scatter_add(target, index, values.astype(target.dtype))
+        return
+    size = target.size
+    if np.iscomplexobj(target):
+        target += np.bincount(index, weights=values.real, minlength=size).astype(target.real.dtype)
+        target += 1j * np.bincount(index, weights=values.imag, minlength=size).astype(target.real.dtype)
+    else:
+        target += np.bincount(index, weights=values, minlength=size).astype(target.dtype)

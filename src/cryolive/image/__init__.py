@@ -1,0 +1,1 @@
+"""Images: centred Fourier transforms, frequency grids, shifts, the CTF and CTF correction."""

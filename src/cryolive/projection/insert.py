@@ -1,0 +1,152 @@
+"""Fourier reconstruction by slice insertion (the adjoint of :class:`~cryolive.projection.Projector`).
+
+    V^ = sum_i w_i P_i^T (a_i C_i X^_i) / ( sum_i w_i P_i^T (a_i^2 C_i^2) + 1/tau^2(s) )
+
+Image transforms (centred, ``rfft2`` layout) are first re-centred (shifted by ``+origin``), then inserted with
+trilinear weights into a numerator (complex) and a denominator (real) on the padded grid. Only the ``kx >= 0``
+half of each slice is inserted; Friedel symmetry ``V^(-k) = conj V^(k)`` is imposed once in :meth:`finalize`
+(the ``kx = 0`` column, which holds both ``ky`` and ``-ky``, is inserted with weight 1/2).
+Accumulators add across batches (and across machines: :meth:`add`). With a symmetry group each image is inserted
+once per operator. ``finalize`` divides, transforms back, divides by the gridding correction and crops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import scatter_add, xp
+from cryolive.image.fourier import ifftnc, rfft_freqs_2d, shift_phase
+from cryolive.projection.gridding import crop_volume, gridding_correction, slice_points, trilinear_corners
+
+
+def _flip(vol: Any) -> Any:
+    """``out[m] = vol[-m]`` for a centred, even-sized periodic grid ``[z, y, x]``."""
+    m = xp()
+    return m.roll(vol[::-1, ::-1, ::-1], 1, axis=(0, 1, 2))
+
+
+class Reconstructor:
+    """Numerator/denominator accumulators for one map (use two for half maps).
+
+    Parameters
+    ----------
+    box: image box ``n`` (pixels); pad: padding factor (2); symmetry: point group name (``'C1'``, ``'D2'``, ...).
+    """
+
+    def __init__(self, box: int, pad: int = 2, symmetry: str = "C1") -> None:
+        m = xp()
+        self.box = int(box)
+        self.pad = int(pad)
+        self.big = self.pad * self.box
+        self.symmetry = symmetry
+        self._ops = _symmetry_ops(symmetry)
+        self.numerator = m.zeros(self.big**3, dtype=m.complex64)
+        self.denominator = m.zeros(self.big**3, dtype=m.float32)
+        self.n_images = 0
+        ky, kx = rfft_freqs_2d(self.box)
+        self._kx, self._ky = kx, ky
+        col = m.where(kx == 0, 0.5, 1.0).astype(m.float32)
+        self._keep = (((kx * kx + ky * ky) <= 0.25) * col).astype(m.float32)
+
+    def insert(self, f_images: Any, rotations: Any, ctf: Any = None, shifts: Any = None,
+               weights: Any = None, noise_power: Any = None) -> None:
+        """Insert image transforms ``(B, n, n // 2 + 1)`` taken at RELION poses ``rotations (B, 3, 3)``.
+
+        ``ctf``: CTF values of the same shape (None = 1); ``shifts``: ``(B, 2)`` origins in pixels (images are
+        re-centred by shifting ``+origin``); ``weights``: ``(B,)`` pose weights / scales ``w_i a_i``... applied to
+        both terms as ``w`` (numerator ``w C X``, denominator ``w C^2``); ``noise_power``: per-pixel ``sigma^2``
+        broadcastable to one image (both terms divided by it).
+        """
+        m = xp()
+        f = m.asarray(f_images).astype(m.complex64)
+        rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        b = f.shape[0]
+        if shifts is not None:
+            s = m.asarray(shifts, dtype=m.float32)
+            f = f * shift_phase(self._kx, self._ky, s[:, 0], s[:, 1])
+        c = m.ones((1,) + f.shape[1:], dtype=m.float32) if ctf is None else m.asarray(ctf, dtype=m.float32)
+        data = f * c
+        c2 = m.broadcast_to(c * c, f.shape)
+        scale = self._keep[None]
+        if weights is not None:
+            scale = scale * m.asarray(weights, dtype=m.float32).reshape(-1, 1, 1)
+        if noise_power is not None:
+            scale = scale / m.asarray(noise_power, dtype=m.float32)
+        data = data * scale
+        c2 = c2 * scale
+        for op in self._ops:
+            self._insert_slices(data, c2, rot @ op)
+        self.n_images += b
+
+    def _insert_slices(self, data: Any, c2: Any, rot: np.ndarray) -> None:
+        pts = slice_points(rot, self._kx, self._ky, float(self.big))
+        idx, wts = trilinear_corners(pts, self.big)
+        m = xp()
+        flat_idx = m.concatenate([i.ravel() for i in idx])
+        w = m.stack(wts)
+        scatter_add(self.numerator, flat_idx, (w * data[None]).ravel())
+        scatter_add(self.denominator, flat_idx, (w * c2[None]).ravel())
+
+    def add(self, other: Reconstructor) -> None:
+        """Add another reconstructor's accumulators (same box, pad and symmetry)."""
+        if (other.box, other.pad) != (self.box, self.pad):
+            raise ValueError("cannot add reconstructors of different box or padding")
+        self.numerator += other.numerator
+        self.denominator += other.denominator
+        self.n_images += other.n_images
+
+    def copy(self) -> Reconstructor:
+        """A deep copy of the accumulators."""
+        out = Reconstructor.__new__(Reconstructor)
+        out.__dict__.update(self.__dict__)
+        out.numerator = self.numerator.copy()
+        out.denominator = self.denominator.copy()
+        return out
+
+    def hermitian_accumulators(self) -> tuple[Any, Any]:
+        """Numerator and denominator ``(N, N, N)`` with Friedel symmetry imposed."""
+        big = self.big
+        num = self.numerator.reshape(big, big, big)
+        den = self.denominator.reshape(big, big, big)
+        return num + _flip(num).conj(), den + _flip(den)
+
+    def finalize(self, ssnr: Any = None, wiener_constant: float | None = None) -> Any:
+        """The reconstructed volume ``(n, n, n)`` float32 on the backend.
+
+        Regularisation ``1/tau^2``: with ``ssnr`` (per shell of the *original* box, index = radius in pixels,
+        e.g. from :func:`cryolive.resolution.fsc.ssnr_from_fsc`), ``1/tau^2(s) = <den>_shell / SSNR(s)`` (RELION's
+        tau2 from the FSC); otherwise a constant ``wiener_constant`` times the mean denominator over the sphere
+        (default 1e-3: nearly unregularised, for clean data).
+        """
+        m = xp()
+        big = self.big
+        num, den = self.hermitian_accumulators()
+        c = m.arange(big, dtype=m.float32) - big // 2
+        r = m.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + c[None, None, :] ** 2) / self.pad
+        inside = r <= self.box / 2
+        if ssnr is not None:
+            ssnr_arr = m.asarray(np.asarray(ssnr, dtype=np.float64), dtype=m.float32)
+            shell = m.clip(m.rint(r).astype(m.int32), 0, len(ssnr_arr) - 1)
+            nshell = len(ssnr_arr)
+            sums = m.bincount(shell.ravel(), weights=den.ravel(), minlength=nshell)[:nshell]
+            counts = m.bincount(shell.ravel(), minlength=nshell)[:nshell]
+            mean_den = sums / m.maximum(counts, 1)
+            reg = (mean_den / m.maximum(ssnr_arr, 1e-6))[shell]
+        else:
+            k = 1e-3 if wiener_constant is None else wiener_constant
+            reg = k * float(den[inside].mean()) + 1e-12
+        ft = m.where(inside, num / (den + reg), 0).astype(m.complex64)
+        vol = ifftnc(ft).real.astype(m.float32)
+        vol = crop_volume(vol, self.box) / gridding_correction(big, self.box)
+        return vol.astype(m.float32)
+
+
+def _symmetry_ops(name: str) -> list[np.ndarray]:
+    """Operators of a point group as matrices acting on the right of RELION's ``A`` (identity first)."""
+    if name.upper() == "C1":
+        return [np.eye(3)]
+    from cryolive.rotations.symmetry import symmetry_operators
+
+    return list(symmetry_operators(name))

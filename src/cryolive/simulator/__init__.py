@@ -1,0 +1,1 @@
+"""Ground-truth simulation: protein-like phantoms and particle images with known poses, CTFs and states."""
