@@ -78,11 +78,13 @@ def trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]:
 def slice_points(rotations: Any, kx: Any, ky: Any, scale: float) -> Any:
     """3D frequency points ``A^T (kx, ky, 0) * scale`` of central slices, shape ``(B,) + kx.shape + (3,)``.
 
-    ``rotations``: ``(B, 3, 3)`` RELION matrices ``A`` (volume -> image frame); ``kx, ky``: 2D frequency grids in
-    cycles/pixel; ``scale``: padded box size ``N`` (so the output is in padded-grid units), (x, y, z) order.
+    ``rotations``: ``(B, 3, 3)`` RELION matrices ``A`` (volume -> image frame); ``kx, ky``: frequency arrays of
+    any shape (a 2D grid or a flat list of pixels) in cycles/pixel; ``scale``: padded box size ``N`` (so the
+    output is in padded-grid units), (x, y, z) order.
     """
     m = xp()
     a = m.asarray(rotations, dtype=m.float32)
-    row0 = a[:, 0, :][:, None, None, :]
-    row1 = a[:, 1, :][:, None, None, :]
+    expand = (slice(None),) + (None,) * kx.ndim + (slice(None),)
+    row0 = a[:, 0, :][expand]
+    row1 = a[:, 1, :][expand]
     return (kx[None, ..., None] * row0 + ky[None, ..., None] * row1) * scale

@@ -47,8 +47,10 @@ class Reconstructor:
         self.n_images = 0
         ky, kx = rfft_freqs_2d(self.box)
         self._kx, self._ky = kx, ky
-        col = m.where(kx == 0, 0.5, 1.0).astype(m.float32)
-        self._keep = (((kx * kx + ky * ky) <= 0.25) * col).astype(m.float32)
+        # inserted pixels: inside Nyquist, with the kx = 0 column (it holds ky and -ky) at half weight
+        r2 = (kx * kx + ky * ky).ravel()
+        self._sel = m.nonzero(r2 <= 0.25)[0]
+        self._col_weight = m.where(kx.ravel()[self._sel] == 0, 0.5, 1.0).astype(m.float32)
 
     def insert(self, f_images: Any, rotations: Any, ctf: Any = None, shifts: Any = None,
                weights: Any = None, noise_power: Any = None) -> None:
@@ -66,22 +68,25 @@ class Reconstructor:
         if shifts is not None:
             s = m.asarray(shifts, dtype=m.float32)
             f = f * shift_phase(self._kx, self._ky, s[:, 0], s[:, 1])
-        c = m.ones((1,) + f.shape[1:], dtype=m.float32) if ctf is None else m.asarray(ctf, dtype=m.float32)
-        data = f * c
-        c2 = m.broadcast_to(c * c, f.shape)
-        scale = self._keep[None]
+        sel = self._sel
+        f = f.reshape(b, -1)[:, sel]
+        if ctf is None:
+            c = m.ones((1, sel.size), dtype=m.float32)
+        else:
+            c = m.asarray(ctf, dtype=m.float32).reshape(-1, self._kx.size)[:, sel]
+        scale = self._col_weight[None]
         if weights is not None:
-            scale = scale * m.asarray(weights, dtype=m.float32).reshape(-1, 1, 1)
+            scale = scale * m.asarray(weights, dtype=m.float32).reshape(-1, 1)
         if noise_power is not None:
-            scale = scale / m.asarray(noise_power, dtype=m.float32)
-        data = data * scale
-        c2 = c2 * scale
+            scale = scale / m.broadcast_to(m.asarray(noise_power, dtype=m.float32), self._kx.shape).ravel()[sel]
+        data = f * (c * scale)
+        c2 = m.broadcast_to(c * c * scale, f.shape)
         for op in self._ops:
             self._insert_slices(data, c2, rot @ op)
         self.n_images += b
 
     def _insert_slices(self, data: Any, c2: Any, rot: np.ndarray) -> None:
-        pts = slice_points(rot, self._kx, self._ky, float(self.big))
+        pts = slice_points(rot, self._kx.ravel()[self._sel], self._ky.ravel()[self._sel], float(self.big))
         idx, wts = trilinear_corners(pts, self.big)
         m = xp()
         flat_idx = m.concatenate([i.ravel() for i in idx])

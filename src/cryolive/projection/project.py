@@ -40,21 +40,34 @@ class Projector:
         self.ft = fftnc(pad_volume(corrected, self.pad)).astype(m.complex64).ravel()
         ky, kx = rfft_freqs_2d(self.box)
         self._kx, self._ky = kx, ky
-        self._inside = (kx * kx + ky * ky) <= 0.25
+        self._sel_cache: dict[float, Any] = {}
 
     def slices(self, rotations: Any, max_freq: float = 0.5) -> Any:
         """Central slices ``(B, n, n // 2 + 1)`` (rfft2 layout, centred) at RELION poses ``rotations (B, 3, 3)``.
 
         ``max_freq``: frequencies above this (cycles/pixel) are zero (use it to limit work and resolution).
+        Only the pixels inside that radius are interpolated.
         """
         m = xp()
-        pts = slice_points(rotations, self._kx, self._ky, float(self.big))
+        rot = m.asarray(rotations, dtype=m.float32).reshape(-1, 3, 3)
+        sel = self._selection(max_freq)
+        pts = slice_points(rot, self._kx.ravel()[sel], self._ky.ravel()[sel], float(self.big))
         idx, wts = trilinear_corners(pts, self.big)
-        out = wts[0] * self.ft[idx[0]]
+        vals = wts[0] * self.ft[idx[0]]
         for i, w in zip(idx[1:], wts[1:], strict=True):
-            out += w * self.ft[i]
-        keep = self._inside if max_freq >= 0.5 else (self._kx**2 + self._ky**2) <= max_freq**2
-        return (out * keep).astype(m.complex64)
+            vals += w * self.ft[i]
+        out = m.zeros((rot.shape[0], self._kx.size), dtype=m.complex64)
+        out[:, sel] = vals
+        return out.reshape((rot.shape[0],) + self._kx.shape)
+
+    def _selection(self, max_freq: float) -> Any:
+        """Flat indices of the rfft2 pixels with ``|k| <= min(max_freq, 0.5)`` (cached per radius)."""
+        key = round(min(float(max_freq), 0.5), 6)
+        if key not in self._sel_cache:
+            m = xp()
+            r2 = (self._kx * self._kx + self._ky * self._ky).ravel()
+            self._sel_cache[key] = m.nonzero(r2 <= key * key)[0]
+        return self._sel_cache[key]
 
     def project(self, rotations: Any, shifts: Any = None, ctf: Any = None, max_freq: float = 0.5) -> Any:
         """Model image transforms ``CTF * shift(slice, -origin)``, ``(B, n, n // 2 + 1)`` complex64.

@@ -1,0 +1,81 @@
+"""Job folders: ``<parent>/job_<kind>_<nnn>/`` holding ``params.json``, ``log.txt``, ``status.json`` and outputs.
+
+A job never writes outside its own new folder, and every file is written under a temporary name and renamed,
+so an interrupted job leaves complete files only. ``status.json`` says ``running``, ``finished``, ``stopped`` or
+``failed`` (with the message), and which step was the last one completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+
+def new_job_dir(parent: str | os.PathLike, kind: str) -> Path:
+    """Create and return the next free ``job_<kind>_<nnn>`` folder under ``parent`` (created if needed)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 100000):
+        path = parent / f"job_{kind}_{i:03d}"
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RuntimeError(f"{parent}: no free job folder name left for {kind}")
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class JobFolder:
+    """A job's folder: parameters, a log with timestamps, and a status file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._t0 = time.perf_counter()
+        self._log = open(self.path / "log.txt", "a", buffering=1)  # noqa: SIM115 - closed in close()
+
+    @classmethod
+    def create(cls, parent: str | os.PathLike, kind: str) -> JobFolder:
+        """A new folder ``job_<kind>_<nnn>`` under ``parent``."""
+        return cls(new_job_dir(parent, kind))
+
+    def file(self, name: str) -> Path:
+        """Path of an output file inside the job folder."""
+        return self.path / name
+
+    def write_params(self, params: dict[str, Any]) -> None:
+        """Write ``params.json`` (paths and NumPy scalars are converted to JSON)."""
+        atomic_write_text(self.path / "params.json", json.dumps(params, indent=2, default=_json_default) + "\n")
+
+    def log(self, message: str) -> None:
+        """Append a line ``[  12.3 s] message`` to ``log.txt``."""
+        self._log.write(f"[{time.perf_counter() - self._t0:8.1f} s] {message}\n")
+
+    def set_status(self, state: str, **info: Any) -> None:
+        """Write ``status.json``: ``{"state": ..., **info}``."""
+        atomic_write_text(self.path / "status.json",
+                          json.dumps({"state": state, **info}, indent=2, default=_json_default) + "\n")
+
+    def close(self) -> None:
+        self._log.close()
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,1 @@
+"""napari integration (the only part of cryolive that may import napari or Qt)."""
