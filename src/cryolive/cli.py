@@ -11,8 +11,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 
 def _progress(done: int, total: int, elapsed: float, label: str) -> None:
     if not sys.stderr.isatty():
@@ -35,7 +33,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
                          n_domains=a.domains)
     out = simulate_dataset(a.out, p, progress=lambda d, t, e: _progress(d, t, e, "simulate"))
     print(f"wrote {p.n} particles (box {p.box}, {p.pixel_size} Å/px, SNR {p.snr}, {p.n_states} state(s)) to {out}")
-    print(f"  particles.star + particles.mrcs, truth/ (maps, poses, states), reference.mrc (truth low-passed)")
+    print("  particles.star + particles.mrcs, truth/ (maps, poses, states), reference.mrc (truth low-passed)")
     return 0
 
 
@@ -66,7 +64,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     stack = read_particles(a.star)
     half = half_sets(stack, a.seed)
     recs = None
-    for done, recs in backproject_halves(stack, half, a.sym, a.batch_size):
+    for done, batch_recs in backproject_halves(stack, half, a.sym, a.batch_size):
+        recs = batch_recs
         _progress(done, len(stack), 1.0, "reconstruct")
     half_a, half_b, full = finalize_halves(*recs)
     write_map(out, to_numpy(full), stack.pixel_size, overwrite=a.overwrite)
@@ -163,7 +162,8 @@ def cmd_gui(a: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cryolive", description="Cryo-EM single-particle analysis that streams into napari.")
+    p = argparse.ArgumentParser(prog="cryolive",
+                                description="Cryo-EM single-particle analysis that streams into napari.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate particles from a phantom with known poses, CTFs and states")

@@ -146,7 +146,8 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
     try:
         half = half_sets(stack, params.seed)
         recs = None
-        for done, recs in backproject_halves(stack, half, params.symmetry, params.batch_size):
+        for done, batch_recs in backproject_halves(stack, half, params.symmetry, params.batch_size):
+            recs = batch_recs
             yield ReconstructProgress(done, len(stack), time.perf_counter() - t0)
         assert recs is not None
         t_insert = time.perf_counter() - t0

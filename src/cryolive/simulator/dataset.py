@@ -1,0 +1,139 @@
+"""Write simulated data sets to disk (MRC stack + RELION STAR 3.1 + truth), and project maps at given poses.
+
+Layout of ``simulate_dataset(out, ...)``::
+
+    out/particles.mrcs        the noisy images (float32, or float16 with ``float16=True``)
+    out/particles.star        RELION 3.1 STAR with the TRUE poses, origins (Å), CTFs and a random half split
+    out/reference.mrc         state 0 low-passed to ``reference_lowpass_A`` (a starting reference)
+    out/truth/truth_map.mrc   state 0 (the whole molecule); truth/state_<k>.mrc for every state k
+    out/truth/truth.npz       rotations (N,3,3), shifts_A (N,2), states, scales, half_set, noise_sd
+    out/params.json           the simulation parameters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import to_numpy
+from cryolive.image.ctf import ctf_2d
+from cryolive.io import ParticleStack, StackWriter, write_map, write_star
+from cryolive.projection import Projector
+from cryolive.resolution.filters import lowpass
+from cryolive.simulator.particles import draw_truth, noise_sd_for_snr, simulate_batches
+from cryolive.simulator.phantom import make_phantom, render, state_phantom
+
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass(frozen=True)
+class SimulationParams:
+    """What to simulate. Lengths in Å unless named ``_px``; ``snr`` = var(signal)/var(noise) per image."""
+
+    n: int = 2000
+    box: int = 64
+    pixel_size: float = 2.0
+    snr: float = 0.1
+    n_states: int = 1
+    seed: int = 0
+    symmetry: str = "C1"
+    max_shift_px: float = 4.0
+    defocus_min_A: float = 10000.0
+    defocus_max_A: float = 30000.0
+    scale_sd: float = 0.1
+    float16: bool = False
+    n_domains: int = 4
+    move_deg: float = 25.0
+    sigma_A: float | None = None
+    reference_lowpass_A: float = 20.0
+    batch_size: int = 512
+
+
+def phantom_volumes(p: SimulationParams) -> list[np.ndarray]:
+    """The true maps of every state, ``[state 0, state 1, ...]``, float32 ``(box,)*3``."""
+    ph = make_phantom(p.box, p.pixel_size, n_domains=p.n_domains, seed=p.seed, symmetry=p.symmetry)
+    sigma = p.sigma_A if p.sigma_A is not None else max(1.6, 0.8 * p.pixel_size)
+    return [render(state_phantom(ph, k, p.move_deg), p.box, p.pixel_size, sigma) for k in range(p.n_states)]
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: choose a new output folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _new_stack(stack_path: Path, p: SimulationParams, truth: Any, star_dir: Path) -> ParticleStack:
+    n = len(truth.states)
+    return ParticleStack(pixel_size=p.pixel_size, box=p.box, ctf=truth.ctf, stack_paths=[stack_path],
+                         stack_file_id=np.zeros(n, int), stack_index=np.arange(n), rotations=truth.rotations,
+                         shifts=truth.shifts_A, half_set=truth.half_set, source=star_dir / "particles.star")
+
+
+def simulate_dataset(out: str | os.PathLike, p: SimulationParams, progress: Progress | None = None) -> Path:
+    """Simulate ``p.n`` particles into the new folder ``out`` (see the module docstring); returns ``out``."""
+    out = Path(out)
+    _check_out_dir(out)
+    t0 = time.perf_counter()
+    vols = phantom_volumes(p)
+    truth0 = draw_truth(p.n, p.pixel_size, n_states=p.n_states, max_shift_px=p.max_shift_px,
+                        defocus_range_A=(p.defocus_min_A, p.defocus_max_A), scale_sd=p.scale_sd, seed=p.seed)
+    sd = noise_sd_for_snr([Projector(v) for v in vols], truth0, p.snr)
+    truth = type(truth0)(**{**truth0.__dict__, "noise_sd": sd})
+    (out / "truth").mkdir()
+    write_map(out / "truth" / "truth_map.mrc", vols[0], p.pixel_size)
+    for k, v in enumerate(vols):
+        write_map(out / "truth" / f"state_{k}.mrc", v, p.pixel_size)
+    ref = to_numpy(lowpass(vols[0], p.reference_lowpass_A, p.pixel_size)).astype(np.float32)
+    write_map(out / "reference.mrc", ref, p.pixel_size)
+    with StackWriter(out / "particles.mrcs", p.n, p.box, p.pixel_size, float16=p.float16) as w:
+        for idx, imgs in simulate_batches(vols, truth, batch_size=p.batch_size, seed=p.seed):
+            w[idx[0]:idx[-1] + 1] = imgs
+            if progress:
+                progress(int(idx[-1]) + 1, p.n, time.perf_counter() - t0)
+    write_star(_new_stack(out / "particles.mrcs", p, truth, out), out / "particles.star")
+    np.savez(out / "truth" / "truth.npz", rotations=truth.rotations, shifts_A=truth.shifts_A, states=truth.states,
+             scales=truth.scales, half_set=truth.half_set, noise_sd=truth.noise_sd,
+             defocus_u=truth.ctf.defocus_u, defocus_v=truth.ctf.defocus_v)
+    (out / "params.json").write_text(json.dumps({**asdict(p), "noise_sd": sd}, indent=2) + "\n")
+    return out
+
+
+def project_to_stack(volume: np.ndarray, pixel_size: float, stack: ParticleStack, out: str | os.PathLike,
+                     apply_ctf: bool = True, batch_size: int = 256) -> Path:
+    """Project ``volume`` at the poses, origins and CTFs of ``stack``; write ``out`` (.mrcs) and a STAR beside it.
+
+    The STAR (``out`` with suffix ``.star``) is ``stack``'s metadata pointing at the new images. The map's pixel
+    size must match the particles' (within 1 %) and its box the particles' box when that is known.
+    """
+    from cryolive.io import InputError
+
+    out = Path(out)
+    star = out.with_suffix(".star")
+    if abs(pixel_size - stack.pixel_size) > 0.01 * stack.pixel_size:
+        raise InputError(f"{stack.source}: pixel size {stack.pixel_size:.4f} Å differs from the map's "
+                         f"{pixel_size:.4f} Å")
+    box = volume.shape[0]
+    if stack.box and stack.box != box:
+        raise InputError(f"{stack.source}: particle box {stack.box} differs from the map's box {box}")
+    if star.exists():
+        raise FileExistsError(f"{star} exists: choose another --out")
+    proj = Projector(volume)
+    n = len(stack)
+    shifts_px = np.zeros((n, 2)) if stack.shifts is None else stack.shifts / pixel_size
+    with StackWriter(out, n, box, pixel_size) as w:
+        for start in range(0, n, batch_size):
+            idx = np.arange(start, min(start + batch_size, n))
+            ctf = ctf_2d(stack.ctf.subset(idx), box, pixel_size) if apply_ctf else None
+            imgs = proj.project_real(stack.rotations[idx], shifts_px[idx], ctf)
+            w[start:idx[-1] + 1] = to_numpy(imgs)
+    new = stack._replace(box=box, stack_paths=[out], stack_names=[out.name], stack_file_id=np.zeros(n, int),
+                         stack_index=np.arange(n), source=star)
+    write_star(new, star)
+    return star
