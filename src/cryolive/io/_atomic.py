@@ -1,0 +1,65 @@
+"""Atomic writes: write to a temporary name in the destination folder, then rename into place."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
+    """The destination as a Path; FileExistsError if it exists and ``overwrite`` is False."""
+    p = Path(path)
+    if p.is_dir():
+        raise IsADirectoryError(f"{p}: is a folder; give a file name to write")
+    if not overwrite and (p.exists() or p.is_symlink()):
+        raise FileExistsError(f"{p}: file already exists; pass overwrite=True to replace it")
+    if not p.parent.is_dir():
+        raise FileNotFoundError(f"{p}: the folder {p.parent} does not exist")
+    return p
+
+
+def temp_name(path: Path) -> Path:
+    """A hidden, unique temporary name next to ``path`` (same file system, so the rename is atomic)."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+
+
+def commit(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Move the finished temporary file ``tmp`` to ``path`` atomically; ``tmp`` is gone afterwards.
+
+    Without ``overwrite`` a hard link is used so that a file created at ``path`` meanwhile is never replaced
+    (falls back to check-then-rename on file systems without hard links).
+    """
+    try:
+        if overwrite:
+            os.replace(tmp, path)
+            return
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise FileExistsError(f"{path}: file already exists; pass overwrite=True to replace it") from None
+        except OSError:  # no hard links here (some network/FUSE file systems)
+            if path.exists():
+                raise FileExistsError(f"{path}: file already exists; pass overwrite=True to replace it") from None
+            os.replace(tmp, path)
+            return
+        tmp.unlink()
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it becomes ``path``, on error it is removed."""
+    dest = check_destination(path, overwrite)
+    tmp = temp_name(dest)
+    try:
+        yield tmp
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise
+    commit(tmp, dest, overwrite)
