@@ -38,10 +38,10 @@ class ReconstructParams:
     out: str = "jobs"
     symmetry: str = "C1"
     batch_size: int = 256
-    mask_threshold: float = 0.15
+    mask_threshold: float = 0.1
     mask_lowpass_A: float = 15.0
-    mask_dilate_A: float = 3.0
-    mask_soft_A: float = 6.0
+    mask_dilate_A: float = 6.0
+    mask_soft_A: float = 12.0
     mask: str | None = None
     bfactor: float | None = None
     seed: int = 0
@@ -128,11 +128,21 @@ def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2)
     return half_a, half_b, full
 
 
+def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | None:
+    """Guinier B-factor (Å^2) fitted between 10 Å and the resolution (RELION's default range), or None when
+    the resolution is coarser than 8 Å: too few shells beyond 10 Å for a meaningful fit."""
+    res_high = max(resolution_A, 2.0 * pixel_size * 1.01)
+    if res_high > 8.0:
+        return None
+    return guinier_bfactor(vol, pixel_size, res_high_A=res_high, res_low_A=10.0)
+
+
 def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress, None, ReconstructResult]:
     """Run a known-pose reconstruction, yielding progress per batch; returns the result after writing it.
 
     The job folder ``<out>/job_reconstruct_<nnn>/`` receives ``half_A.mrc``, ``half_B.mrc``, ``map.mrc``
-    (FSC-weighted), ``map_sharp.mrc`` (Guinier B-factor, FSC-weighted, low-passed at the resolution),
+    (FSC-weighted), ``map_sharp.mrc`` (Guinier B-factor, FSC-weighted, low-passed at the resolution, masked
+    like RELION's postprocess_masked.mrc),
     ``mask_fsc.mrc``, ``fsc.csv``, ``fsc.png``, ``params.json``, ``log.txt`` and ``status.json``.
     """
     t0 = time.perf_counter()
@@ -182,9 +192,16 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, rec
     filtered = fsc_filter(full, result_fsc.fsc)
     bfac = params.bfactor
     if bfac is None:
-        bfac = guinier_bfactor(full, apix, res_high_A=max(res, 2.0 * apix * 1.01))
-    sharp = sharpen(full, apix, bfac, res, fsc_curve=result_fsc.fsc)
-    job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {res:.2f} Å); sharpened map low-passed at {res:.2f} Å")
+        bfac = auto_bfactor(full, apix, res)
+        if bfac is None:
+            bfac = 0.0
+            job.log(f"no Guinier fit: {res:.2f} Å is coarser than 8 Å (the fit needs shells beyond 10 Å); B = 0")
+        else:
+            job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {res:.2f} Å)")
+    else:
+        job.log(f"B-factor {bfac:.1f} Å^2 (given)")
+    sharp = sharpen(full, apix, bfac, res, fsc_curve=result_fsc.fsc) * mask
+    job.log(f"sharpened map: exp(+B s^2/4), FSC-weighted, low-passed at {res:.2f} Å, masked")
     out = {name: to_numpy(v).astype(np.float32) for name, v in
            (("half_A", half_a), ("half_B", half_b), ("map", filtered), ("map_sharp", sharp), ("mask_fsc", mask))}
     for name, arr in out.items():

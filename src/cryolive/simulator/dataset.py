@@ -59,7 +59,7 @@ class SimulationParams:
 def phantom_volumes(p: SimulationParams) -> list[np.ndarray]:
     """The true maps of every state, ``[state 0, state 1, ...]``, float32 ``(box,)*3``."""
     ph = make_phantom(p.box, p.pixel_size, n_domains=p.n_domains, seed=p.seed, symmetry=p.symmetry)
-    sigma = p.sigma_A if p.sigma_A is not None else max(1.6, 0.8 * p.pixel_size)
+    sigma = p.sigma_A if p.sigma_A is not None else max(1.6, 0.5 * p.pixel_size)
     return [render(state_phantom(ph, k, p.move_deg), p.box, p.pixel_size, sigma) for k in range(p.n_states)]
 
 
