@@ -164,8 +164,9 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
         job.log(f"inserted {len(stack)} particles in {t_insert:.1f} s ({len(stack) / t_insert:.0f} particles/s)")
         result = _finish(job, params, stack, *recs, t0=t0, t_insert=t_insert)
     except BaseException as exc:
-        job.log(f"FAILED: {exc}")
-        job.set_status("failed" if isinstance(exc, Exception) else "stopped", error=str(exc))
+        failed = isinstance(exc, Exception)
+        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user; no map was written")
+        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "")
         job.close()
         raise
     job.set_status("finished", resolution_A=result.resolution, bfactor_A2=result.bfactor)
