@@ -51,14 +51,24 @@ class Projector:
         m = xp()
         rot = m.asarray(rotations, dtype=m.float32).reshape(-1, 3, 3)
         sel = self._selection(max_freq)
-        pts = slice_points(rot, self._kx.ravel()[sel], self._ky.ravel()[sel], float(self.big))
+        vals = self.slice_pixels(rot, self._kx.ravel()[sel], self._ky.ravel()[sel])
+        out = m.zeros((rot.shape[0], self._kx.size), dtype=m.complex64)
+        out[:, sel] = vals
+        return out.reshape((rot.shape[0],) + self._kx.shape)
+
+    def slice_pixels(self, rotations: Any, kx: Any, ky: Any) -> Any:
+        """Slice values at a list of 2D frequencies ``kx, ky`` (cycles/pixel, shape ``(K,)``): ``(B, K)`` complex64.
+
+        The pose search uses this to interpolate only the Fourier pixels that enter its score.
+        """
+        m = xp()
+        rot = m.asarray(rotations, dtype=m.float32).reshape(-1, 3, 3)
+        pts = slice_points(rot, kx, ky, float(self.big))
         idx, wts = trilinear_corners(pts, self.big)
         vals = wts[0] * self.ft[idx[0]]
         for i, w in zip(idx[1:], wts[1:], strict=True):
             vals += w * self.ft[i]
-        out = m.zeros((rot.shape[0], self._kx.size), dtype=m.complex64)
-        out[:, sel] = vals
-        return out.reshape((rot.shape[0],) + self._kx.shape)
+        return vals.astype(m.complex64)
 
     def _selection(self, max_freq: float) -> Any:
         """Flat indices of the rfft2 pixels with ``|k| <= min(max_freq, 0.5)`` (cached per radius)."""

@@ -1,0 +1,1 @@
+"""Homogeneous refinement: gold-standard expectation-maximisation with coarse-to-fine pose search."""

@@ -1,0 +1,82 @@
+"""Fourier pixels that enter a score, and the per-shell noise model.
+
+A :class:`PixelSet` lists the ``rfft2`` pixels of a box-``n`` image inside a radius, **sorted by radius**, so the
+set for a smaller radius is a prefix of the set for a larger one (the coarse-to-fine search slices ``[:K]``).
+Each pixel carries its Friedel multiplicity (2 for ``0 < kx < n/2``, 1 on the ``kx = 0`` and ``kx = n/2``
+columns) so half-plane sums equal full-plane sums.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import backend_name, to_numpy, xp
+from cryolive.image.fourier import rfft_freqs_2d
+
+
+@dataclass(frozen=True)
+class PixelSet:
+    """``rfft2`` pixels with radius ``<= r_max`` (pixels), sorted by radius (backend arrays, length K)."""
+
+    n: int
+    r_max: float
+    index: Any  # flat index into (n, n // 2 + 1)
+    shell: Any  # integer shell (rounded radius in pixels)
+    radius: Any  # radius in pixels (float32)
+    mult: Any  # Friedel multiplicity (float32)
+    kx: Any  # cycles/pixel
+    ky: Any
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def count_within(self, r: float) -> int:
+        """How many pixels (a prefix) have radius ``<= r``."""
+        return int(np.searchsorted(to_numpy(self.radius), r, side="right"))
+
+
+@lru_cache(maxsize=32)
+def _pixel_set(n: int, r_max: float, backend: str) -> PixelSet:
+    m = xp()
+    ky, kx = rfft_freqs_2d(n)
+    radius = (m.sqrt(kx * kx + ky * ky) * n).ravel()
+    sel = m.nonzero(radius <= r_max + 1e-6)[0]
+    order = m.argsort(radius[sel], kind="stable")
+    sel = sel[order]
+    kxs, kys = kx.ravel()[sel], ky.ravel()[sel]
+    edge = (kxs == 0) | (m.abs(kxs - 0.5) < 1e-7)
+    mult = m.where(edge, 1.0, 2.0).astype(m.float32)
+    rad = radius[sel].astype(m.float32)
+    return PixelSet(n, float(r_max), sel, m.rint(rad).astype(m.int32), rad, mult, kxs, kys)
+
+
+def pixel_set(n: int, r_max: float) -> PixelSet:
+    """The pixels of a box-``n`` ``rfft2`` image within ``r_max`` pixels of the origin (cached)."""
+    return _pixel_set(int(n), float(min(r_max, n / 2)), backend_name())
+
+
+def shell_power(f_imgs: Any, n: int) -> np.ndarray:
+    """Mean ``|X|^2`` per integer shell ``0 .. n // 2`` over images ``(B, n, n // 2 + 1)`` (Friedel-weighted)."""
+    ps = pixel_set(n, n / 2)
+    m = xp()
+    flat = m.abs(f_imgs.reshape(f_imgs.shape[0], -1)[:, ps.index]) ** 2
+    w = ps.mult[None] * m.ones_like(flat)
+    sums = m.bincount(m.broadcast_to(ps.shell, flat.shape).ravel(), weights=(flat * w).ravel(), minlength=n // 2 + 1)
+    cnts = m.bincount(m.broadcast_to(ps.shell, flat.shape).ravel(), weights=w.ravel(), minlength=n // 2 + 1)
+    return to_numpy(sums[: n // 2 + 1] / m.maximum(cnts[: n // 2 + 1], 1e-12))
+
+
+def soft_window(n: int, inner: float = 0.85, outer: float = 0.99) -> Any:
+    """Real-space circular window ``(n, n)``: 1 inside ``inner * n/2`` pixels, raised cosine to 0 at ``outer * n/2``.
+
+    cryoSPARC's "window dataset": it removes the box corners, where neighbouring particles and edge artefacts live.
+    """
+    m = xp()
+    c = m.arange(n, dtype=m.float32) - n // 2
+    r = m.sqrt(c[:, None] ** 2 + c[None, :] ** 2) / (n / 2)
+    t = m.clip((r - inner) / max(outer - inner, 1e-6), 0.0, 1.0)
+    return (0.5 * (1 + m.cos(m.pi * t))).astype(m.float32)

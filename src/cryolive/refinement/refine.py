@@ -1,0 +1,453 @@
+"""Homogeneous refinement as a generator: ``refine(particles, reference, params)``.
+
+Each iteration (maths.md sections 4-7):
+
+1. E step, per half set against its own half map (gold standard): coarse-to-fine pose search
+   (:mod:`cryolive.refinement.search`) scored with the Gaussian log-likelihood over Fourier pixels up to the
+   alignment resolution, whitened by the per-shell noise spectrum ``sigma^2``; per-particle scale by least squares.
+2. M step: Fourier insertion of the particles at their best pose (or, with marginalisation, at their most
+   probable poses weighted by the posterior) into two half-set reconstructors; Wiener prior from the half-map FSC.
+3. Gold-standard FSC (masked, phase-randomisation corrected, and unmasked); the next references are the half maps
+   filtered by ``sqrt(2 FSC / (1 + FSC))``, averaged below the split resolution (default 20 Å) so the halves stay in
+   register, independent above it, and multiplied by the refinement mask.
+4. ``sigma^2`` from the residuals at the best poses; a dynamic mask from the half maps once the resolution passes
+   ``dynamic_mask_start_A``.
+
+The generator yields one immutable :class:`RefineIteration` per iteration and returns a :class:`RefineResult`.
+It reads particles in batches (memory bounded by ``batch_size``), holds no Qt, and writes no files (the job
+wrapper :func:`cryolive.jobs.refine.refine_job` does).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import to_numpy, xp
+from cryolive.image.ctf import ctf_values
+from cryolive.image.fourier import rfft2c
+from cryolive.io import InputError, ParticleStack
+from cryolive.jobs.reconstruct import finalize_halves, half_sets
+from cryolive.masks import soft_sphere, threshold_mask
+from cryolive.projection import Projector, Reconstructor
+from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_window
+from cryolive.refinement.search import (
+    Candidates,
+    GridProjections,
+    global_level,
+    local_level,
+    score_poses,
+    shift_grid,
+    shift_phases,
+)
+from cryolive.resolution.filters import fsc_filter, lowpass
+from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
+from cryolive.rotations.grids import local_offsets, so3_grid
+
+
+@dataclass(frozen=True)
+class RefineParams:
+    """Parameters of homogeneous refinement (lengths in Å, angles in degrees, shifts in pixels).
+
+    Defaults follow cryoSPARC's homogeneous refinement / RELION's auto-refine where they have one.
+    """
+
+    symmetry: str = "C1"
+    initial_lowpass_A: float = 20.0
+    split_resolution_A: float = 20.0
+    greyscale: bool = True
+    max_iter: int = 12
+    extra_final_passes: int = 1
+    stop_tolerance: float = 0.01
+    global_iters: int = 3
+    coarse_step_deg: float = 15.0
+    levels: int = 4
+    candidates: int = 4
+    bound_sigma: float = 4.0
+    max_shift_px: float | None = None
+    max_align_resolution_A: float | None = None
+    marginalize: bool = False
+    marginal_top: int = 5
+    scale_mode: str = "minimize"
+    window_inner: float = 0.85
+    window_outer: float = 0.99
+    minibatch_iters: int = 2
+    minibatch_size: int | None = None
+    dynamic_mask_threshold: float = 0.2
+    dynamic_mask_near: float = 0.6
+    dynamic_mask_far: float = 1.4
+    dynamic_mask_start_A: float = 12.0
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RefineIteration:
+    """What one iteration produced. Maps are NumPy float32 ``[z, y, x]``; resolutions in Å."""
+
+    iteration: int
+    search: str  # "global" or "local"
+    n_particles: int
+    align_resolution_A: float
+    resolution_A: float  # GSFSC 0.143 (masked, corrected)
+    resolution_unmasked_A: float
+    fsc: FSCResult
+    map: np.ndarray  # full map filtered by the FSC weight
+    half_a: np.ndarray
+    half_b: np.ndarray
+    mask: np.ndarray
+    angular_distribution: np.ndarray  # (18, 36) counts over (tilt, rot) in 10-degree bins
+    pose_summary: dict[str, float]
+    sigma2: np.ndarray  # noise power per shell
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RefineResult:
+    """The last iteration and every particle's final pose (rotations RELION ``A``, origins in Å)."""
+
+    final: RefineIteration
+    rotations: np.ndarray
+    shifts_A: np.ndarray
+    half_set: np.ndarray
+    scales: np.ndarray
+    particles: ParticleStack
+    history: list[dict[str, float]]
+
+
+@dataclass
+class _State:
+    rotations: np.ndarray
+    shifts: np.ndarray  # px
+    scales: np.ndarray
+    seen: np.ndarray  # bool: has a pose from this run
+
+
+def _ctf_at(stack: ParticleStack, idx: np.ndarray, pix: PixelSet) -> Any:
+    m = xp()
+    s = pix.radius / (pix.n * stack.pixel_size)
+    theta = m.arctan2(pix.ky, pix.kx)
+    return ctf_values(stack.ctf.subset(idx), s, theta)
+
+
+def _sigma_map(sigma2: np.ndarray, pix: PixelSet) -> Any:
+    m = xp()
+    s2 = m.asarray(np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30)), dtype=m.float32)
+    return s2[m.clip(pix.shell, 0, len(sigma2) - 1)]
+
+
+def _angular_histogram(rotations: np.ndarray) -> np.ndarray:
+    """Counts of viewing directions (third row of A) in 10-degree bins of (tilt 0-180, rot -180-180)."""
+    d = rotations[:, 2, :]
+    tilt = np.degrees(np.arccos(np.clip(d[:, 2], -1, 1)))
+    rot = np.degrees(np.arctan2(d[:, 1], d[:, 0]))
+    h, _, _ = np.histogram2d(tilt, rot, bins=(18, 36), range=((0, 180), (-180, 180)))
+    return h.astype(np.float32)
+
+
+def _combine_below(half: Any, other: Any, res_A: float, apix: float) -> Any:
+    """``half`` above ``res_A``, the average of both halves below it (soft edge)."""
+    avg = 0.5 * (half + other)
+    return lowpass(avg, res_A, apix) + half - lowpass(half, res_A, apix)
+
+
+class _Refiner:
+    """The state and steps of one refinement (used by :func:`refine`)."""
+
+    def __init__(self, stack: ParticleStack, reference: Any, p: RefineParams, mask: Any = None) -> None:
+        m = xp()
+        self.m, self.stack, self.p = m, stack, p
+        self.n, self.apix = stack.box, stack.pixel_size
+        ref = np.asarray(to_numpy(reference), dtype=np.float32)
+        if ref.shape != (self.n,) * 3:
+            raise InputError(f"reference map has shape {ref.shape}, the particles' box is {self.n}")
+        if not np.isfinite(ref).all():
+            raise InputError("reference map holds NaN or Inf values")
+        if p.scale_mode not in ("minimize", "reset"):
+            raise ValueError("scale_mode must be 'minimize' or 'reset'")
+        self.rng = np.random.default_rng(p.seed)
+        self.half = half_sets(stack, p.seed)
+        n_tot = len(stack)
+        self.state = _State(np.tile(np.eye(3), (n_tot, 1, 1)), np.zeros((n_tot, 2)), np.ones(n_tot),
+                            np.zeros(n_tot, bool))
+        self.window = soft_window(self.n, p.window_inner, p.window_outer)
+        self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
+        self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
+        self.mask = (self.static_mask if self.static_mask is not None else
+                     soft_sphere(self.n, 0.45 * self.n * self.apix, self.apix, 0.05 * self.n * self.apix))
+        ref0 = lowpass(m.asarray(ref), p.initial_lowpass_A, self.apix)
+        self.refs = [ref0 * self.mask, ref0 * self.mask]
+        self.resolution = p.initial_lowpass_A
+        self.sigma2 = self._initial_sigma2()
+
+    # ----------------------------------------------------------------------------------------------- helpers
+    def _images(self, idx: np.ndarray) -> Any:
+        m = self.m
+        return rfft2c(m.asarray(self.stack.images(idx)) * self.window)
+
+    def _initial_sigma2(self) -> np.ndarray:
+        idx = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 1000), replace=False))
+        return shell_power(self._images(idx), self.n)
+
+    def _align_radius(self) -> float:
+        res = self.resolution
+        if self.p.max_align_resolution_A:
+            res = max(res, self.p.max_align_resolution_A)
+        return float(min(self.n * self.apix / res * 1.1 + 1.0, self.n / 2 - 1))
+
+    def _level_radii(self, r_align: float, first_level: int) -> list[float]:
+        r0 = min(r_align, max(4.0, self.n * self.apix / max(self.p.initial_lowpass_A, 2.5 * self.apix)))
+        nl = self.p.levels
+        return [r0 + (r_align - r0) * lv / nl for lv in range(first_level, nl + 1)]
+
+    # ----------------------------------------------------------------------------------------------- E step
+    def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
+                      pix: PixelSet, radii: list[float], local: bool, free_scale: bool) -> tuple[Candidates, int]:
+        m, p = self.m, self.p
+        k_all = len(pix)
+        x = f.reshape(f.shape[0], -1)[:, pix.index]
+        c = _ctf_at(self.stack, idx, pix)
+        w = pix.mult / _sigma_map(self.sigma2, pix)
+        y = x * (w * c)
+        c2w = w * c * c
+        scale = self.state.scales[idx]
+        step = p.coarse_step_deg
+        sstep = max(self.max_shift / 2.0, 0.5)
+        pruned = 0
+        if not local:
+            k0 = pix.count_within(radii[0])
+            cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(self.max_shift, sstep),
+                                        pix.kx[:k0], pix.ky[:k0], p.candidates, p.bound_sigma, free_scale)
+            levels = range(1, p.levels + 1)
+            keeps = np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:]
+        else:
+            first = max(p.levels - 1, 1)
+            cand = Candidates(self.state.rotations[idx][:, None], self.state.shifts[idx][:, None],
+                              np.zeros((len(idx), 1)))
+            levels = range(first, p.levels + 1)
+            keeps = [2] * (len(levels) - 1) + [1]
+        for lv, radius, keep in zip(levels, radii[-len(levels):], keeps, strict=True):
+            st = step / 2**lv
+            extent = 1.5 * st if not local or lv > levels.start else 2.0 * st
+            offsets = local_offsets(st, extent, cover=False)
+            ds = sstep / 2**lv
+            soff = np.array([[dx, dy] for dy in (-ds, 0, ds) for dx in (-ds, 0, ds)])
+            k = pix.count_within(radius) if lv < p.levels else k_all
+            if p.marginalize and lv == p.levels:
+                keep = p.marginal_top
+            cand = local_level(proj, y[:, :k], c2w[:, :k], scale, cand, offsets, soff, pix.kx[:k], pix.ky[:k], keep)
+        return cand, pruned
+
+    def _update_scales(self, proj: Projector, f: Any, idx: np.ndarray, pix: PixelSet, rot: np.ndarray,
+                       sh: np.ndarray) -> None:
+        """Least-squares per-particle scale at the best pose, over the low-resolution pixels only (there the
+        FSC weighting of the reference is ~1, so the scale does not absorb the filter and drift)."""
+        if self.p.scale_mode == "reset":
+            return
+        pix = pixel_set(self.n, self._level_radii(pix.r_max, 0)[0])
+        x = f.reshape(f.shape[0], -1)[:, pix.index]
+        c = _ctf_at(self.stack, idx, pix)
+        w = pix.mult / _sigma_map(self.sigma2, pix)
+        cross, norm = score_poses(proj, x * (w * c), w * c * c, rot, sh, pix.kx, pix.ky)
+        a = to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)
+        self.state.scales[idx] = np.clip(np.where(np.isfinite(a), a, 1.0), 0.2, 5.0)
+
+    def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
+                        acc: np.ndarray, cnt: np.ndarray) -> None:
+        m = self.m
+        full = pixel_set(self.n, self.n / 2)
+        x = f.reshape(f.shape[0], -1)[:, full.index]
+        c = _ctf_at(self.stack, idx, full)
+        model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
+        a = m.asarray(self.state.scales[idx], dtype=m.float32)[:, None]
+        res = m.abs(x - a * c * model) ** 2 * full.mult
+        nsh = self.n // 2 + 1
+        shells = m.broadcast_to(full.shell, res.shape).ravel()
+        acc += to_numpy(m.bincount(shells, weights=res.ravel(), minlength=nsh)[:nsh])
+        cnt += to_numpy(m.bincount(shells, weights=m.broadcast_to(full.mult, res.shape).ravel(),
+                                   minlength=nsh)[:nsh])
+
+    # ------------------------------------------------------------------------------------------- iteration
+    def iteration(self, it: int, subset: np.ndarray, local: bool, free_scale: bool) -> dict[str, Any]:
+        m, p = self.m, self.p
+        t0 = time.perf_counter()
+        r_align = self._align_radius()
+        pix = pixel_set(self.n, r_align)
+        radii = self._level_radii(r_align, 0)
+        projs = [Projector(r) for r in self.refs]
+        grids: list[GridProjections | None] = [None, None]
+        if not local:
+            grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
+            k0 = pix.count_within(radii[0])
+            grids = [GridProjections.make(pr, grid_rots, pix.kx[:k0], pix.ky[:k0]) for pr in projs]
+        recs = [Reconstructor(self.n, symmetry=p.symmetry), Reconstructor(self.n, symmetry=p.symmetry)]
+        nsh = self.n // 2 + 1
+        acc, cnt = np.zeros(nsh), np.zeros(nsh)
+        t_search = t_insert = 0.0
+        pruned_total = 0
+        old_rot = self.state.rotations[subset].copy()
+        had_pose = self.state.seen[subset].copy()
+        sig_map_full = None
+        for s0 in range(0, len(subset), p.batch_size):
+            idx_all = subset[s0:s0 + p.batch_size]
+            f_all = self._images(idx_all)
+            for h in (1, 2):
+                sel = np.nonzero(self.half[idx_all] == h)[0]
+                if len(sel) == 0:
+                    continue
+                idx, f = idx_all[sel], f_all[m.asarray(sel)]
+                proj, grid = projs[h - 1], grids[h - 1]
+                ts = time.perf_counter()
+                cand, pruned = self._search_batch(proj, grid, f, idx, pix, radii, local, free_scale)
+                pruned_total += pruned
+                rot, sh, _ = cand.best()
+                self.state.rotations[idx], self.state.shifts[idx] = rot, sh
+                self.state.seen[idx] = True
+                self._update_scales(proj, f, idx, pix, rot, sh)
+                self._residual_power(proj, f, idx, rot, sh, acc, cnt)
+                t_search += time.perf_counter() - ts
+                ti = time.perf_counter()
+                full = pixel_set(self.n, self.n / 2)
+                if sig_map_full is None:
+                    sig_map_full = m.zeros(self.n * (self.n // 2 + 1), dtype=m.float32)
+                    sig_map_full[full.index] = _sigma_map(self.sigma2, full)
+                    sig_map_full = m.where(sig_map_full > 0, sig_map_full, float(self.sigma2[-1]))
+                    sig_map_full = sig_map_full.reshape(self.n, self.n // 2 + 1)
+                ctf2d = self._ctf_2d(idx) * m.asarray(self.state.scales[idx], dtype=m.float32)[:, None, None]
+                if p.marginalize and cand.scores.shape[1] > 1:
+                    wts = np.exp(cand.scores - cand.scores[:, :1])
+                    wts /= wts.sum(axis=1, keepdims=True)
+                    for j in range(cand.scores.shape[1]):
+                        recs[h - 1].insert(f, cand.rotations[:, j], ctf=ctf2d, shifts=cand.shifts[:, j],
+                                           weights=wts[:, j], noise_power=sig_map_full)
+                else:
+                    recs[h - 1].insert(f, rot, ctf=ctf2d, shifts=sh, noise_power=sig_map_full)
+                t_insert += time.perf_counter() - ti
+        self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
+        if p.scale_mode == "minimize":  # the map carries the absolute scale: keep the median particle scale at 1
+            self.state.scales[subset] /= float(np.median(self.state.scales[subset]))
+        tr = time.perf_counter()
+        half_a, half_b, _ = finalize_halves(recs[0], recs[1])
+        avg = 0.5 * (half_a + half_b)
+        self._update_mask(avg)
+        fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.mask, seed=p.seed + it)
+        self.resolution = float(fsc.res_0143)
+        full_map = fsc_filter(avg, fsc.fsc)
+        refs = []
+        for h, o in ((half_a, half_b), (half_b, half_a)):
+            filt = fsc_filter(h, fsc.fsc)
+            refs.append(_combine_below(filt, fsc_filter(o, fsc.fsc), p.split_resolution_A, self.apix) * self.mask)
+        self.refs = refs
+        t_rec = time.perf_counter() - tr
+        change = np.degrees(np.arccos(np.clip(
+            (np.trace(np.swapaxes(old_rot, 1, 2) @ self.state.rotations[subset], axis1=1, axis2=2) - 1) / 2,
+            -1, 1)))
+        change = change[had_pose]
+        return dict(
+            half_a=half_a, half_b=half_b, map=full_map, fsc=fsc, r_align=r_align,
+            pose_summary={
+                "median_pose_change_deg": float(np.median(change)) if change.size else float("nan"),
+                "median_scale": float(np.median(self.state.scales[subset])),
+                "pruned_candidates": float(pruned_total),
+                "max_shift_px": float(self.max_shift),
+            },
+            timings={"search_s": t_search, "insert_s": t_insert, "reconstruct_fsc_s": t_rec,
+                     "total_s": time.perf_counter() - t0},
+        )
+
+    def _ctf_2d(self, idx: np.ndarray) -> Any:
+        from cryolive.image.ctf import ctf_2d
+
+        return ctf_2d(self.stack.ctf.subset(idx), self.n, self.apix)
+
+    def _update_mask(self, avg: Any) -> None:
+        p = self.p
+        if self.static_mask is not None:
+            self.mask = self.static_mask
+            return
+        if self.resolution <= p.dynamic_mask_start_A:
+            res = self.resolution
+            self.mask = threshold_mask(lowpass(avg, res, self.apix), p.dynamic_mask_threshold,
+                                       p.dynamic_mask_near * res, p.dynamic_mask_far * res, self.apix)
+
+    def greyscale(self) -> float:
+        """Rescale the references so their projections match the particles' amplitudes; returns the factor."""
+        sub = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 300), replace=False))
+        r_align = self._align_radius()
+        pix = pixel_set(self.n, r_align)
+        radii = self._level_radii(r_align, 0)
+        proj = Projector(self.refs[0])
+        grid = GridProjections.make(proj, so3_grid(self.p.coarse_step_deg, self.p.symmetry),
+                                    pix.kx[:pix.count_within(radii[0])], pix.ky[:pix.count_within(radii[0])])
+        f = self._images(sub)
+        cand, _ = self._search_batch(proj, grid, f, sub, pix, radii, local=False, free_scale=True)
+        rot, sh, _ = cand.best()
+        x = f.reshape(f.shape[0], -1)[:, pix.index]
+        c = _ctf_at(self.stack, sub, pix)
+        w = pix.mult / _sigma_map(self.sigma2, pix)
+        cross, norm = score_poses(proj, x * (w * c), w * c * c, rot, sh, pix.kx, pix.ky)
+        factor = float(np.median(to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)))
+        if not np.isfinite(factor) or factor <= 0:
+            return 1.0
+        self.refs = [r * factor for r in self.refs]
+        return factor
+
+
+def refine(particles: ParticleStack, reference: Any, params: RefineParams | None = None,
+           mask: Any = None) -> Generator[RefineIteration, None, RefineResult]:
+    """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration.
+
+    ``particles``: a :class:`~cryolive.io.ParticleStack` with CTFs (poses, if present, are ignored: global search);
+    ``reference``: ``(n, n, n)`` map at the particles' pixel size; ``mask``: optional static mask (else a soft
+    sphere, then a dynamic mask from the half maps). Returns a :class:`RefineResult`.
+    """
+    p = params or RefineParams()
+    r = _Refiner(particles, reference, p, mask)
+    n_tot = len(particles)
+    history: list[dict[str, float]] = []
+    if p.greyscale:
+        r.greyscale()
+    best_res, stalls, final_left = np.inf, 0, None
+    mb_size = p.minibatch_size or min(n_tot, max(1000, n_tot // 4))
+    last: RefineIteration | None = None
+    for it in range(1, p.max_iter + 1):
+        minibatch = it <= p.minibatch_iters and mb_size < n_tot
+        subset = (np.sort(r.rng.choice(n_tot, size=mb_size, replace=False)) if minibatch else np.arange(n_tot))
+        local = it > p.global_iters and bool(r.state.seen[subset].all())
+        out = r.iteration(it, subset, local, free_scale=False)
+        fsc = out["fsc"]
+        res_unmasked = resolution_at(fsc.fsc_unmasked, r.n, r.apix, 0.143)
+        last = RefineIteration(
+            iteration=it, search="local" if local else "global", n_particles=len(subset),
+            align_resolution_A=float(r.n * r.apix / out["r_align"]), resolution_A=r.resolution,
+            resolution_unmasked_A=float(res_unmasked), fsc=fsc, map=to_numpy(out["map"]).astype(np.float32),
+            half_a=to_numpy(out["half_a"]).astype(np.float32), half_b=to_numpy(out["half_b"]).astype(np.float32),
+            mask=to_numpy(r.mask).astype(np.float32),
+            angular_distribution=_angular_histogram(r.state.rotations[subset]),
+            pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"])
+        history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
+                        **out["pose_summary"], **out["timings"]})
+        yield last
+        if final_left is not None:
+            final_left -= 1
+            if final_left <= 0:
+                break
+            continue
+        if not minibatch:
+            if r.resolution < best_res * (1 - p.stop_tolerance):
+                best_res, stalls = r.resolution, 0
+            else:
+                stalls += 1
+            if stalls >= 1 and it > p.global_iters:
+                final_left = p.extra_final_passes
+                if final_left <= 0:
+                    break
+    assert last is not None
+    shifts_a = r.state.shifts * r.apix
+    scales = r.state.scales.copy()
+    out_stack = particles.with_poses(r.state.rotations.copy(), shifts_a, half_set=r.half)
+    return RefineResult(last, r.state.rotations.copy(), shifts_a, r.half.copy(), scales, out_stack, history)

@@ -1,0 +1,176 @@
+"""Coarse-to-fine pose search with a Gaussian log-likelihood score (maths.md sections 4-5).
+
+For image ``i`` (whitened by the per-shell noise ``sigma^2``) and a model ``a_i C_i P_r V`` shifted to origin ``t``:
+
+    LL(i, r, t) = a_i cross(i, r, t) - a_i^2 / 2 norm(i, r)
+    cross = Re sum_k Y_i(k) e^{-2 pi i k.t} conj(R_r(k)),   Y_i = w C_i X_i,   w = mult / sigma^2(|k|)
+    norm  = sum_k w C_i^2 |R_r(k)|^2
+
+(the ``|X|^2`` term does not depend on the pose). Over all images and poses the cross term is one real matrix
+product ``[Re Z, Im Z] @ [Re R, Im R]^T`` with ``Z`` the shifted images (images x shifts) and ``R`` the
+projections (poses): that is where the time goes, batched, with no Python loop over particles or poses.
+
+Search levels: level 0 scores a global SO(3) grid (step ``coarse_step``) x a shift grid at low resolution and
+keeps the best ``keep`` (rotation, shift) candidates whose score is within a statistical bound of the best
+(``bound_sigma`` standard deviations of the cross term, ``a sqrt(norm)``: a pose that far behind at the coarse
+level is pruned); each further level halves the angular and shift steps, scores a small local lattice around every
+surviving candidate at a higher resolution, and keeps fewer candidates. Local search (a good map) starts at a
+finer level around the previous pose.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import to_numpy, xp
+from cryolive.projection import Projector
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """Per-particle pose candidates: rotations ``(B, M, 3, 3)`` (NumPy), origins ``(B, M, 2)`` px, scores ``(B, M)``."""
+
+    rotations: np.ndarray
+    shifts: np.ndarray
+    scores: np.ndarray
+
+    def best(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best rotation ``(B, 3, 3)``, origin ``(B, 2)`` and score ``(B,)``."""
+        j = np.argmax(self.scores, axis=1)
+        b = np.arange(len(j))
+        return self.rotations[b, j], self.shifts[b, j], self.scores[b, j]
+
+
+def shift_phases(kx: Any, ky: Any, shifts: np.ndarray) -> Any:
+    """``exp(-2 pi i (kx tx + ky ty))`` for origins ``shifts (..., 2)`` px and pixels ``kx, ky (K,)``: ``(..., K)``."""
+    m = xp()
+    s = m.asarray(shifts, dtype=m.float32)
+    return m.exp(-2j * np.pi * (s[..., 0:1] * kx + s[..., 1:2] * ky)).astype(m.complex64)
+
+
+def shift_grid(max_shift: float, step: float) -> np.ndarray:
+    """Origins ``(T, 2)`` px on a square grid of ``step`` within a disc of radius ``max_shift`` (0 included)."""
+    k = int(np.floor(max_shift / step + 1e-9))
+    r = np.arange(-k, k + 1) * step
+    g = np.stack(np.meshgrid(r, r, indexing="xy"), -1).reshape(-1, 2)
+    return g[np.hypot(g[:, 0], g[:, 1]) <= max_shift + 1e-9]
+
+
+def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices ``(B, k)`` of the ``k`` largest scores per row, best first."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, part, 1), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+@dataclass(frozen=True)
+class GridProjections:
+    """Projections of a fixed rotation grid at the first ``K`` pixels of a pixel set (reused for every batch)."""
+
+    rotations: np.ndarray  # (G, 3, 3)
+    re: Any  # (G, K) float32
+    im: Any
+    power: Any  # |R|^2 (G, K)
+
+    @classmethod
+    def make(cls, proj: Projector, rotations: np.ndarray, kx: Any, ky: Any, chunk: int = 4096) -> GridProjections:
+        m = xp()
+        parts = [proj.slice_pixels(rotations[i:i + chunk], kx, ky) for i in range(0, len(rotations), chunk)]
+        r = m.concatenate(parts, axis=0)
+        return cls(np.asarray(rotations), m.ascontiguousarray(r.real), m.ascontiguousarray(r.imag),
+                   (r.real**2 + r.imag**2).astype(m.float32))
+
+
+def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np.ndarray, kx: Any, ky: Any,
+                 keep: int, bound_sigma: float, free_scale: bool = False,
+                 max_elems: int = 20_000_000) -> tuple[Candidates, int]:
+    """Score every grid rotation x every shift for images ``y (B, K)``; keep the best ``keep`` per image.
+
+    ``c2w (B, K)`` = w C^2; ``scale (B,)`` per-particle scales. With ``free_scale`` the score is maximised over the
+    scale (``cross^2 / 2 norm`` for positive cross), used for the first, greyscale-unknown pass. Returns the
+    candidates and how many (rotation, shift) candidates the bound pruned.
+    """
+    m = xp()
+    b, k = y.shape
+    g = grid.re.shape[0]
+    phases = shift_phases(kx, ky, shifts)  # (T, K)
+    t = phases.shape[0]
+    chunk = max(1, int(max_elems // max(t * g, 1)))
+    rots, shs, scs = [], [], []
+    pruned = 0
+    a_all = m.asarray(scale, dtype=m.float32)
+    for s0 in range(0, b, chunk):
+        yb = y[s0:s0 + chunk]
+        bc = yb.shape[0]
+        z = (yb[:, None, :] * phases[None]).reshape(bc * t, k)
+        cross = (z.real @ grid.re.T + z.imag @ grid.im.T).reshape(bc, t, g)
+        norm = c2w[s0:s0 + chunk] @ grid.power.T  # (bc, G)
+        a = a_all[s0:s0 + chunk][:, None, None]
+        if free_scale:
+            ll = m.where(cross > 0, cross * cross / (2 * norm[:, None, :] + 1e-30), 0.0)
+        else:
+            ll = a * cross - 0.5 * a * a * norm[:, None, :]
+        best_t = m.argmax(ll, axis=1)  # (bc, G)
+        llg = to_numpy(m.max(ll, axis=1))
+        best_t = to_numpy(best_t)
+        idx = _top_k(llg, keep)
+        sc = np.take_along_axis(llg, idx, 1)
+        sd = bound_sigma * np.sqrt(np.maximum(np.take_along_axis(to_numpy(norm), idx[:, :1], 1), 1e-30))
+        if not free_scale:
+            sd = sd * to_numpy(a_all[s0:s0 + chunk])[:, None]
+        weak = sc < sc[:, :1] - sd
+        pruned += int(weak.sum())
+        sc = np.where(weak, -np.inf, sc)
+        rots.append(grid.rotations[idx])
+        shs.append(shifts[np.take_along_axis(best_t, idx, 1)])
+        scs.append(sc)
+    return Candidates(np.concatenate(rots), np.concatenate(shs), np.concatenate(scs)), pruned
+
+
+def local_level(proj: Projector, y: Any, c2w: Any, scale: Any, cand: Candidates, offsets: np.ndarray,
+                shift_offsets: np.ndarray, kx: Any, ky: Any, keep: int) -> Candidates:
+    """Refine candidates: score ``offsets (O, 3, 3) @ R_m`` x ``t_m + shift_offsets (U, 2)`` for every candidate m.
+
+    Candidates with score ``-inf`` (pruned) are dropped from the work when every image has fewer live ones.
+    """
+    m = xp()
+    live = np.isfinite(cand.scores)
+    n_live = max(int(live.sum(axis=1).max()), 1)
+    order = np.argsort(-np.where(live, cand.scores, -np.inf), axis=1)[:, :n_live]
+    c_rot = np.take_along_axis(cand.rotations, order[..., None, None], 1)  # (B, M, 3, 3)
+    c_sh = np.take_along_axis(cand.shifts, order[..., None], 1)  # (B, M, 2)
+    c_live = np.take_along_axis(live, order, 1)
+    b, mm = c_rot.shape[:2]
+    o = offsets.shape[0]
+    rots = (offsets[None, None] @ c_rot[:, :, None]).reshape(b, mm * o, 3, 3)
+    r = proj.slice_pixels(rots.reshape(-1, 3, 3), kx, ky).reshape(b, mm * o, -1)
+    base = m.repeat(shift_phases(kx, ky, c_sh), o, axis=1)  # (B, J, K)
+    q = (y[:, None, :] * base) * r.conj()
+    p = shift_phases(kx, ky, shift_offsets)  # (U, K)
+    cross = q.real @ p.real.T - q.imag @ p.imag.T  # (B, J, U)
+    norm = m.sum(c2w[:, None, :] * (r.real**2 + r.imag**2), axis=-1)  # (B, J)
+    a = m.asarray(scale, dtype=m.float32)[:, None, None]
+    ll = to_numpy(a * cross - 0.5 * a * a * norm[:, :, None])
+    ll[~np.repeat(c_live, o, axis=1)] = -np.inf
+    u = shift_offsets.shape[0]
+    flat = ll.reshape(b, -1)
+    idx = _top_k(flat, keep)
+    j, uu = idx // u, idx % u
+    bi = np.arange(b)[:, None]
+    new_rot = rots[bi, j]
+    new_sh = c_sh[bi, j // o] + shift_offsets[uu]
+    return Candidates(new_rot, new_sh, np.take_along_axis(flat, idx, 1))
+
+
+def score_poses(proj: Projector, y: Any, c2w: Any, rotations: np.ndarray, shifts: np.ndarray, kx: Any,
+                ky: Any) -> tuple[Any, Any]:
+    """``cross (B,)`` and ``norm (B,)`` of one pose per image (for the least-squares scale ``cross / norm``)."""
+    m = xp()
+    r = proj.slice_pixels(rotations, kx, ky)
+    cross = m.real(m.sum(y * shift_phases(kx, ky, shifts) * r.conj(), axis=1))
+    norm = m.sum(c2w * (r.real**2 + r.imag**2), axis=1)
+    return cross, norm
