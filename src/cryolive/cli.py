@@ -78,6 +78,27 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(a: argparse.Namespace) -> int:
+    from cryolive.jobs.refine import refine_job
+    from cryolive.refinement.refine import RefineParams
+
+    p = RefineParams(symmetry=a.sym, initial_lowpass_A=a.lowpass, max_iter=a.max_iter, seed=a.seed,
+                     marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
+                     max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
+                     coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift)
+    gen = refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations)
+    try:
+        while True:
+            it = next(gen)
+            print(f"iteration {it.iteration:2d} {it.search:6s} {it.n_particles:6d} particles  "
+                  f"GSFSC {it.resolution_A:6.2f} Å  (unmasked {it.resolution_unmasked_A:6.2f} Å)  "
+                  f"{it.timings['total_s']:.1f} s", flush=True)
+    except StopIteration as stop:
+        result = stop.value
+    print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {Path(a.out)}")
+    return 0
+
+
 def cmd_fsc(a: argparse.Namespace) -> int:
     from cryolive.io import InputError, read_map
     from cryolive.resolution.fsc import gold_standard_fsc
@@ -204,6 +225,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the random half split when the file has none")
     s.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
     s.set_defaults(func=cmd_reconstruct)
+
+    s = sub.add_parser("refine", help="homogeneous refinement (gold-standard EM, global pose search)")
+    s.add_argument("star", help="particles: RELION STAR or cryoSPARC .cs with CTFs (poses are ignored)")
+    s.add_argument("--ref", required=True, help="reference map (same box and pixel size as the particles)")
+    s.add_argument("--out", required=True, help="parent folder of the new job folder job_refine_<nnn>")
+    s.add_argument("--mask", help="static mask (else a sphere, then a dynamic mask from the half maps)")
+    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
+    s.add_argument("--lowpass", type=float, default=20.0, help="initial low-pass of the reference in Å (20)")
+    s.add_argument("--max-iter", type=int, default=12, help="maximum iterations (12)")
+    s.add_argument("--global-iters", type=int, default=3, help="iterations with a global search before local (3)")
+    s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
+    s.add_argument("--max-shift", type=float, default=None, help="shift search range in pixels (10%% of box)")
+    s.add_argument("--max-align-res", type=float, default=None, help="never align beyond this resolution (Å)")
+    s.add_argument("--scale", choices=("minimize", "reset"), default="minimize", help="per-particle scale")
+    s.add_argument("--marginalize", action="store_true", help="adaptive marginalisation over the best poses")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--save-iterations", action="store_true", help="write the map of every iteration")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_refine)
 
     s = sub.add_parser("fsc", help="FSC between two maps; prints the 0.143 and 0.5 resolutions in Å")
     s.add_argument("map_a")

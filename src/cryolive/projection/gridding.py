@@ -50,28 +50,29 @@ def trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]:
     """Flat indices and weights of the 8 grid neighbours of ``points``.
 
     ``points``: ``(..., 3)`` float32 frequency coordinates **(x, y, z)** in padded-grid units (centred, i.e. 0 is
-    the zero frequency). Returns two lists of 8 arrays of shape ``points.shape[:-1]``: flat indices into a
-    C-ordered ``(N, N, N)`` ``[z, y, x]`` array (wrapped periodically) and trilinear weights.
+    the zero frequency), inside the padded grid's Nyquist sphere. Returns two lists of 8 arrays of shape
+    ``points.shape[:-1]``: flat indices into a C-ordered ``(N, N, N)`` ``[z, y, x]`` array and trilinear weights.
+    The lower corner is clamped to ``N - 2`` so the upper one stays inside the array (a point exactly at the
+    padded Nyquist takes the edge value instead of wrapping around).
     """
     m = xp()
-    half = big // 2
-    p = points + half
-    f = m.floor(p)
-    frac = p - f
-    i0 = f.astype(m.int64)
-    x0, y0, z0 = i0[..., 0] % big, i0[..., 1] % big, i0[..., 2] % big
-    x1, y1, z1 = (x0 + 1) % big, (y0 + 1) % big, (z0 + 1) % big
+    p = points.astype(m.float32, copy=False) + m.float32(big // 2)
+    i0 = m.clip(m.floor(p), 0, big - 2)
+    frac = m.clip(p - i0, 0.0, 1.0)
+    i0 = i0.astype(m.int32)
+    base = (i0[..., 2] * big + i0[..., 1]) * big + i0[..., 0]
     fx, fy, fz = frac[..., 0], frac[..., 1], frac[..., 2]
     gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    b2 = big * big
+    wzy = (gz * gy, gz * fy, fz * gy, fz * fy)
+    offs = (0, big, b2, b2 + big)
     idx, wts = [], []
-    for zi, wz in ((z0, gz), (z1, fz)):
-        for yi, wy in ((y0, gy), (y1, fy)):
-            row = (zi * big + yi) * big
-            wzy = wz * wy
-            idx.append(row + x0)
-            wts.append(wzy * gx)
-            idx.append(row + x1)
-            wts.append(wzy * fx)
+    for off, w in zip(offs, wzy, strict=True):
+        corner = base + off if off else base
+        idx.append(corner)
+        wts.append(w * gx)
+        idx.append(corner + 1)
+        wts.append(w * fx)
     return idx, wts
 
 

@@ -64,9 +64,10 @@ class RefineParams:
     extra_final_passes: int = 1
     stop_tolerance: float = 0.01
     global_iters: int = 3
-    coarse_step_deg: float = 15.0
-    levels: int = 4
-    candidates: int = 4
+    coarse_step_deg: float = 7.5
+    levels: int = 3
+    candidates: int = 5
+    particle_diameter_A: float | None = None
     bound_sigma: float = 4.0
     max_shift_px: float | None = None
     max_align_resolution_A: float | None = None
@@ -200,14 +201,27 @@ class _Refiner:
         return float(min(self.n * self.apix / res * 1.1 + 1.0, self.n / 2 - 1))
 
     def _level_radii(self, r_align: float, first_level: int) -> list[float]:
-        r0 = min(r_align, max(4.0, self.n * self.apix / max(self.p.initial_lowpass_A, 2.5 * self.apix)))
-        nl = self.p.levels
-        return [r0 + (r_align - r0) * lv / nl for lv in range(first_level, nl + 1)]
+        """Fourier radius (pixels) of each search level: coarse angular steps score only the resolution that
+        a pose error of half a step does not blur away (``4 R sin(step / 2)`` Å for a particle of radius ``R``),
+        never beyond the alignment limit."""
+        p = self.p
+        radius_A = 0.5 * (p.particle_diameter_A or 0.7 * self.n * self.apix)
+        out = []
+        for lv in range(first_level, p.levels + 1):
+            step = np.deg2rad(p.coarse_step_deg / 2**lv)
+            res = max(4.0 * radius_A * np.sin(step / 2), 2.0 * self.apix)
+            out.append(float(min(max(self.n * self.apix / res, 3.0), r_align)))
+        out[-1] = r_align
+        return out
+
+    def _shift_step(self, radius_px: float) -> float:
+        """Shift sampling (pixels) that keeps the phase error at the level's Fourier radius below ~1 radian."""
+        return float(np.clip(self.n / (3.0 * max(radius_px, 1.0)), 0.25, max(self.max_shift, 0.25)))
 
     # ----------------------------------------------------------------------------------------------- E step
     def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
                       pix: PixelSet, radii: list[float], local: bool, free_scale: bool) -> tuple[Candidates, int]:
-        m, p = self.m, self.p
+        p = self.p
         k_all = len(pix)
         x = f.reshape(f.shape[0], -1)[:, pix.index]
         c = _ctf_at(self.stack, idx, pix)
@@ -216,10 +230,10 @@ class _Refiner:
         c2w = w * c * c
         scale = self.state.scales[idx]
         step = p.coarse_step_deg
-        sstep = max(self.max_shift / 2.0, 0.5)
         pruned = 0
         if not local:
             k0 = pix.count_within(radii[0])
+            sstep = self._shift_step(radii[0])
             cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(self.max_shift, sstep),
                                         pix.kx[:k0], pix.ky[:k0], p.candidates, p.bound_sigma, free_scale)
             levels = range(1, p.levels + 1)
@@ -234,7 +248,7 @@ class _Refiner:
             st = step / 2**lv
             extent = 1.5 * st if not local or lv > levels.start else 2.0 * st
             offsets = local_offsets(st, extent, cover=False)
-            ds = sstep / 2**lv
+            ds = self._shift_step(radius) / 2
             soff = np.array([[dx, dy] for dy in (-ds, 0, ds) for dx in (-ds, 0, ds)])
             k = pix.count_within(radius) if lv < p.levels else k_all
             if p.marginalize and lv == p.levels:

@@ -1,0 +1,147 @@
+"""Homogeneous refinement as a job: the :func:`cryolive.refinement.refine.refine` generator plus a job folder.
+
+``refine_job`` yields the same :class:`RefineIteration` objects as the core generator (so the CLI, tests and
+napari consume one stream) and writes ``<out>/job_refine_<nnn>/``:
+
+    particles.star          poses (RELION Euler angles), origins in Å, half sets, per-particle scale folded into
+                            rlnCtfScalefactor (RELION applies it with the CTF); RELION reads it
+    map.mrc                 full map filtered by the GSFSC weight sqrt(2 FSC / (1 + FSC))
+    map_sharp.mrc           Guinier B-factor sharpened, FSC-weighted, low-passed at the resolution, masked
+    half_A.mrc, half_B.mrc  the independent half maps
+    mask_refine.mrc         the mask used in the last iteration (static, or dynamic from the half maps)
+    mask_fsc.mrc            the mask the FSC was computed with (phase-randomisation corrected)
+    fsc.csv, fsc.png        FSC curves of the last iteration
+    iterations.csv          resolution, timings and pose statistics per iteration
+    iter_<nnn>_map.mrc      per-iteration maps (with ``save_iterations``)
+    params.json, log.txt, status.json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Generator
+
+import numpy as np
+
+from cryolive.backend import backend_name, device_label, to_numpy
+from cryolive.io import InputError, read_map, read_particles, write_map, write_star
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+from cryolive.jobs.plots import plot_fsc
+from cryolive.jobs.reconstruct import auto_bfactor
+from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, refine
+from cryolive.resolution.sharpen import sharpen
+
+
+def check_reference(particles_path: str, reference_path: str, box: int, pixel_size: float) -> np.ndarray:
+    """Read the reference and check it against the particles (box, pixel size within 1 %)."""
+    ref, ref_apix = read_map(reference_path)
+    if ref.shape[0] != box:
+        raise InputError(f"{reference_path}: box {ref.shape[0]} differs from the particles' box {box} "
+                         f"({particles_path}); resample the map first")
+    if abs(ref_apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(f"{reference_path}: voxel size {ref_apix:.4f} Å differs from the particles' pixel size "
+                         f"{pixel_size:.4f} Å ({particles_path})")
+    return ref
+
+
+def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
+               mask_path: str | None = None,
+               save_iterations: bool = False) -> Generator[RefineIteration, None, RefineResult]:
+    """Run homogeneous refinement into a new job folder, yielding each iteration; returns the result."""
+    p = params or RefineParams()
+    t0 = time.perf_counter()
+    stack = read_particles(particles_path)
+    ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
+    mask = None
+    if mask_path:
+        mask = check_reference(particles_path, mask_path, stack.box, stack.pixel_size)
+        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
+            raise InputError(f"{mask_path}: a mask must lie in [0, 1] (found {mask.min():.3g} .. {mask.max():.3g})")
+    job = JobFolder.create(out, "refine")
+    job.write_params({"particles": particles_path, "reference": reference_path, "mask": mask_path,
+                      **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
+                      "pixel_size_A": stack.pixel_size, "box": stack.box})
+    job.set_status("running", iteration=0)
+    job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
+            f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
+            f"low-passed to {p.initial_lowpass_A} Å")
+    history: list[dict] = []
+    gen = refine(stack, ref, p, mask=mask)
+    try:
+        while True:
+            it = next(gen)
+            _log_iteration(job, it)
+            history.append(_summary(it))
+            _write_history(job, history)
+            if save_iterations:
+                write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
+            job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
+            yield it
+    except StopIteration as stop:
+        result: RefineResult = stop.value
+    except BaseException as exc:
+        failed = isinstance(exc, Exception)
+        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
+        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "",
+                       last_iteration=len(history))
+        job.close()
+        gen.close()
+        raise
+    _write_outputs(job, result, stack.pixel_size)
+    job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
+    job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A)
+    job.close()
+    return dataclasses.replace(result, history=history)
+
+
+def _summary(it: RefineIteration) -> dict:
+    return {"iteration": it.iteration, "search": it.search, "n_particles": it.n_particles,
+            "align_resolution_A": round(it.align_resolution_A, 3), "resolution_A": round(it.resolution_A, 3),
+            "resolution_unmasked_A": round(it.resolution_unmasked_A, 3),
+            **{k: round(v, 4) for k, v in it.pose_summary.items()},
+            **{k: round(v, 2) for k, v in it.timings.items()}}
+
+
+def _log_iteration(job: JobFolder, it: RefineIteration) -> None:
+    t = it.timings
+    job.log(f"iteration {it.iteration} ({it.search}, {it.n_particles} particles, aligned to "
+            f"{it.align_resolution_A:.1f} Å): GSFSC {it.resolution_A:.2f} Å "
+            f"(unmasked {it.resolution_unmasked_A:.2f} Å); "
+            f"median pose change {it.pose_summary['median_pose_change_deg']:.2f}°; "
+            f"search {t['search_s']:.1f} s, insertion {t['insert_s']:.1f} s, total {t['total_s']:.1f} s")
+
+
+def _write_history(job: JobFolder, history: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(history[0]))
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(job.file("iterations.csv"), buf.getvalue())
+
+
+def _write_outputs(job: JobFolder, result: RefineResult, apix: float) -> None:
+    it = result.final
+    stack = result.particles
+    ctf = dataclasses.replace(stack.ctf, scale=stack.ctf.scale * result.scales)
+    write_star(stack.replace(ctf=ctf), job.file("particles.star"))
+    write_map(job.file("map.mrc"), it.map, apix)
+    write_map(job.file("half_A.mrc"), it.half_a, apix)
+    write_map(job.file("half_B.mrc"), it.half_b, apix)
+    write_map(job.file("mask_refine.mrc"), it.mask, apix)
+    write_map(job.file("mask_fsc.mrc"), it.mask, apix)
+    full = 0.5 * (it.half_a + it.half_b)
+    bfac = auto_bfactor(full, apix, it.resolution_A)
+    if bfac is None:
+        bfac = 0.0
+        job.log(f"no Guinier fit: {it.resolution_A:.2f} Å is coarser than 8 Å; map_sharp uses B = 0")
+    else:
+        job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {it.resolution_A:.2f} Å)")
+    sharp = to_numpy(sharpen(full, apix, bfac, it.resolution_A, fsc_curve=it.fsc.fsc)) * it.mask
+    write_map(job.file("map_sharp.mrc"), sharp.astype(np.float32), apix)
+    it.fsc.to_csv(job.file("fsc.csv"))
+    plot_fsc(it.fsc, job.file("fsc.png"), title=f"refinement iteration {it.iteration}: {it.resolution_A:.2f} Å")
+    job.log("wrote particles.star, map.mrc, map_sharp.mrc, half_A.mrc, half_B.mrc, mask_refine.mrc, "
+            "mask_fsc.mrc, fsc.csv, fsc.png, iterations.csv")
