@@ -42,8 +42,8 @@ def angular_errors(found: np.ndarray, truth: np.ndarray, symmetry: str = "C1") -
 def true_pose_resolution(stack, truth_map: np.ndarray, symmetry: str = "C1") -> float:
     """FSC-0.5 resolution (Å) against the truth of a reconstruction with the true poses."""
     recs = None
-    for _, recs in backproject_halves(stack, half_sets(stack), symmetry, 512):
-        pass
+    for _done, batch_recs in backproject_halves(stack, half_sets(stack), symmetry, 512):
+        recs = batch_recs
     a, b, _ = finalize_halves(*recs)
     return resolution_at(fsc(0.5 * (a + b), truth_map), truth_map.shape[0], stack.pixel_size, 0.5)
 
