@@ -131,7 +131,7 @@ def _write_outputs(job: JobFolder, result: RefineResult, apix: float) -> None:
     write_map(job.file("half_A.mrc"), it.half_a, apix)
     write_map(job.file("half_B.mrc"), it.half_b, apix)
     write_map(job.file("mask_refine.mrc"), it.mask, apix)
-    write_map(job.file("mask_fsc.mrc"), it.mask, apix)
+    write_map(job.file("mask_fsc.mrc"), it.fsc_mask if it.fsc_mask is not None else it.mask, apix)
     full = 0.5 * (it.half_a + it.half_b)
     bfac = auto_bfactor(full, apix, it.resolution_A)
     if bfac is None:

@@ -105,6 +105,7 @@ class RefineIteration:
     pose_summary: dict[str, float]
     sigma2: np.ndarray  # noise power per shell
     timings: dict[str, float] = field(default_factory=dict)
+    fsc_mask: np.ndarray | None = None  # the (tighter) mask the corrected FSC used
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,7 @@ class _Refiner:
         self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
         self.mask = (self.static_mask if self.static_mask is not None else
                      soft_sphere(self.n, 0.45 * self.n * self.apix, self.apix, 0.05 * self.n * self.apix))
+        self.fsc_mask = self.mask
         ref0 = lowpass(m.asarray(ref), p.initial_lowpass_A, self.apix)
         self.refs = [ref0 * self.mask, ref0 * self.mask]
         self.resolution = p.initial_lowpass_A
@@ -348,7 +350,7 @@ class _Refiner:
         half_a, half_b, _ = finalize_halves(recs[0], recs[1])
         avg = 0.5 * (half_a + half_b)
         self._update_mask(avg)
-        fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.mask, seed=p.seed + it)
+        fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.fsc_mask, seed=p.seed + it)
         self.resolution = float(fsc.res_0143)
         full_map = fsc_filter(avg, fsc.fsc)
         refs = []
@@ -379,14 +381,21 @@ class _Refiner:
         return ctf_2d(self.stack.ctf.subset(idx), self.n, self.apix)
 
     def _update_mask(self, avg: Any) -> None:
+        """Refinement mask (static, else dynamic from the half maps once past the start resolution) and the
+        tighter FSC mask (half the near/far widths), as cryoSPARC reports its "tight" FSC."""
         p = self.p
         if self.static_mask is not None:
-            self.mask = self.static_mask
+            self.mask = self.fsc_mask = self.static_mask
             return
-        if self.resolution <= p.dynamic_mask_start_A:
-            res = self.resolution
-            self.mask = threshold_mask(lowpass(avg, res, self.apix), p.dynamic_mask_threshold,
-                                       p.dynamic_mask_near * res, p.dynamic_mask_far * res, self.apix)
+        res = self.resolution
+        if res <= p.dynamic_mask_start_A:
+            smooth = lowpass(avg, res, self.apix)
+            self.mask = threshold_mask(smooth, p.dynamic_mask_threshold, p.dynamic_mask_near * res,
+                                       p.dynamic_mask_far * res, self.apix)
+            self.fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, 0.5 * p.dynamic_mask_near * res,
+                                           0.5 * p.dynamic_mask_far * res, self.apix)
+        else:
+            self.fsc_mask = self.mask
 
     def greyscale(self) -> float:
         """Rescale the references so their projections match the particles' amplitudes; returns the factor."""
@@ -442,7 +451,8 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
             half_a=to_numpy(out["half_a"]).astype(np.float32), half_b=to_numpy(out["half_b"]).astype(np.float32),
             mask=to_numpy(r.mask).astype(np.float32),
             angular_distribution=_angular_histogram(r.state.rotations[subset]),
-            pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"])
+            pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"],
+            fsc_mask=to_numpy(r.fsc_mask).astype(np.float32))
         history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
                         **out["pose_summary"], **out["timings"]})
         yield last
