@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -82,3 +83,18 @@ def test_built_wheel_contains_manifest_and_sample_data(tmp_path):
     assert "cryolive/sample_data/particles.mrcs" in names and "cryolive/sample_data/particles.star" in names
     text = zipfile.ZipFile(wheel).read("cryolive/napari.yaml").decode()
     assert "name: cryolive" in text  # a real file, not a dangling link
+    # installed from the wheel (not the editable checkout), npe2 loads the manifest and the sample data exist
+    target = tmp_path / "site"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(target),
+                          str(wheel)], capture_output=True, text=True)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    code = ("import cryolive, npe2; from cryolive.sample import sample_path; "
+            "mf = npe2.PluginManifest.from_distribution('cryolive'); "
+            "print(cryolive.__file__); print(mf.name, len(mf.contributions.readers)); "
+            "print(sample_path('particles.star').is_file())")
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.split("\n")
+    assert lines[0].startswith(str(target)), lines[0]
+    assert lines[1] == "cryolive 1" and lines[2] == "True"
