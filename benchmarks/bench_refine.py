@@ -21,6 +21,7 @@ import numpy as np
 
 from cryolive.backend import device_label
 from cryolive.io import read_map, read_particles
+from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.refinement.refine import RefineParams, refine
 from cryolive.resolution.filters import lowpass
@@ -54,16 +55,9 @@ def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: Refi
     t_true = np.load(data / "truth" / "truth.npz")
     res_true_pose = true_pose_resolution(stack, truth, symmetry)
     t0 = time.perf_counter()
-    gen = refine(stack, ref, params)
-    iters = []
-    try:
-        while True:
-            it = next(gen)
-            iters.append(it)
-            print(f"  [{name}] iteration {it.iteration} {it.search} {it.n_particles} particles: "
-                  f"GSFSC {it.resolution_A:.2f} Å, {it.timings['total_s']:.0f} s", flush=True)
-    except StopIteration as stop:
-        result = stop.value
+    iters, result = drain(refine(stack, ref, params), lambda it: print(
+        f"  [{name}] iteration {it.iteration} {it.search} {it.n_particles} particles: "
+        f"GSFSC {it.resolution_A:.2f} Å, {it.timings['total_s']:.0f} s", flush=True))
     elapsed = time.perf_counter() - t0
     fin = result.final
     n = truth.shape[0]

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryolive.jobs import drain
+
 
 def _progress(done: int, total: int, elapsed: float, label: str) -> None:
     if not sys.stderr.isatty():
@@ -86,15 +88,13 @@ def cmd_refine(a: argparse.Namespace) -> int:
                      marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
                      max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
                      coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift)
-    gen = refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations)
-    try:
-        while True:
-            it = next(gen)
-            print(f"iteration {it.iteration:2d} {it.search:6s} {it.n_particles:6d} particles  "
-                  f"GSFSC {it.resolution_A:6.2f} Å  (unmasked {it.resolution_unmasked_A:6.2f} Å)  "
-                  f"{it.timings['total_s']:.1f} s", flush=True)
-    except StopIteration as stop:
-        result = stop.value
+    def show(it) -> None:  # noqa: ANN001 - RefineIteration
+        print(f"iteration {it.iteration:2d} {it.search:6s} {it.n_particles:6d} particles  "
+              f"GSFSC {it.resolution_A:6.2f} Å  (unmasked {it.resolution_unmasked_A:6.2f} Å)  "
+              f"{it.timings['total_s']:.1f} s", flush=True)
+
+    _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations),
+                      show)
     print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {Path(a.out)}")
     return 0
 
@@ -146,13 +146,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     from cryolive.sample import sample_path
 
     params = ReconstructParams(particles=str(sample_path("particles.star")), out=a.out)
-    gen = reconstruct_job(params)
-    try:
-        while True:
-            p = next(gen)
-            _progress(p.n_done, p.n_total, p.elapsed_s, "reconstruct")
-    except StopIteration as stop:
-        result = stop.value
+    _, result = drain(reconstruct_job(params), lambda p: _progress(p.n_done, p.n_total, p.elapsed_s, "reconstruct"))
     _report_demo(result)
     return 0
 

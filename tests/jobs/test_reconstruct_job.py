@@ -8,22 +8,14 @@ import numpy as np
 import pytest
 
 from cryolive.io import read_map
+from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import ReconstructParams, ReconstructProgress, reconstruct_job
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.sample import sample_path
 
 
-def _run(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return steps, stop.value
-
-
 def test_job_streams_and_writes_a_complete_folder(tmp_path):
-    steps, result = _run(reconstruct_job(ReconstructParams(particles=str(sample_path("particles.star")),
+    steps, result = drain(reconstruct_job(ReconstructParams(particles=str(sample_path("particles.star")),
                                                            out=str(tmp_path), batch_size=500)))
     assert [s.n_done for s in steps] == [500, 1000, 1500, 2000]
     assert all(isinstance(s, ReconstructProgress) and s.n_total == 2000 for s in steps)
@@ -48,7 +40,7 @@ def test_job_streams_and_writes_a_complete_folder(tmp_path):
     # the masked, corrected resolution is at least as good as the unmasked one, and not better than Nyquist
     assert 7.0 <= result.resolution <= res_gs + 1e-6
     # a second job gets a new folder, never the same one
-    _, second = _run(reconstruct_job(ReconstructParams(particles=str(sample_path("particles.star")),
+    _, second = drain(reconstruct_job(ReconstructParams(particles=str(sample_path("particles.star")),
                                                        out=str(tmp_path), batch_size=1000)))
     assert second.job_dir.name == "job_reconstruct_002"
 
@@ -74,6 +66,6 @@ def test_particles_without_poses_fail_clearly(tmp_path):
     star = tmp_path / "noposes.star"
     starfile.write({"optics": blocks["optics"], "particles": parts}, star)
     with pytest.raises(InputError, match="noposes.star.*no poses"):
-        _run(reconstruct_job(ReconstructParams(particles=str(star), out=str(tmp_path / "jobs"))))
+        drain(reconstruct_job(ReconstructParams(particles=str(star), out=str(tmp_path / "jobs"))))
     status = json.loads(next((tmp_path / "jobs").glob("job_*/status.json")).read_text())
     assert status["state"] == "failed"

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cryolive.io import read_map, read_particles
+from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.jobs.refine import refine_job
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
@@ -39,15 +40,6 @@ def _true_pose_res(stack, truth, symmetry="C1"):
     return resolution_at(fsc(0.5 * (a + b), truth), truth.shape[0], stack.pixel_size, 0.5)
 
 
-def _drain(gen):
-    its = []
-    try:
-        while True:
-            its.append(next(gen))
-    except StopIteration as stop:
-        return its, stop.value
-
-
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory):
     out = tmp_path_factory.mktemp("refine") / "data"
@@ -61,7 +53,7 @@ def test_refinement_recovers_poses_and_map(small_data, tmp_path):
     t = np.load(small_data / "truth" / "truth.npz")
     gen = refine_job(str(small_data / "particles.star"), str(small_data / "reference.mrc"), str(tmp_path),
                      RefineParams(initial_lowpass_A=25.0, max_iter=4, global_iters=2, seed=1))
-    its, result = _drain(gen)
+    its, result = drain(gen)
     assert all(isinstance(i, RefineIteration) for i in its) and [i.iteration for i in its] == list(
         range(1, len(its) + 1))
     fin = result.final
@@ -101,7 +93,7 @@ def test_symmetry_helps(tmp_path):
     ref = np.asarray(lowpass(truth, 20.0, apix))
     res = {}
     for sym in ("D2", "C1"):
-        _, result = _drain(refine(stack, ref, RefineParams(symmetry=sym, max_iter=3, global_iters=3,
+        _, result = drain(refine(stack, ref, RefineParams(symmetry=sym, max_iter=3, global_iters=3,
                                                            minibatch_iters=0, seed=2)))
         fin = result.final
         curve = fsc(0.5 * (fin.half_a + fin.half_b), truth)
@@ -118,5 +110,5 @@ def test_bad_reference_is_refused(small_data, tmp_path):
     ref, _ = read_map(small_data / "reference.mrc")
     write_map(bad, ref, 2.0)
     with pytest.raises(InputError, match="ref_wrong_apix.mrc.*voxel size"):
-        _drain(refine_job(str(small_data / "particles.star"), str(bad), str(tmp_path / "jobs")))
+        drain(refine_job(str(small_data / "particles.star"), str(bad), str(tmp_path / "jobs")))
     assert not (tmp_path / "jobs").exists()  # refused before any job folder was made

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cryolive.io import read_map, read_particles
+from cryolive.jobs import drain
 from cryolive.jobs.refine import refine_job
 from cryolive.refinement.refine import RefineParams, refine
 from cryolive.sample import sample_path
@@ -36,12 +37,7 @@ def test_marginalisation_and_scale_reset_run_and_stay_sane(tmp_path):
     truth, _ = read_map(sample_path("truth_map.mrc"))
     gen = refine(stack.subset(np.arange(800)), ref,
                  RefineParams(**{**FAST, "marginalize": True, "marginal_top": 3, "scale_mode": "reset"}))
-    its = []
-    try:
-        while True:
-            its.append(next(gen))
-    except StopIteration as stop:
-        result = stop.value
+    its, result = drain(gen)
     assert len(its) == 2 and np.all(result.scales == 1.0)
     fin = result.final
     assert np.isfinite(fin.map).all() and fin.map.dtype == np.float32 and fin.map.shape == truth.shape
