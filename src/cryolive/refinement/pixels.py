@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import backend_name, to_numpy, xp
-from cryolive.image.fourier import rfft_freqs_2d
 
 
 @dataclass(frozen=True)
@@ -41,17 +40,19 @@ class PixelSet:
 
 @lru_cache(maxsize=32)
 def _pixel_set(n: int, r_max: float, backend: str) -> PixelSet:
-    m = xp()
-    ky, kx = rfft_freqs_2d(n)
-    radius = (m.sqrt(kx * kx + ky * ky) * n).ravel()
-    sel = m.nonzero(radius <= r_max + 1e-6)[0]
-    order = m.argsort(radius[sel], kind="stable")
-    sel = sel[order]
+    # built on the host (stable sort), then moved to the backend once
+    ky = np.fft.fftfreq(n).astype(np.float32)[:, None] * np.ones((1, n // 2 + 1), np.float32)
+    kx = np.fft.rfftfreq(n).astype(np.float32)[None, :] * np.ones((n, 1), np.float32)
+    radius = (np.sqrt(kx * kx + ky * ky) * n).ravel()
+    sel = np.nonzero(radius <= r_max + 1e-6)[0]
+    sel = sel[np.argsort(radius[sel], kind="stable")]
     kxs, kys = kx.ravel()[sel], ky.ravel()[sel]
-    edge = (kxs == 0) | (m.abs(kxs - 0.5) < 1e-7)
-    mult = m.where(edge, 1.0, 2.0).astype(m.float32)
-    rad = radius[sel].astype(m.float32)
-    return PixelSet(n, float(r_max), sel, m.rint(rad).astype(m.int32), rad, mult, kxs, kys)
+    edge = (kxs == 0) | (np.abs(kxs - 0.5) < 1e-7)
+    mult = np.where(edge, 1.0, 2.0).astype(np.float32)
+    rad = radius[sel].astype(np.float32)
+    m = xp()
+    return PixelSet(n, float(r_max), m.asarray(sel), m.asarray(np.rint(rad).astype(np.int32)), m.asarray(rad),
+                    m.asarray(mult), m.asarray(kxs), m.asarray(kys))
 
 
 def pixel_set(n: int, r_max: float) -> PixelSet:
