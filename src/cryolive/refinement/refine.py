@@ -82,6 +82,7 @@ class RefineParams:
     dynamic_mask_near: float = 0.6
     dynamic_mask_far: float = 1.4
     dynamic_mask_start_A: float = 12.0
+    dynamic_mask_lowpass_A: float = 15.0
     batch_size: int = 256
     seed: int = 0
 
@@ -389,7 +390,9 @@ class _Refiner:
             return
         res = self.resolution
         if res <= p.dynamic_mask_start_A:
-            smooth = lowpass(avg, res, self.apix)
+            # a mask with fine detail would carry both halves' noise into the FSC (and the resolution would run
+            # away to Nyquist): build it from the average low-passed to max(15 Å, 2 x resolution)
+            smooth = lowpass(avg, max(p.dynamic_mask_lowpass_A, 2.0 * res), self.apix)
             self.mask = threshold_mask(smooth, p.dynamic_mask_threshold, p.dynamic_mask_near * res,
                                        p.dynamic_mask_far * res, self.apix)
             self.fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, 0.5 * p.dynamic_mask_near * res,
