@@ -32,7 +32,7 @@ from cryolive.image.ctf import ctf_values
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
-from cryolive.masks import soft_sphere, threshold_mask
+from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_window
 from cryolive.refinement.search import (
@@ -83,6 +83,7 @@ class RefineParams:
     dynamic_mask_far: float = 1.4
     dynamic_mask_start_A: float = 12.0
     dynamic_mask_lowpass_A: float = 15.0
+    dynamic_mask_min_fraction: float = 0.02
     batch_size: int = 256
     seed: int = 0
 
@@ -393,10 +394,14 @@ class _Refiner:
             # a mask with fine detail would carry both halves' noise into the FSC (and the resolution would run
             # away to Nyquist): build it from the average low-passed to max(15 Å, 2 x resolution)
             smooth = lowpass(avg, max(p.dynamic_mask_lowpass_A, 2.0 * res), self.apix)
-            self.mask = threshold_mask(smooth, p.dynamic_mask_threshold, p.dynamic_mask_near * res,
-                                       p.dynamic_mask_far * res, self.apix)
-            self.fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, 0.5 * p.dynamic_mask_near * res,
-                                           0.5 * p.dynamic_mask_far * res, self.apix)
+            mask = threshold_mask(smooth, p.dynamic_mask_threshold, p.dynamic_mask_near * res,
+                                  p.dynamic_mask_far * res, self.apix)
+            fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, 0.5 * p.dynamic_mask_near * res,
+                                      0.5 * p.dynamic_mask_far * res, self.apix)
+            # a degenerate mask (a few voxels around a noise peak) makes the masked FSC meaningless: keep the
+            # previous mask until the map supports a real one
+            if mask_volume_fraction(fsc_mask) >= p.dynamic_mask_min_fraction:
+                self.mask, self.fsc_mask = mask, fsc_mask
         else:
             self.fsc_mask = self.mask
 
