@@ -70,6 +70,7 @@ def test_refinement_recovers_poses_and_map(small_data, tmp_path):
     assert np.median(shift_err) <= 0.5
     # the gold-standard resolution does not lie: unmasked GSFSC-0.143 ~ FSC-0.5 against the truth
     assert abs(fin.resolution_unmasked_A - res_truth) / res_truth <= 0.10
+    assert abs(fin.resolution_A - res_truth) / res_truth <= 0.10  # the reported (masked, corrected) value too
     # the job folder holds what RELION users expect, and particles.star carries the refined poses
     job = tmp_path / "job_refine_001"
     for name in ("particles.star", "map.mrc", "map_sharp.mrc", "half_A.mrc", "half_B.mrc", "mask_refine.mrc",

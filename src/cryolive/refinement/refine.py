@@ -46,6 +46,7 @@ from cryolive.refinement.search import (
 )
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
+from cryolive.rotations.euler import axis_angle_to_matrix
 from cryolive.rotations.grids import local_offsets, so3_grid
 
 
@@ -218,6 +219,12 @@ class _Refiner:
         out[-1] = r_align
         return out
 
+    def _random_perturbation(self, max_deg: float) -> np.ndarray:
+        """A random rotation of uniform direction and angle in [0, max_deg] degrees."""
+        v = self.rng.normal(size=3)
+        v *= np.deg2rad(self.rng.uniform(0, max_deg)) / np.linalg.norm(v)
+        return axis_angle_to_matrix(v)
+
     def _shift_step(self, radius_px: float) -> float:
         """Shift sampling (pixels) that keeps the phase error at the level's Fourier radius below ~1 radian."""
         return float(np.clip(self.n / (3.0 * max(radius_px, 1.0)), 0.25, max(self.max_shift, 0.25)))
@@ -299,9 +306,13 @@ class _Refiner:
         projs = [Projector(r) for r in self.refs]
         grids: list[GridProjections | None] = [None, None]
         if not local:
+            # each half set gets its own randomly perturbed grid, new every iteration (as RELION perturbs its
+            # HEALPix grid): with one fixed grid, particles of both halves snap to the same discrete poses and
+            # the back-projection pattern they share inflates the FSC
             grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
             k0 = pix.count_within(radii[0])
-            grids = [GridProjections.make(pr, grid_rots, pix.kx[:k0], pix.ky[:k0]) for pr in projs]
+            grids = [GridProjections.make(pr, grid_rots @ self._random_perturbation(p.coarse_step_deg / 2),
+                                          pix.kx[:k0], pix.ky[:k0]) for pr in projs]
         recs = [Reconstructor(self.n, symmetry=p.symmetry), Reconstructor(self.n, symmetry=p.symmetry)]
         nsh = self.n // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
