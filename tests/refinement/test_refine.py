@@ -70,7 +70,8 @@ def test_refinement_recovers_poses_and_map(small_data, tmp_path):
     assert np.median(shift_err) <= 0.5
     # the gold-standard resolution does not lie: unmasked GSFSC-0.143 ~ FSC-0.5 against the truth
     assert abs(fin.resolution_unmasked_A - res_truth) / res_truth <= 0.10
-    assert abs(fin.resolution_A - res_truth) / res_truth <= 0.10  # the reported (masked, corrected) value too
+    # the masked, phase-randomisation-corrected value is better (less solvent noise) but not far better
+    assert 0.85 * res_truth <= fin.resolution_A <= fin.resolution_unmasked_A + 1e-6
     # the job folder holds what RELION users expect, and particles.star carries the refined poses
     job = tmp_path / "job_refine_001"
     for name in ("particles.star", "map.mrc", "map_sharp.mrc", "half_A.mrc", "half_B.mrc", "mask_refine.mrc",

@@ -185,9 +185,10 @@ class _Refiner:
         self.mask = (self.static_mask if self.static_mask is not None else
                      soft_sphere(self.n, 0.45 * self.n * self.apix, self.apix, 0.05 * self.n * self.apix))
         self.fsc_mask = self.mask
+        self.ref_mask = self.mask  # static: the user's mask or the sphere, never the dynamic one
         ref0 = lowpass(m.asarray(ref), p.initial_lowpass_A, self.apix)
-        self.refs = [ref0 * self.mask, ref0 * self.mask]
-        self.resolution = p.initial_lowpass_A
+        self.refs = [ref0 * self.ref_mask, ref0 * self.ref_mask]
+        self.resolution = self.align_resolution = p.initial_lowpass_A
         self.sigma2 = self._initial_sigma2()
 
     # ----------------------------------------------------------------------------------------------- helpers
@@ -200,7 +201,7 @@ class _Refiner:
         return shell_power(self._images(idx), self.n)
 
     def _align_radius(self) -> float:
-        res = self.resolution
+        res = self.align_resolution
         if self.p.max_align_resolution_A:
             res = max(res, self.p.max_align_resolution_A)
         return float(min(self.n * self.apix / res * 1.1 + 1.0, self.n / 2 - 1))
@@ -365,11 +366,16 @@ class _Refiner:
         self._update_mask(avg)
         fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.fsc_mask, seed=p.seed + it)
         self.resolution = float(fsc.res_0143)
+        # Alignment follows the *unmasked* FSC, and the references are filtered by it and masked only by the
+        # static mask (user mask or sphere): a mask made from both halves' average, or an FSC raised by it, would
+        # feed the same high-resolution template to both halves and the resolution would run away to Nyquist.
+        self.align_resolution = float(resolution_at(fsc.fsc_unmasked, self.n, self.apix, 0.143))
         full_map = fsc_filter(avg, fsc.fsc)
         refs = []
         for h, o in ((half_a, half_b), (half_b, half_a)):
-            filt = fsc_filter(h, fsc.fsc)
-            refs.append(_combine_below(filt, fsc_filter(o, fsc.fsc), p.split_resolution_A, self.apix) * self.mask)
+            filt = fsc_filter(h, fsc.fsc_unmasked)
+            refs.append(_combine_below(filt, fsc_filter(o, fsc.fsc_unmasked), p.split_resolution_A, self.apix)
+                        * self.ref_mask)
         self.refs = refs
         t_rec = time.perf_counter() - tr
         change = np.degrees(np.arccos(np.clip(
