@@ -171,11 +171,24 @@ def _report_demo(result) -> None:  # noqa: ANN001 - ReconstructResult
 
 
 def cmd_gui(a: argparse.Namespace) -> int:
+    """napari with the sample map (or the given maps) and cryolive's Masks and Refinement docks."""
     import napari
 
+    from cryolive.sample import sample_path
+
     viewer = napari.Viewer()
-    if not a.empty:
+    if a.maps:
+        for path in a.maps:
+            viewer.open(path, plugin="cryolive")
+    elif not a.empty:
         viewer.open_sample("cryolive", "sample_map")
+    viewer.window.add_plugin_dock_widget("cryolive", "Masks")
+    _, refine = viewer.window.add_plugin_dock_widget("cryolive", "Refinement")
+    particles = a.particles or (str(sample_path("particles.star")) if not (a.empty or a.maps) else "")
+    if particles:
+        refine.particles_edit.setText(particles)
+    if a.out:
+        refine.out_edit.setText(a.out)
     napari.run()
     return 0
 
@@ -259,8 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default="demo_output", help="parent folder of the job folder (demo_output)")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("gui", help="open napari with the cryolive sample map")
+    s = sub.add_parser("gui", help="open napari with the cryolive sample map and the Masks and Refinement docks")
+    s.add_argument("maps", nargs="*", help="maps to open instead of the sample map (MRC)")
     s.add_argument("--empty", action="store_true", help="do not open the sample map")
+    s.add_argument("--particles", help="particle file for the Refinement dock (default: the sample particles)")
+    s.add_argument("--out", help="output folder for the Refinement dock's jobs (default ./jobs)")
     s.set_defaults(func=cmd_gui)
     return p
 
