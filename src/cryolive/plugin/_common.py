@@ -17,7 +17,7 @@ from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox
+from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
 
 # metadata key set on every layer a cryolive dock makes as a mask: "solvent", "focus", "outside", "refinement"
 MASK_KEY = "cryolive_mask"
@@ -320,3 +320,17 @@ def robust_limits(vol: np.ndarray) -> tuple[float, float]:
     if not np.isfinite(lo) or not np.isfinite(hi):
         return 0.0, 1.0
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def scrolling_layout(widget: QWidget) -> QVBoxLayout:
+    """Give ``widget`` a frameless scroll area and return the vertical layout inside it (docks stay usable when
+    napari gives them little height)."""
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    outer.addWidget(scroll)
+    content = QWidget()
+    scroll.setWidget(content)
+    return QVBoxLayout(content)

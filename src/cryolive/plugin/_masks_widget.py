@@ -21,13 +21,11 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QGroupBox,
     QHBoxLayout,
     QLabel,
     QMessageBox,
     QPushButton,
-    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -40,6 +38,7 @@ from cryolive.plugin._common import (
     LayerCombo,
     is_labels_3d,
     is_map_layer,
+    scrolling_layout,
     set_mask_layer,
     voxel_size,
 )
@@ -106,15 +105,7 @@ class MasksWidget(QWidget):
     # ------------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
         v = self.viewer
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        outer.addWidget(scroll)
-        content = QWidget()
-        scroll.setWidget(content)
-        root = QVBoxLayout(content)
+        root = scrolling_layout(self)
 
         box = QGroupBox("Solvent mask")
         form = QFormLayout(box)
@@ -222,7 +213,7 @@ class MasksWidget(QWidget):
         grid.addLayout(row)
         root.addWidget(box)
         root.addStretch(1)
-        content.setMinimumWidth(content.sizeHint().width())
+        root.parentWidget().setMinimumWidth(root.parentWidget().sizeHint().width())
 
         # signals
         for w in (self.threshold, self.dilate, self.soft):

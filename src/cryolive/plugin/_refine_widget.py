@@ -41,12 +41,10 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QFrame,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
-    QScrollArea,
     QSpinBox,
     QSplitter,
     QTextEdit,
@@ -63,6 +61,7 @@ from cryolive.plugin._common import (
     is_map_layer,
     is_mask_candidate,
     robust_limits,
+    scrolling_layout,
     set_mask_layer,
     write_layer_copy,
 )
@@ -260,15 +259,7 @@ class RefineWidget(QWidget):
     # ------------------------------------------------------------------------------------------------ layout
     def _build(self) -> None:
         v = self.viewer
-        outer = QVBoxLayout(self)
-        outer.setContentsMargins(0, 0, 0, 0)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.Shape.NoFrame)
-        outer.addWidget(scroll)
-        content = QWidget()
-        scroll.setWidget(content)
-        root = QVBoxLayout(content)
+        root = scrolling_layout(self)
 
         self.device_label = QLabel(f"Device: {device_label()}")
         self.device_label.setToolTip("where the job computes (set CRYOLIVE_BACKEND=numpy|cupy before starting "
