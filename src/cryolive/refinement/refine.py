@@ -231,15 +231,18 @@ class _Refiner:
         return float(np.clip(self.n / (3.0 * max(radius_px, 1.0)), 0.25, max(self.max_shift, 0.25)))
 
     # ----------------------------------------------------------------------------------------------- E step
+    def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
+        """Score terms of images ``f`` at the pixels ``pix``: ``Y = w C X`` and ``w C^2`` (w = mult / sigma^2)."""
+        x = f.reshape(f.shape[0], -1)[:, pix.index]
+        c = _ctf_at(self.stack, idx, pix)
+        w = pix.mult / _sigma_map(self.sigma2, pix)
+        return x * (w * c), w * c * c
+
     def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
                       pix: PixelSet, radii: list[float], local: bool, free_scale: bool) -> tuple[Candidates, int]:
         p = self.p
         k_all = len(pix)
-        x = f.reshape(f.shape[0], -1)[:, pix.index]
-        c = _ctf_at(self.stack, idx, pix)
-        w = pix.mult / _sigma_map(self.sigma2, pix)
-        y = x * (w * c)
-        c2w = w * c * c
+        y, c2w = self._whitened(f, idx, pix)
         scale = self.state.scales[idx]
         step = p.coarse_step_deg
         pruned = 0
@@ -275,10 +278,7 @@ class _Refiner:
         if self.p.scale_mode == "reset":
             return
         pix = pixel_set(self.n, self._level_radii(pix.r_max, 0)[0])
-        x = f.reshape(f.shape[0], -1)[:, pix.index]
-        c = _ctf_at(self.stack, idx, pix)
-        w = pix.mult / _sigma_map(self.sigma2, pix)
-        cross, norm = score_poses(proj, x * (w * c), w * c * c, rot, sh, pix.kx, pix.ky)
+        cross, norm = score_poses(proj, *self._whitened(f, idx, pix), rot, sh, pix.kx, pix.ky)
         a = to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)
         self.state.scales[idx] = np.clip(np.where(np.isfinite(a), a, 1.0), 0.2, 5.0)
 
@@ -434,10 +434,7 @@ class _Refiner:
         f = self._images(sub)
         cand, _ = self._search_batch(proj, grid, f, sub, pix, radii, local=False, free_scale=True)
         rot, sh, _ = cand.best()
-        x = f.reshape(f.shape[0], -1)[:, pix.index]
-        c = _ctf_at(self.stack, sub, pix)
-        w = pix.mult / _sigma_map(self.sigma2, pix)
-        cross, norm = score_poses(proj, x * (w * c), w * c * c, rot, sh, pix.kx, pix.ky)
+        cross, norm = score_poses(proj, *self._whitened(f, sub, pix), rot, sh, pix.kx, pix.ky)
         factor = float(np.median(to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)))
         if not np.isfinite(factor) or factor <= 0:
             return 1.0
