@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import to_numpy, xp
-from cryolive.image.ctf import ctf_values
+from cryolive.image.ctf import ctf_2d, ctf_values
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
@@ -321,7 +321,7 @@ class _Refiner:
         pruned_total = 0
         old_rot = self.state.rotations[subset].copy()
         had_pose = self.state.seen[subset].copy()
-        sig_map_full = None
+        sig_map_full = self._noise_image()  # sigma^2 is fixed during the E step
         for s0 in range(0, len(subset), p.batch_size):
             idx_all = subset[s0:s0 + p.batch_size]
             f_all = self._images(idx_all)
@@ -341,12 +341,6 @@ class _Refiner:
                 self._residual_power(proj, f, idx, rot, sh, acc, cnt)
                 t_search += time.perf_counter() - ts
                 ti = time.perf_counter()
-                full = pixel_set(self.n, self.n / 2)
-                if sig_map_full is None:
-                    sig_map_full = m.zeros(self.n * (self.n // 2 + 1), dtype=m.float32)
-                    sig_map_full[full.index] = _sigma_map(self.sigma2, full)
-                    sig_map_full = m.where(sig_map_full > 0, sig_map_full, float(self.sigma2[-1]))
-                    sig_map_full = sig_map_full.reshape(self.n, self.n // 2 + 1)
                 ctf2d = self._ctf_2d(idx) * m.asarray(self.state.scales[idx], dtype=m.float32)[:, None, None]
                 if p.marginalize and cand.scores.shape[1] > 1:
                     wts = np.exp(cand.scores - cand.scores[:, :1])
@@ -395,9 +389,15 @@ class _Refiner:
         )
 
     def _ctf_2d(self, idx: np.ndarray) -> Any:
-        from cryolive.image.ctf import ctf_2d
-
         return ctf_2d(self.stack.ctf.subset(idx), self.n, self.apix)
+
+    def _noise_image(self) -> Any:
+        """sigma^2 as an ``rfft2`` image ``(n, n // 2 + 1)`` (corners beyond Nyquist take the last shell's value)."""
+        m = self.m
+        full = pixel_set(self.n, self.n / 2)
+        img = m.full(self.n * (self.n // 2 + 1), float(self.sigma2[-1]), dtype=m.float32)
+        img[full.index] = _sigma_map(self.sigma2, full)
+        return img.reshape(self.n, self.n // 2 + 1)
 
     def _update_mask(self, avg: Any) -> None:
         """Refinement mask (static, else dynamic from the half maps once past the start resolution) and the
