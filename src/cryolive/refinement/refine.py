@@ -38,16 +38,15 @@ from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_wi
 from cryolive.refinement.search import (
     Candidates,
     GridProjections,
-    global_level,
-    local_level,
+    SearchPlan,
     score_poses,
-    shift_grid,
+    search_poses,
     shift_phases,
 )
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.rotations.euler import axis_angle_to_matrix
-from cryolive.rotations.grids import local_offsets, so3_grid
+from cryolive.rotations.grids import so3_grid
 
 
 @dataclass(frozen=True)
@@ -207,28 +206,15 @@ class _Refiner:
         return float(min(self.n * self.apix / res * 1.1 + 1.0, self.n / 2 - 1))
 
     def _level_radii(self, r_align: float, first_level: int) -> list[float]:
-        """Fourier radius (pixels) of each search level: coarse angular steps score only the resolution that
-        a pose error of half a step does not blur away (``4 R sin(step / 2)`` Å for a particle of radius ``R``),
-        never beyond the alignment limit."""
-        p = self.p
-        radius_A = 0.5 * (p.particle_diameter_A or 0.7 * self.n * self.apix)
-        out = []
-        for lv in range(first_level, p.levels + 1):
-            step = np.deg2rad(p.coarse_step_deg / 2**lv)
-            res = max(4.0 * radius_A * np.sin(step / 2), 2.0 * self.apix)
-            out.append(float(min(max(self.n * self.apix / res, 3.0), r_align)))
-        out[-1] = r_align
-        return out
+        """Fourier radius (pixels) of each search level (see :meth:`SearchPlan.level_radii`)."""
+        radius_A = 0.5 * (self.p.particle_diameter_A or 0.7 * self.n * self.apix)
+        return self._plan().level_radii(r_align, first_level, radius_A, self.apix)
 
     def _random_perturbation(self, max_deg: float) -> np.ndarray:
         """A random rotation of uniform direction and angle in [0, max_deg] degrees."""
         v = self.rng.normal(size=3)
         v *= np.deg2rad(self.rng.uniform(0, max_deg)) / np.linalg.norm(v)
         return axis_angle_to_matrix(v)
-
-    def _shift_step(self, radius_px: float) -> float:
-        """Shift sampling (pixels) that keeps the phase error at the level's Fourier radius below ~1 radian."""
-        return float(np.clip(self.n / (3.0 * max(radius_px, 1.0)), 0.25, max(self.max_shift, 0.25)))
 
     # ----------------------------------------------------------------------------------------------- E step
     def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
@@ -238,38 +224,21 @@ class _Refiner:
         w = pix.mult / _sigma_map(self.sigma2, pix)
         return x * (w * c), w * c * c
 
+    def _plan(self) -> SearchPlan:
+        p = self.p
+        return SearchPlan(self.n, p.coarse_step_deg, p.levels, p.candidates, p.bound_sigma, self.max_shift,
+                          p.marginal_top if p.marginalize else None)
+
     def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
                       pix: PixelSet, radii: list[float], local: bool, free_scale: bool) -> tuple[Candidates, int]:
-        p = self.p
-        k_all = len(pix)
+        plan = self._plan()
         y, c2w = self._whitened(f, idx, pix)
-        scale = self.state.scales[idx]
-        step = p.coarse_step_deg
-        pruned = 0
-        if not local:
-            k0 = pix.count_within(radii[0])
-            sstep = self._shift_step(radii[0])
-            cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(self.max_shift, sstep),
-                                        pix.kx[:k0], pix.ky[:k0], p.candidates, p.bound_sigma, free_scale)
-            levels = range(1, p.levels + 1)
-            keeps = np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:]
-        else:
-            first = max(p.levels - 1, 1)
-            cand = Candidates(self.state.rotations[idx][:, None], self.state.shifts[idx][:, None],
-                              np.zeros((len(idx), 1)))
-            levels = range(first, p.levels + 1)
-            keeps = [2] * (len(levels) - 1) + [1]
-        for lv, radius, keep in zip(levels, radii[-len(levels):], keeps, strict=True):
-            st = step / 2**lv
-            extent = 1.5 * st if not local or lv > levels.start else 2.0 * st
-            offsets = local_offsets(st, extent, cover=False)
-            ds = self._shift_step(radius) / 2
-            soff = np.array([[dx, dy] for dy in (-ds, 0, ds) for dx in (-ds, 0, ds)])
-            k = pix.count_within(radius) if lv < p.levels else k_all
-            if p.marginalize and lv == p.levels:
-                keep = p.marginal_top
-            cand = local_level(proj, y[:, :k], c2w[:, :k], scale, cand, offsets, soff, pix.kx[:k], pix.ky[:k], keep)
-        return cand, pruned
+        previous = (self.state.rotations[idx], self.state.shifts[idx]) if local else None
+        if local:
+            radii = radii[-(plan.levels - max(plan.levels - 1, 1) + 1):]
+        counts = [pix.count_within(r) for r in radii[:-1]] + [len(pix)]
+        return search_poses(plan, proj, grid, y, c2w, self.state.scales[idx], pix.kx, pix.ky, counts, previous,
+                            free_scale, radii)
 
     def _update_scales(self, proj: Projector, f: Any, idx: np.ndarray, pix: PixelSet, rot: np.ndarray,
                        sh: np.ndarray) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 
 from cryolive.backend import to_numpy, xp
 from cryolive.projection import Projector
+from cryolive.rotations.grids import local_offsets
 
 
 @dataclass(frozen=True)
@@ -174,3 +175,73 @@ def score_poses(proj: Projector, y: Any, c2w: Any, rotations: np.ndarray, shifts
     cross = m.real(m.sum(y * shift_phases(kx, ky, shifts) * r.conj(), axis=1))
     norm = m.sum(c2w * (r.real**2 + r.imag**2), axis=1)
     return cross, norm
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How :func:`search_poses` runs: box ``n`` (pixels), grid step (degrees), levels, candidates kept, the prune
+    bound (standard deviations), the largest origin searched (pixels) and, for adaptive marginalisation, how many
+    poses the last level keeps (None: 1)."""
+
+    n: int
+    coarse_step_deg: float
+    levels: int
+    candidates: int
+    bound_sigma: float
+    max_shift_px: float
+    marginal_top: int | None = None
+
+    def shift_step(self, radius_px: float) -> float:
+        """Shift sampling (pixels) that keeps the phase error at Fourier radius ``radius_px`` below ~1 radian."""
+        return float(np.clip(self.n / (3.0 * max(radius_px, 1.0)), 0.25, max(self.max_shift_px, 0.25)))
+
+    def level_radii(self, r_align: float, first_level: int, particle_radius_A: float,
+                    pixel_size: float) -> list[float]:
+        """Fourier radius (pixels) of each level from ``first_level``: a coarse angular step scores only the
+        resolution that a pose error of half a step does not blur away (``4 R sin(step / 2)`` Å for a particle of
+        radius ``R`` Å), never beyond ``r_align``; the last level uses ``r_align``."""
+        out = []
+        for lv in range(first_level, self.levels + 1):
+            step = np.deg2rad(self.coarse_step_deg / 2**lv)
+            res = max(4.0 * particle_radius_A * np.sin(step / 2), 2.0 * pixel_size)
+            out.append(float(min(max(self.n * pixel_size / res, 3.0), r_align)))
+        out[-1] = r_align
+        return out
+
+
+def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None, y: Any, c2w: Any, scale: Any,
+                 kx: Any, ky: Any, counts: list[int], previous: tuple[np.ndarray, np.ndarray] | None = None,
+                 free_scale: bool = False, radii: list[float] | None = None) -> tuple[Candidates, int]:
+    """Coarse-to-fine search of images ``y (B, K)`` (whitened, see the module docstring) against one projector.
+
+    Global (``previous`` None): level 0 scores ``grid`` x a shift grid, then levels 1..L refine locally.
+    Local (``previous = (rotations (B, 3, 3), origins (B, 2) px)``): starts at level ``max(L - 1, 1)`` around
+    the previous pose. ``counts[i]`` is how many pixels (a prefix of ``kx, ky``) level ``i`` of the run scores and
+    ``radii[i]`` its Fourier radius (pixels), both for the levels the run visits. Returns the candidates
+    (best first) and how many the bound pruned.
+    """
+    p = plan
+    pruned = 0
+    if previous is None:
+        k0 = counts[0]
+        sstep = p.shift_step(radii[0])
+        cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(p.max_shift_px, sstep),
+                                    kx[:k0], ky[:k0], p.candidates, p.bound_sigma, free_scale)
+        levels = range(1, p.levels + 1)
+        keeps = list(np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:])
+        counts, radii = counts[1:], radii[1:]
+    else:
+        rot, sh = previous
+        cand = Candidates(rot[:, None], sh[:, None], np.zeros((len(rot), 1)))
+        levels = range(max(p.levels - 1, 1), p.levels + 1)
+        keeps = [2] * (len(levels) - 1) + [1]
+    for lv, k, radius, keep in zip(levels, counts, radii, keeps, strict=True):
+        st = p.coarse_step_deg / 2**lv
+        extent = 1.5 * st if previous is None or lv > levels.start else 2.0 * st
+        offsets = local_offsets(st, extent, cover=False)
+        ds = p.shift_step(radius) / 2
+        soff = np.array([[dx, dy] for dy in (-ds, 0, ds) for dx in (-ds, 0, ds)])
+        if p.marginal_top and lv == p.levels:
+            keep = p.marginal_top
+        cand = local_level(proj, y[:, :k], c2w[:, :k], scale, cand, offsets, soff, kx[:k], ky[:k], keep)
+    return cand, pruned

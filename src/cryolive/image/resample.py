@@ -1,0 +1,65 @@
+"""Change the box of images and maps in Fourier space (crop = bin, pad = interpolate), keeping the physical extent.
+
+A box-``n`` image at pixel size ``p`` resampled to box ``m`` has pixel size ``p * n / m``; Fourier index ``k``
+keeps its meaning (``k / (n p)`` cycles/Å), so the same physical frequencies line up in both boxes. Cropping
+(``m < n``) drops the frequencies beyond the new Nyquist; padding (``m > n``) adds zeros beyond the old Nyquist —
+there is no information there, which is why a class FSC past the data's Nyquist is not real (seeds/001).
+
+Scaling: with FFT sum conventions, images and volumes both get the factor ``(m / n)^3`` on their transforms, so the
+projection-slice theorem still holds between the resampled images and the resampled map (a central slice of the
+3D transform equals the 2D transform of the projection), and the resampled map keeps its real-space voxel values.
+This is the same as scaling the rotation by ``m / n`` during insertion, as cryoSPARC's heterogeneous refinement does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryolive.backend import xp
+from cryolive.image.fourier import fftnc, ifftnc
+
+
+def _rows(n: int, m: int) -> tuple[Any, Any]:
+    """Row indices of an uncentred FFT axis of length ``n`` kept in one of length ``m`` (and where they go)."""
+    x = xp()
+    h = min(n, m) // 2
+    src = x.concatenate([x.arange(0, h), x.arange(n - h, n)])
+    dst = x.concatenate([x.arange(0, h), x.arange(m - h, m)])
+    return src, dst
+
+
+def resample_rfft2(f: Any, n: int, m: int) -> Any:
+    """Images' :func:`~cryolive.image.fourier.rfft2c` transforms ``(B, n, n // 2 + 1)`` -> ``(B, m, m // 2 + 1)``.
+
+    Frequencies ``|k| < min(n, m) / 2`` along each axis are kept; the rest of a larger box is zero. Multiplied by
+    ``(m / n)^3`` (see the module docstring).
+    """
+    if m == n:
+        return f
+    x = xp()
+    src, dst = _rows(n, m)
+    h = min(n, m) // 2
+    out = x.zeros(f.shape[:-2] + (m, m // 2 + 1), dtype=f.dtype)
+    out[..., dst, :h] = f[..., src, :h]
+    return out * ((m / n) ** 3)
+
+
+def resample_volume(vol: Any, m: int) -> Any:
+    """A real map ``(n, n, n)`` resampled to ``(m, m, m)`` over the same extent (voxel size ``* n / m``).
+
+    Fourier crop or zero-pad of the centred 3D transform; voxel values are kept (a map of constant density stays
+    the same constant). Returns float32 on the backend.
+    """
+    x = xp()
+    v = x.asarray(vol, dtype=x.float32)
+    n = v.shape[0]
+    if m == n:
+        return v
+    f = fftnc(v)
+    h = min(n, m) // 2
+    cs, cd = n // 2, m // 2
+    out = x.zeros((m, m, m), dtype=f.dtype)
+    sl_s = slice(cs - h, cs + h)
+    sl_d = slice(cd - h, cd + h)
+    out[sl_d, sl_d, sl_d] = f[sl_s, sl_s, sl_s]
+    return (x.real(ifftnc(out)) * (m / n) ** 3).astype(x.float32)
