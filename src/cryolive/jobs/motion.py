@@ -1,0 +1,172 @@
+"""Reference-based motion correction as a job: :func:`cryolive.motion.motion` plus a job folder.
+
+``motion_job`` yields the core generator's :class:`~cryolive.motion.MotionStep` objects and writes
+``<out>/job_motion_<nnn>/``:
+
+    hyperparameters.json    r (1/px^2), theta (rad), z_A (Å) (+ lambda_sp, lambda_acc); reusable with --hyper
+    hyper_search.csv, .png  cross-validation score and activity per ray and step (when searched)
+    dose_weights.npz, .png  per-frame B-factors (Å^2), scales and weights (frames x shells); reusable
+    trajectories.npz        particle_index (N,), trajectories (N, F, 2) px (x, y), displacement of each particle
+                            in each frame (NaN for particles of skipped movies), micrograph names
+    particles.mrcs          motion-corrected dose-weighted particles (float16 with float16=True)
+    particles.star          the input particles pointing at particles.mrcs (poses, CTFs kept; pixel size and box
+                            changed by a Fourier crop; coordinates and origins changed by re-centring)
+    params.json, log.txt, status.json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import os
+import time
+from collections.abc import Generator
+
+import numpy as np
+
+from cryolive.backend import backend_name
+from cryolive.io import InputError, read_map, read_particles, write_star
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
+from cryolive.motion.dose import DoseModel, load_dose
+from cryolive.motion.hyper import load_hyper, save_hyper
+
+
+def _read_like(path: str, box: int, apix: float, particles: str) -> np.ndarray:
+    vol, vapix = read_map(path)
+    if vol.shape[0] != box:
+        raise InputError(f"{path}: box {vol.shape[0]} differs from the particles' box {box} ({particles})")
+    if abs(vapix - apix) > 0.01 * apix:
+        raise InputError(f"{path}: voxel size {vapix:.4f} Å differs from the particles' {apix:.4f} Å ({particles})")
+    return vol
+
+
+def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: str, mask_path: str | None = None,
+               out: str = "jobs", params: MotionParams | None = None, hyper_path: str | None = None,
+               dose_path: str | None = None) -> Generator[MotionStep, None, MotionResult]:
+    """Run motion correction into a new job folder, yielding each step; returns the result."""
+    p = params or MotionParams()
+    t0 = time.perf_counter()
+    stack = read_particles(particles_path)
+    half_a = _read_like(half_a_path, stack.box, stack.pixel_size, particles_path)
+    half_b = _read_like(half_b_path, stack.box, stack.pixel_size, particles_path)
+    mask = _read_like(mask_path, stack.box, stack.pixel_size, particles_path) if mask_path else None
+    hyper = load_hyper(hyper_path) if hyper_path else None
+    dose = load_dose(dose_path) if dose_path else None
+    if dose is not None and p.final_stage != "hyper":
+        _check_dose(dose, dose_path)
+    job = JobFolder.create(out, "motion")
+    job.write_params({"particles": particles_path, "movies": movies, "half_a": half_a_path, "half_b": half_b_path,
+                      "mask": mask_path, "hyper": hyper_path, "dose_weights": dose_path, **dataclasses.asdict(p),
+                      "backend": backend_name(), "n_particles": len(stack), "pixel_size_A": stack.pixel_size,
+                      "box": stack.box})
+    job.set_status("running", stage="start")
+    job.log(f"motion correction: {len(stack)} particles, box {stack.box}, {stack.pixel_size:.4g} Å/px; movies "
+            f"{movies}; hyper-parameters {'from ' + hyper_path if hyper_path else 'searched'}; dose weights "
+            f"{'from ' + dose_path if dose_path else 'estimated'}")
+    gen = motion(stack, movies, half_a, half_b, mask, p, hyper=hyper, dose=dose,
+                 out_stack=job.file("particles.mrcs") if p.final_stage == "final" else None)
+    last = ""
+    try:
+        while True:
+            step = next(gen)
+            if step.stage != last:
+                job.log(f"stage {step.stage}")
+                last = step.stage
+            job.log(f"{step.stage} {step.done}/{step.total} {step.micrograph_name}: {step.message}")
+            job.set_status("running", stage=step.stage, done=step.done, total=step.total)
+            yield step
+    except StopIteration as stop:
+        result: MotionResult = stop.value
+    except BaseException as exc:
+        failed = isinstance(exc, Exception)
+        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
+        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "", stage=last)
+        job.close()
+        gen.close()
+        raise
+    _write_outputs(job, result, len(stack))
+    job.log(f"finished in {time.perf_counter() - t0:.1f} s; timings " +
+            ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    job.set_status("finished", stage=p.final_stage, timings=result.timings)
+    job.close()
+    return result
+
+
+def _check_dose(dose: DoseModel, path: str) -> None:
+    if not np.all(np.isfinite(dose.bfactors)) or len(dose.bfactors) < 1:
+        raise InputError(f"{path}: the dose model holds no finite B-factors")
+
+
+def _write_outputs(job: JobFolder, result: MotionResult, n_particles: int) -> None:
+    if result.skipped_movies:
+        job.log(f"skipped {len(result.skipped_movies)} movie(s) with a frame count other than {result.n_frames}: "
+                + ", ".join(result.skipped_movies[:10]))
+    if result.hyper is not None:
+        save_hyper(job.file("hyperparameters.json"), result.hyper, {"n_frames": result.n_frames})
+    if result.search:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["ray", "step", "r", "theta", "z_A", "score", "activity_px"])
+        for s in result.search:
+            w.writerow([s.ray, s.step, f"{s.hyper.r:.6g}", f"{s.hyper.theta:.4f}", f"{s.hyper.z_A:g}",
+                        f"{s.score:.6g}", f"{s.activity:.4f}"])
+        atomic_write_text(job.file("hyper_search.csv"), buf.getvalue())
+        plot_search(result.search, job.file("hyper_search.png"))
+    if result.dose is not None:
+        result.dose.save(job.file("dose_weights.npz"))
+        plot_dose(result.dose.weights(), job.file("dose_weights.png"))
+    if result.trajectories:
+        traj = np.full((n_particles, result.n_frames, 2), np.nan)
+        names = np.full(n_particles, "", dtype=object)
+        for name, (idx, t) in result.trajectories.items():
+            traj[idx] = t
+            names[idx] = name
+        with open(job.file(".trajectories.tmp.npz"), "wb") as fh:
+            np.savez(fh, particle_index=np.arange(n_particles), trajectories=traj, micrograph=names.astype(str))
+        os.replace(job.file(".trajectories.tmp.npz"), job.file("trajectories.npz"))
+    if result.particles is not None:
+        write_star(result.particles, job.file("particles.star"))
+        job.log(f"wrote {len(result.particles)} corrected particles (box {result.particles.box}, "
+                f"{result.particles.pixel_size:.4g} Å/px) to particles.mrcs and particles.star")
+
+
+def plot_search(search: tuple, path: str | os.PathLike) -> None:
+    """Cross-validation score against total prior strength, one line per ray (lower is better)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    for ray in sorted({s.ray for s in search}):
+        pts = [s for s in search if s.ray == ray]
+        ax.semilogx([s.hyper.r for s in pts], [s.score for s in pts], "o-",
+                    label=f"θ {pts[0].hyper.theta:.2f}, z {pts[0].hyper.z_A:g} Å")
+    best = min(search, key=lambda s: s.score)
+    ax.plot([best.hyper.r], [best.score], "k*", ms=12)
+    ax.set_xlabel("total prior strength r (1/px²)")
+    ax.set_ylabel("cross-validation score (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def plot_dose(weights: np.ndarray, path: str | os.PathLike) -> None:
+    """The dose weights (frames x shells) as an image with a colour bar."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    im = ax.imshow(weights, aspect="auto", origin="lower", cmap="magma")
+    fig.colorbar(im, ax=ax, label="weight")
+    ax.set_xlabel("frequency shell")
+    ax.set_ylabel("frame")
+    ax.set_title("empirical dose weights")
+    fig.tight_layout()
+    fig.savefig(path)

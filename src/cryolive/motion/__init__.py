@@ -1,0 +1,17 @@
+"""Reference-based motion correction (Bayesian polishing, Zivanov, Nakane & Scheres 2019). Qt-free.
+
+One verb per module: :mod:`.movies` (find and read MRC movie stacks), :mod:`.references` (project each particle's
+own and opposite half map), :mod:`.patches` (per-frame particle patches and their transforms),
+:mod:`.trajectories` (joint per-micrograph trajectory fit with acceleration and spatial priors), :mod:`.hyper`
+(cross-validated hyper-parameter search), :mod:`.dose` (empirical dose weights from the FCC), :mod:`.correct`
+(dose-weighted motion-corrected particles) and :mod:`.job` (the :func:`motion` generator).
+
+Conventions: a trajectory ``d[i, f] = (dx, dy)`` (pixels) is the displacement of particle ``i``'s content in frame
+``f`` relative to where the reference puts it (the pick coordinate minus the origin, RELION convention); the
+corrected frame is the frame shifted by ``-d``.
+"""
+
+from cryolive.motion.hyper import Hyper
+from cryolive.motion.job import MotionParams, MotionResult, MotionStep, motion
+
+__all__ = ["Hyper", "MotionParams", "MotionResult", "MotionStep", "motion"]

@@ -1,0 +1,396 @@
+"""The :func:`motion` generator: hyper-parameter search, empirical dose weights, corrected particles.
+
+Stages (``final_stage`` stops after any of them):
+
+1. ``hyper``: micrographs drawn at random until ``target_particles`` are reached; rays of :mod:`.hyper` are
+   searched (skipped when hyper-parameters are given, from a previous job or all three overrides).
+2. ``dose``: trajectories of micrographs drawn until ``dose_target_particles`` (all Fourier components, no
+   damage model), FCC against the opposite half map, per-frame B-factor/scale fit (skipped when a dose model is
+   given).
+3. ``final``: every micrograph: trajectories (all Fourier components unless ``use_all_fcs`` is off, damage model
+   in the likelihood), then ``F sum_f w(f, s) shift(X_f, -d_f)`` written to the output stack in input order.
+
+Per micrograph the rigid track (the particle-summed correlation peak) is found first and the priors act on the
+local trajectories relative to it. Patches are cut at the integer pick coordinates (``rlnCoordinateX/Y``, px);
+with ``recenter`` the coordinates first move by ``-round(origin)`` and the origins keep the remainder.
+Every step yields a frozen :class:`MotionStep`; the generator returns a :class:`MotionResult`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryolive.image.fourier import rfft_freqs_2d
+from cryolive.io import InputError, ParticleStack, StackWriter
+from cryolive.motion.correct import align_frames, corrected_particles
+from cryolive.motion.dose import DoseModel, FCCAccumulator, fit_dose_model, weight_image
+from cryolive.motion.hyper import SearchPoint, check_overrides, rays_for, search_step
+from cryolive.motion.movies import (
+    check_frame_counts,
+    coordinates,
+    micrograph_names,
+    read_movie,
+    resolve_movies,
+)
+from cryolive.motion.patches import extract_patches, noise_power, patch_transforms
+from cryolive.motion.references import References
+from cryolive.motion.trajectories import UPSAMPLE, Hyper, cc_maps, fit_trajectories, global_track
+
+STAGES = ("hyper", "dose", "final")
+
+
+@dataclass(frozen=True)
+class MotionParams:
+    """Job parameters. Pixels unless named ``_A``; ``r`` in 1/px^2, ``theta`` radians."""
+
+    thoroughness: str = "fast"
+    max_prior_strength: float = 1e4
+    r_start: float = 0.05
+    r_growth: float = 4.0
+    fit_fraction: float = 0.5
+    target_particles: int = 1000
+    dose_target_particles: int = 5000
+    override_r: float | None = None
+    override_theta: float | None = None
+    override_z_A: float | None = None
+    use_all_fcs: bool = True
+    window_px: int = 6
+    global_window_px: int = 10
+    retire_px: float = 0.5
+    patience: int = 2
+    final_stage: str = "final"
+    crop_box: int | None = None
+    recenter: bool = False
+    skip_wrong_frame_count: bool = False
+    float16: bool = False
+    seed: int = 0
+    keep_search_trajectories: bool = False
+
+
+@dataclass(frozen=True)
+class MotionStep:
+    """One step: the stage, the micrograph (index in the sorted list, name), its particles' positions ``(N, 2)``
+    px and trajectories ``(N, F, 2)`` px (total, rigid + local; None during the search), its frame sum binned by
+    ``bin_factor`` (None during the search), the current dose weights ``(F, n//2+1)`` (or None), the search so far
+    and timings (s). ``done``/``total`` count steps of this stage."""
+
+    stage: str
+    micrograph: int
+    micrograph_name: str
+    n_micrographs: int
+    done: int
+    total: int
+    positions: np.ndarray
+    trajectories: np.ndarray | None
+    frame_sum: np.ndarray | None
+    bin_factor: int
+    dose_weights: np.ndarray | None
+    search: tuple[SearchPoint, ...]
+    timings: dict[str, float]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class MotionResult:
+    """The outcome: hyper-parameters, dose model, search, trajectories per micrograph name ``(idx, (N, F, 2))``,
+    the corrected particles (a ParticleStack on ``out_stack``, or images in memory) and timings per stage (s)."""
+
+    hyper: Hyper | None
+    dose: DoseModel | None
+    search: tuple[SearchPoint, ...]
+    trajectories: dict[str, tuple[np.ndarray, np.ndarray]]
+    particles: ParticleStack | None
+    images: np.ndarray | None
+    kept: np.ndarray
+    skipped_movies: list[str]
+    n_frames: int
+    timings: dict[str, float] = field(default_factory=dict)
+    search_trajectories: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Mic:
+    name: str
+    idx: np.ndarray
+    positions: np.ndarray
+    positions_A: np.ndarray
+    fx: np.ndarray
+    ref_own: np.ndarray
+    ref_opp: np.ndarray
+    noise: np.ndarray
+    rigid: np.ndarray
+    frame_sum: np.ndarray
+    bin_factor: int
+    fit_maps: np.ndarray | None = None
+    cv_maps: np.ndarray | None = None
+    cv_norm: float = 1.0
+
+
+class _Context:
+    """Shared state: particles, movies, references, recentred coordinates/origins, timings."""
+
+    def __init__(self, stack: ParticleStack, movies: str | os.PathLike, refs: References, p: MotionParams) -> None:
+        if stack.rotations is None:
+            raise InputError(f"{stack.source}: the particles have no poses; motion correction needs a refinement")
+        if refs.box != stack.box:
+            raise InputError(f"{stack.source}: particle box {stack.box} differs from the half maps' box {refs.box}")
+        self.stack, self.refs, self.p = stack, refs, p
+        names = micrograph_names(stack)
+        paths = resolve_movies(stack, movies)
+        self.n_frames, skipped = check_frame_counts(paths, p.skip_wrong_frame_count)
+        self.skipped = sorted(skipped)
+        self.paths = {k: v for k, v in paths.items() if k not in skipped}
+        self.names = names
+        self.mic_list = sorted(self.paths)
+        self.kept = np.nonzero(np.isin(names, self.mic_list))[0]
+        origins = np.zeros((len(stack), 2)) if stack.shifts is None else stack.shifts.copy()
+        xy = coordinates(stack)
+        if p.recenter:
+            move = np.rint(origins / stack.pixel_size).astype(np.int64)
+            xy = xy - move
+            origins = origins - move * stack.pixel_size
+        self.xy, self.origins = xy, origins
+        n = stack.box
+        ky, kx = rfft_freqs_2d(n)
+        self.radius = np.sqrt(kx * kx + ky * ky)
+        self.cut = 0.5 * np.sqrt(p.fit_fraction)
+        self.timings: dict[str, float] = {}
+
+    def tick(self, key: str, t0: float) -> float:
+        t = time.perf_counter()
+        self.timings[key] = self.timings.get(key, 0.0) + t - t0
+        return t
+
+    def prepare(self, name: str) -> _Mic:
+        """Read the movie, cut patches, project references, find the rigid track (low-frequency band)."""
+        t0 = time.perf_counter()
+        idx = np.nonzero(self.names == name)[0]
+        frames = read_movie(self.paths[name])
+        t0 = self.tick("read_s", t0)
+        ref_own = self.refs.project(self.stack, idx, self.origins[idx])
+        ref_opp = self.refs.project(self.stack, idx, self.origins[idx], opposite=True)
+        t0 = self.tick("references_s", t0)
+        fx = patch_transforms(extract_patches(frames, self.xy[idx], self.stack.box))
+        noise = noise_power(fx)
+        t0 = self.tick("patches_s", t0)
+        band = (self.radius <= self.cut) / noise
+        wg = self.p.global_window_px
+        rigid = global_track(cc_maps(fx, ref_own, band, wg), wg)
+        fx = align_frames(fx, np.broadcast_to(rigid[None], (len(idx),) + rigid.shape))
+        self.tick("rigid_s", t0)
+        total = frames.sum(axis=0)
+        b = max(1, int(np.ceil(max(total.shape) / 1024)))
+        binned = total[: total.shape[0] // b * b, : total.shape[1] // b * b]
+        binned = binned.reshape(binned.shape[0] // b, b, binned.shape[1] // b, b).mean(axis=(1, 3))
+        pos = self.xy[idx]
+        return _Mic(name, idx, pos, pos * self.stack.pixel_size, fx, ref_own, ref_opp, noise, rigid,
+                    binned.astype(np.float32), b)
+
+    def fit_weight(self, mic: _Mic, all_fcs: bool, dose: DoseModel | None) -> np.ndarray:
+        """Likelihood weights ``(F or 1, n, n//2+1)``: band x damage amplitude / noise power."""
+        band = np.ones_like(self.radius) if all_fcs else (self.radius <= self.cut).astype(float)
+        w = (band / mic.noise)[None]
+        if dose is not None:
+            w = w * weight_image(dose.amplitude(self.stack.box, self.stack.pixel_size), self.stack.box)
+        return w
+
+    def fit(self, mic: _Mic, hyper: Hyper, all_fcs: bool, dose: DoseModel | None) -> np.ndarray:
+        """Total trajectories ``(N, F, 2)`` px (rigid + local)."""
+        t0 = time.perf_counter()
+        maps = cc_maps(mic.fx, mic.ref_own, self.fit_weight(mic, all_fcs, dose), self.p.window_px)
+        loc = fit_trajectories(maps, mic.positions_A, hyper, self.p.window_px)
+        self.tick("trajectories_s", t0)
+        return loc + mic.rigid[None]
+
+    def draw(self, target: int, seed: int) -> list[str]:
+        """Micrographs in random order until they hold at least ``target`` particles (or all are used)."""
+        order = np.random.default_rng(seed).permutation(len(self.mic_list))
+        out, count = [], 0
+        for k in order:
+            name = self.mic_list[k]
+            out.append(name)
+            count += int((self.names == name).sum())
+            if count >= target:
+                break
+        return out
+
+
+def _step(ctx: _Context, stage: str, mic: _Mic | None, done: int, total: int, traj: np.ndarray | None,
+          dose: DoseModel | None, search: list, message: str) -> MotionStep:
+    name = mic.name if mic else ""
+    return MotionStep(stage=stage, micrograph=ctx.mic_list.index(name) if mic else -1, micrograph_name=name,
+                      n_micrographs=len(ctx.mic_list), done=done, total=total,
+                      positions=mic.positions.astype(float) if mic else np.zeros((0, 2)), trajectories=traj,
+                      frame_sum=mic.frame_sum if (mic and traj is not None) else None,
+                      bin_factor=mic.bin_factor if mic else 1,
+                      dose_weights=None if dose is None else dose.weights(ctx.stack.box, ctx.stack.pixel_size),
+                      search=tuple(search), timings=dict(ctx.timings), message=message)
+
+
+def _search(ctx: _Context, search: list, keep: dict) -> Generator[MotionStep, None, Hyper]:
+    """The hyper-parameter search (see :mod:`.hyper`); returns the best hyper-parameters."""
+    p = ctx.p
+    names = ctx.draw(p.target_particles, p.seed)
+    mics = []
+    for name in names:
+        mic = ctx.prepare(name)
+        t0 = time.perf_counter()
+        mic.fit_maps = cc_maps(mic.fx, mic.ref_own, ctx.fit_weight(mic, False, None), p.window_px)
+        high = ((ctx.radius > ctx.cut) & (ctx.radius <= 0.5)) / mic.noise
+        mic.cv_maps = cc_maps(mic.fx, mic.ref_opp, high[None], p.window_px)
+        xx = (np.abs(mic.fx) ** 2 * high).sum(axis=(-2, -1))
+        rr = (np.abs(mic.ref_opp) ** 2 * high).sum(axis=(-2, -1))
+        mic.cv_norm = float(np.sqrt(xx * rr[:, None]).sum()) * 2.0
+        ctx.tick("hyper_s", t0)
+        mics.append(mic)
+    rays = rays_for(p.thoroughness)
+    n_steps = int(np.floor(np.log(p.max_prior_strength / p.r_start) / np.log(p.r_growth))) + 1
+    total = len(rays) * n_steps
+    done = 0
+    for ray, (theta, z) in enumerate(rays):
+        best_ray, since, trajs = np.inf, 0, None
+        for step in range(n_steps):
+            t0 = time.perf_counter()
+            hyper = Hyper(p.r_start * p.r_growth**step, theta, z)
+            score, act, trajs = search_step(mics, hyper, p.window_px, UPSAMPLE, init=trajs)
+            ctx.tick("hyper_s", t0)
+            search.append(SearchPoint(ray, step, hyper, score, act))
+            if p.keep_search_trajectories:
+                keep[(ray, step)] = {m.name: (m.idx, t + m.rigid[None]) for m, t in zip(mics, trajs, strict=True)}
+            done += 1
+            mic = mics[0]
+            yield _step(ctx, "hyper", mic, done, total, None, None, search,
+                        f"ray {ray} (theta {theta:.2f}, z {z:g} Å) step {step}: r {hyper.r:.3g}, score {score:.5f}, "
+                        f"activity {act:.2f} px")
+            if score < best_ray:
+                best_ray, since = score, 0
+            else:
+                since += 1
+            if act < p.retire_px or since >= p.patience:
+                break
+    return min(search, key=lambda s: s.score).hyper
+
+
+def _dose(ctx: _Context, hyper: Hyper) -> Generator[MotionStep, None, DoseModel]:
+    """Empirical dose weights from the FCC of micrographs drawn until ``dose_target_particles``."""
+    p = ctx.p
+    names = ctx.draw(p.dose_target_particles, p.seed + 1)
+    acc = FCCAccumulator(ctx.n_frames, ctx.stack.box)
+    model = None
+    for k, name in enumerate(names):
+        mic = ctx.prepare(name)
+        traj = ctx.fit(mic, hyper, True, None)
+        t0 = time.perf_counter()
+        acc.add(align_frames(mic.fx, traj - mic.rigid[None]), mic.ref_opp)
+        model = fit_dose_model(acc.fcc(), ctx.stack.box, ctx.stack.pixel_size)
+        ctx.tick("dose_s", t0)
+        yield _step(ctx, "dose", mic, k + 1, len(names), traj, model, [],
+                    f"dose weights from {acc.count} particles")
+    return model
+
+
+def motion(stack: ParticleStack, movies: str | os.PathLike, half_a: np.ndarray, half_b: np.ndarray,
+           mask: np.ndarray | None = None, params: MotionParams | None = None, hyper: Hyper | None = None,
+           dose: DoseModel | None = None, out_stack: str | os.PathLike | None = None
+           ) -> Generator[MotionStep, None, MotionResult]:
+    """Reference-based motion correction of ``stack`` (see the module docstring); yields steps, returns the result.
+
+    ``movies``: a folder or a STAR listing the movies; ``half_a/b``, ``mask``: ``[z, y, x]`` maps of the particles'
+    box and pixel size; ``hyper``/``dose``: reuse a previous job's (skips that stage); ``out_stack``: the ``.mrcs``
+    to write (else the images are returned in memory).
+    """
+    p = params or MotionParams()
+    if p.final_stage not in STAGES:
+        raise ValueError(f"final_stage must be one of {STAGES}, not {p.final_stage!r}")
+    if p.crop_box is not None and not (2 <= p.crop_box <= stack.box):
+        raise ValueError(f"crop_box must lie in 2 .. {stack.box} (the particle box), not {p.crop_box}")
+    override = check_overrides(p.override_r, p.override_theta, p.override_z_A)
+    hyper = override or hyper
+    ctx = _Context(stack, movies, References(half_a, half_b, mask), p)
+    if dose is not None and len(dose.bfactors) != ctx.n_frames:
+        raise InputError(f"{movies}: the movies have {ctx.n_frames} frames but the dose weights given were fitted "
+                         f"to {len(dose.bfactors)} frames; estimate new dose weights for these movies")
+    search: list[SearchPoint] = []
+    keep: dict = {}
+    t_start = time.perf_counter()
+
+    def result(particles: ParticleStack | None = None, images: np.ndarray | None = None,
+               trajs: dict | None = None) -> MotionResult:
+        ctx.timings["total_s"] = time.perf_counter() - t_start
+        return MotionResult(hyper, dose, tuple(search), trajs or {}, particles, images, ctx.kept, ctx.skipped,
+                            ctx.n_frames, dict(ctx.timings), keep)
+
+    if hyper is None:
+        hyper = yield from _search(ctx, search, keep)
+    if p.final_stage == "hyper":
+        return result()
+    if dose is None:
+        dose = yield from _dose(ctx, hyper)
+    if p.final_stage == "dose":
+        return result()
+    return (yield from _final(ctx, hyper, dose, out_stack, result))
+
+
+def _final(ctx: _Context, hyper: Hyper, dose: DoseModel, out_stack: str | os.PathLike | None,
+           result: object) -> Generator[MotionStep, None, MotionResult]:
+    """Correct every micrograph's particles and write them (input order, skipped movies left out)."""
+    p, stack = ctx.p, ctx.stack
+    m = p.crop_box or stack.box
+    apix_out = stack.pixel_size * stack.box / m
+    pos_in_out = np.full(len(stack), -1)
+    pos_in_out[ctx.kept] = np.arange(len(ctx.kept))
+    weights = weight_image(dose.weights(stack.box, stack.pixel_size), stack.box)
+    writer = (StackWriter(out_stack, len(ctx.kept), m, apix_out, float16=p.float16) if out_stack is not None
+              else None)
+    images = None if writer is not None else np.zeros((len(ctx.kept), m, m), np.float32)
+    trajs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    try:
+        for k, name in enumerate(ctx.mic_list):
+            mic = ctx.prepare(name)
+            traj = ctx.fit(mic, hyper, p.use_all_fcs, dose)
+            t0 = time.perf_counter()
+            imgs = corrected_particles(mic.fx, traj - mic.rigid[None], weights, p.crop_box)
+            rows = pos_in_out[mic.idx]
+            if writer is not None:
+                writer[rows] = imgs
+            else:
+                images[rows] = imgs
+            ctx.tick("final_write_s", t0)
+            trajs[name] = (mic.idx, traj)
+            yield _step(ctx, "final", mic, k + 1, len(ctx.mic_list), traj, dose, [],
+                        f"corrected {len(mic.idx)} particles")
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    particles = None
+    if writer is not None:
+        writer.close()
+        sub = stack.subset(ctx.kept)
+        table = sub.table.copy()
+        table["rlnCoordinateX"] = ctx.xy[ctx.kept, 0].astype(float)
+        table["rlnCoordinateY"] = ctx.xy[ctx.kept, 1].astype(float)
+        table = table.drop(columns=[c for c in ("rlnImageName",) if c in table.columns])
+        out = Path(out_stack)
+        particles = sub.replace(pixel_size=apix_out, box=m, stack_paths=[out], stack_names=[out.name],
+                                stack_file_id=np.zeros(len(ctx.kept), int), stack_index=np.arange(len(ctx.kept)),
+                                shifts=ctx.origins[ctx.kept], table=table, optics=_optics(sub, apix_out, m))
+    return result(particles, images, trajs)
+
+
+def _optics(stack: ParticleStack, apix: float, box: int) -> object:
+    """The optics table with the new pixel size and box (None when there is none)."""
+    if stack.optics is None:
+        return None
+    opt = stack.optics.copy()
+    if "rlnImagePixelSize" in opt.columns:
+        opt["rlnImagePixelSize"] = apix
+    if "rlnImageSize" in opt.columns:
+        opt["rlnImageSize"] = box
+    return opt

@@ -1,0 +1,40 @@
+"""Per-frame particle patches cut from a movie, and their centred transforms."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cryolive.image.fourier import radial_index_2d, rfft2c
+
+
+def extract_patches(frames: np.ndarray, positions: np.ndarray, box: int) -> np.ndarray:
+    """Patches ``(N, F, box, box)`` float32 centred (pixel box//2) on integer positions ``(N, 2)`` (x, y) px.
+
+    ``frames``: ``(F, ny, nx)``. Pixels outside the movie are filled with each frame's mean.
+    """
+    f_count, ny, nx = frames.shape
+    h = box // 2
+    pad = np.empty((f_count, ny + 2 * box, nx + 2 * box), np.float32)
+    pad[:] = frames.mean(axis=(1, 2))[:, None, None]
+    pad[:, box:box + ny, box:box + nx] = frames
+    out = np.empty((len(positions), f_count, box, box), np.float32)
+    for i, (x, y) in enumerate(positions):
+        out[i] = pad[:, y - h + box:y - h + 2 * box, x - h + box:x - h + 2 * box]
+    return out
+
+
+def patch_transforms(patches: np.ndarray) -> np.ndarray:
+    """Centred real FFTs ``(N, F, n, n//2+1)`` complex64 of patches ``(N, F, n, n)`` (mean removed per patch)."""
+    p = patches - patches.mean(axis=(-2, -1), keepdims=True)
+    return np.asarray(rfft2c(p), dtype=np.complex64)
+
+
+def noise_power(fx: np.ndarray) -> np.ndarray:
+    """Noise power per Fourier pixel ``(n, n//2+1)``: the variance over frames of each component, averaged over
+    particles and then over each shell (the signal is mostly common to all frames). ``fx``: ``(N, F, n, m)``."""
+    n = fx.shape[-2]
+    f_count = fx.shape[1]
+    var = (np.abs(fx - fx.mean(axis=1, keepdims=True)) ** 2).sum(axis=1).mean(axis=0) / max(f_count - 1, 1)
+    shells = radial_index_2d(n)
+    per_shell = np.bincount(shells.ravel(), var.ravel()) / np.maximum(np.bincount(shells.ravel()), 1)
+    return np.maximum(per_shell[shells], 1e-12 * max(float(per_shell.max()), 1e-30))
