@@ -99,6 +99,28 @@ def cmd_refine(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_motion(a: argparse.Namespace) -> int:
+    from cryolive.jobs.motion import motion_job
+    from cryolive.motion import MotionParams
+
+    p = MotionParams(thoroughness=a.thoroughness, final_stage=a.stage, float16=a.float16,
+                     target_particles=a.target_particles, fit_fraction=a.fit_fraction,
+                     override_r=a.override_r, override_theta=a.override_theta, override_z_A=a.override_z,
+                     crop_box=a.crop_box, recenter=a.recenter, skip_wrong_frame_count=a.skip_wrong_frames,
+                     max_prior_strength=a.max_prior_strength, seed=a.seed)
+
+    def show(step) -> None:  # noqa: ANN001 - MotionStep
+        print(f"{step.stage:5s} {step.done:4d}/{step.total:<4d} {step.micrograph_name}  {step.message}", flush=True)
+
+    _, result = drain(motion_job(a.star, a.movies, a.half_a, a.half_b, a.mask, a.out, p, hyper_path=a.hyper,
+                                 dose_path=a.dose_weights), show)
+    if result.hyper is not None:
+        h = result.hyper
+        print(f"hyper-parameters: r {h.r:.4g} /px², theta {h.theta:.3f} rad, z {h.z_A:g} Å")
+    print(f"done ({a.stage}); job folder under {Path(a.out)}")
+    return 0
+
+
 def cmd_fsc(a: argparse.Namespace) -> int:
     from cryolive.io import InputError, read_map
     from cryolive.resolution.fsc import gold_standard_fsc
@@ -251,6 +273,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-iterations", action="store_true", help="write the map of every iteration")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_refine)
+
+    s = sub.add_parser("motion", help="reference-based motion correction (Bayesian polishing) of MRC movies")
+    s.add_argument("star", help="particles STAR with poses, CTFs, rlnMicrographName and rlnCoordinateX/Y")
+    s.add_argument("--movies", required=True, help="folder holding the movies (MRC stacks), or a STAR listing them")
+    s.add_argument("--half-a", required=True, help="half map A (particles with rlnRandomSubset 1)")
+    s.add_argument("--half-b", required=True, help="half map B (rlnRandomSubset 2)")
+    s.add_argument("--mask", help="mask applied to the half maps before projecting references")
+    s.add_argument("--out", required=True, help="parent folder of the new job folder job_motion_<nnn>")
+    s.add_argument("--hyper", help="hyperparameters.json of a previous job (skips the search)")
+    s.add_argument("--dose-weights", help="dose_weights.npz of a previous job (skips the dose estimation)")
+    s.add_argument("--stage", choices=("hyper", "dose", "final"), default="final", help="final processing stage")
+    s.add_argument("--float16", action="store_true", help="write the corrected particles in half precision")
+    s.add_argument("--thoroughness", choices=("fast", "balanced", "extensive"), default="fast")
+    s.add_argument("--target-particles", type=int, default=1000, help="particles for the hyper search (1000)")
+    s.add_argument("--fit-fraction", type=float, default=0.5, help="fraction of Fourier components to fit (0.5)")
+    s.add_argument("--max-prior-strength", type=float, default=1e4, help="largest total prior strength r")
+    s.add_argument("--override-r", type=float, help="total prior strength r (1/px²); give all three overrides")
+    s.add_argument("--override-theta", type=float, help="balance theta (radians, 0 spatial .. pi/2 acceleration)")
+    s.add_argument("--override-z", type=float, help="correlation distance z (Å)")
+    s.add_argument("--crop-box", type=int, help="Fourier-crop the output particles to this box")
+    s.add_argument("--recenter", action="store_true", help="re-centre the picks on the refinement's origins")
+    s.add_argument("--skip-wrong-frames", action="store_true", help="skip movies with an uncommon frame count")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_motion)
 
     s = sub.add_parser("fsc", help="FSC between two maps; prints the 0.143 and 0.5 resolutions in Å")
     s.add_argument("map_a")

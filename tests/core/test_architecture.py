@@ -16,7 +16,9 @@ CORE_MODULES = [
     "cryolive.rotations", "cryolive.rotations.symmetry", "cryolive.rotations.grids", "cryolive.resolution.fsc",
     "cryolive.resolution.filters", "cryolive.resolution.sharpen", "cryolive.masks", "cryolive.io",
     "cryolive.simulator.phantom", "cryolive.simulator.particles", "cryolive.simulator.dataset",
-    "cryolive.jobs.reconstruct", "cryolive.jobs.jobdir", "cryolive.cli",
+    "cryolive.jobs.reconstruct", "cryolive.jobs.jobdir", "cryolive.cli", "cryolive.refinement",
+    "cryolive.classification", "cryolive.jobs.classify", "cryolive.motion", "cryolive.simulator.movies",
+    "cryolive.jobs.motion",
 ]
 
 

@@ -23,16 +23,16 @@ def _rows(n: int, m: int) -> tuple[Any, Any]:
     """Row indices of an uncentred FFT axis of length ``n`` kept in one of length ``m`` (and where they go)."""
     x = xp()
     h = min(n, m) // 2
-    src = x.concatenate([x.arange(0, h), x.arange(n - h, n)])
-    dst = x.concatenate([x.arange(0, h), x.arange(m - h, m)])
+    src = x.concatenate([x.arange(0, h), x.arange(n - h + 1, n)])
+    dst = x.concatenate([x.arange(0, h), x.arange(m - h + 1, m)])
     return src, dst
 
 
 def resample_rfft2(f: Any, n: int, m: int) -> Any:
     """Images' :func:`~cryolive.image.fourier.rfft2c` transforms ``(B, n, n // 2 + 1)`` -> ``(B, m, m // 2 + 1)``.
 
-    Frequencies ``|k| < min(n, m) / 2`` along each axis are kept; the rest of a larger box is zero. Multiplied by
-    ``(m / n)^3`` (see the module docstring).
+    Frequencies ``|k| < min(n, m) / 2`` along each axis are kept (the smaller box's Nyquist row is dropped);
+    the rest of a larger box is zero. Multiplied by ``(m / n)^3`` (see the module docstring).
     """
     if m == n:
         return f
@@ -59,7 +59,7 @@ def resample_volume(vol: Any, m: int) -> Any:
     h = min(n, m) // 2
     cs, cd = n // 2, m // 2
     out = x.zeros((m, m, m), dtype=f.dtype)
-    sl_s = slice(cs - h, cs + h)
-    sl_d = slice(cd - h, cd + h)
+    sl_s = slice(cs - h + 1, cs + h)  # |k| < h: the smaller box's Nyquist plane has no partner in the larger
+    sl_d = slice(cd - h + 1, cd + h)
     out[sl_d, sl_d, sl_d] = f[sl_s, sl_s, sl_s]
     return (x.real(ifftnc(out)) * (m / n) ** 3).astype(x.float32)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from cryolive.resolution.fsc import FSCResult
 
 
@@ -34,7 +36,35 @@ def plot_fsc(result: FSCResult, path: str | os.PathLike, title: str = "") -> Non
     ax.set_title(title)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_class_sizes(sizes: np.ndarray, path: str | os.PathLike, title: str = "class sizes") -> None:
+    """Class sizes (fractions, ``(iterations, K)``) per iteration as stacked bars, one colour per class."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    sizes = np.atleast_2d(np.asarray(sizes, dtype=float))
+    fig = Figure(figsize=(6, 4), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    its = np.arange(1, sizes.shape[0] + 1)
+    bottom = np.zeros(sizes.shape[0])
+    for c in range(sizes.shape[1]):
+        ax.bar(its, 100 * sizes[:, c], bottom=bottom, color=f"C{c % 10}", label=f"class {c + 1}")
+        bottom += 100 * sizes[:, c]
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("particles (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig: object, path: str | os.PathLike) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp)  # type: ignore[attr-defined]
     os.replace(tmp, path)

@@ -1,0 +1,529 @@
+"""3D classification and heterogeneous refinement as generators (maths.md sections 5-6; seeds/000, 001).
+
+One engine, three E steps:
+
+* ``mode="fixed"`` (3D classification, poses from a refinement): the log-likelihood of particle ``i`` under class
+  ``k`` is the Gaussian score (whitened by the per-shell noise ``sigma^2``) of its image against the projection,
+  at its own pose and CTF, of the class volume composed as ``S · (F · V_k + (1 − F) · V̄)`` and filtered by its FSC.
+  ``V̄`` is the consensus map reconstructed explicitly from all particles before the first iteration.
+* ``mode="local"``: the same with a local pose search (a few degrees and a pixel) around the input pose per class.
+* ``mode="hetero"`` (heterogeneous refinement): every class runs the refinement's coarse-to-fine pose search
+  (global, or local around the input poses with ``hetero_search="local"``); volumes live in a class box
+  (default ``min(box, 128)``): particles are resampled in Fourier space (the same as scaling the rotation during
+  insertion). A class FSC here is a plain half-map comparison (the halves are aligned to one shared class map, so
+  they are not independent), read at 0.5.
+
+Posteriors ``Γ_ik ∝ π_k exp(β LL_ik)`` with ``β = 1 − s`` and the class-similarity ``s`` annealed linearly to 0
+over the first ``anneal_iters`` iterations (a deterministic-annealing temperature: with ``s`` near 1 particles are
+shared between classes and the classes separate slowly). M step: per class, two half-set reconstructors weighted by
+``Γ_ik`` (particles with ``Γ_ik < min_weight`` skipped); class weights ``π_k`` = mean posterior. Online EM: the first
+``online_em_iters`` iterations use random minibatches and blend the accumulators,
+``acc ← (1 − η) acc + η (N / b) acc_batch``, the rest use every particle. Stops when fewer than ``convergence`` of
+the particles change class.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cryolive.backend import to_numpy, xp
+from cryolive.classification.masks import auto_solvent_mask, compose_class_volume, mask_warnings
+from cryolive.classification.metrics import effective_classes
+from cryolive.image.ctf import ctf_values
+from cryolive.image.fourier import rfft2c
+from cryolive.image.resample import resample_rfft2, resample_volume
+from cryolive.io import InputError, ParticleStack
+from cryolive.jobs.reconstruct import finalize_halves, half_sets
+from cryolive.masks import soft_sphere
+from cryolive.projection import Projector, Reconstructor
+from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_window
+from cryolive.refinement.search import (
+    Candidates,
+    GridProjections,
+    SearchPlan,
+    local_level,
+    score_poses,
+    search_poses,
+    shift_phases,
+)
+from cryolive.resolution.filters import fsc_filter, lowpass
+from cryolive.resolution.fsc import fsc, resolution_at
+from cryolive.rotations.grids import local_offsets, so3_grid
+
+MODES = ("fixed", "local", "hetero")
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    """Parameters of 3D classification / heterogeneous refinement (Å, degrees, pixels of the particle box).
+
+    Defaults follow cryoSPARC's 3D classification (online EM, class similarity 0.5 annealed) and heterogeneous
+    refinement (class box ``min(box, 128)``, FSC read at 0.5) where they have one.
+    """
+
+    n_classes: int = 3
+    mode: str = "fixed"
+    max_iter: int = 20
+    online_em_iters: int = 2
+    minibatch_size: int | None = None
+    online_step: float = 0.5
+    class_similarity: float = 0.5
+    anneal_iters: int = 4
+    init_subset_size: int | None = None
+    init_lowpass_A: float = 20.0
+    max_resolution_A: float | None = None
+    solvent_threshold: float = 0.1
+    solvent_lowpass_A: float = 15.0
+    solvent_dilate_A: float = 6.0
+    solvent_soft_A: float = 10.0
+    class_box: int | None = None
+    symmetry: str = "C1"
+    local_step_deg: float = 1.5
+    local_extent_deg: float = 3.0
+    local_shift_px: float = 1.0
+    hetero_search: str = "global"
+    coarse_step_deg: float = 7.5
+    levels: int = 3
+    candidates: int = 5
+    bound_sigma: float = 4.0
+    max_shift_px: float | None = None
+    convergence: float = 0.005
+    min_weight: float = 1e-3
+    window_inner: float = 0.85
+    window_outer: float = 0.99
+    batch_size: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ClassIteration:
+    """One iteration of classification. Maps are NumPy float32 ``[z, y, x]`` in the class box; resolutions in Å."""
+
+    iteration: int
+    stage: str  # "online" (minibatch) or "full"
+    mode: str
+    n_particles: int
+    class_maps: np.ndarray  # (K, m, m, m): each class's reconstruction, FSC-filtered, solvent-masked
+    class_sizes: np.ndarray  # (K,) fraction of particles (sum of posteriors / N)
+    class_resolution_A: np.ndarray  # (K,) class FSC at 0.5 (plain half-map comparison of the composed volumes)
+    class_fsc: np.ndarray  # (K, shells)
+    mean_ess: float  # mean effective number of classes per particle (1 = certain)
+    changed_fraction: float  # particles whose most probable class changed this iteration
+    similarity: float  # the class-similarity used this iteration
+    pixel_size: float  # of the class box
+    solvent_mask: np.ndarray
+    focus_mask: np.ndarray | None
+    warnings: tuple[str, ...] = ()
+    timings: dict[str, float] = field(default_factory=dict)
+    job_dir: str | None = None  # set by the job wrapper
+
+
+@dataclass(frozen=True)
+class ClassifyResult:
+    """The last iteration, every particle's posteriors ``(N, K)``, class (1-based), max posterior, poses, history."""
+
+    final: ClassIteration
+    posteriors: np.ndarray
+    classes: np.ndarray
+    max_probability: np.ndarray
+    particles: ParticleStack  # with rlnClassNumber, rlnMaxValueProbDistribution and (hetero/local) the new poses
+    consensus: np.ndarray | None
+    history: list[dict[str, float]]
+
+
+def _similarity(p: ClassifyParams, it: int) -> float:
+    """Class similarity of iteration ``it`` (1-based): ``class_similarity`` annealed linearly to 0."""
+    if p.anneal_iters <= 0:
+        return 0.0
+    return float(p.class_similarity * max(0.0, 1.0 - (it - 1) / p.anneal_iters))
+
+
+def posteriors_from_scores(ll: np.ndarray, log_prior: np.ndarray, beta: float) -> np.ndarray:
+    """``Γ_ik ∝ π_k exp(β LL_ik)`` from log-likelihoods ``(B, K)`` and ``log π (K,)``; rows sum to 1."""
+    z = beta * ll + log_prior[None]
+    z = np.where(np.isfinite(z), z, -np.inf)
+    z -= z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _blend(old: Reconstructor | None, new: Reconstructor, eta: float, scale: float) -> Reconstructor:
+    """Online EM: ``(1 − η) old + η scale new`` on both accumulators (``old`` None: ``scale new``)."""
+    if old is None:
+        new.numerator *= scale
+        new.denominator *= scale
+        return new
+    old.numerator *= 1.0 - eta
+    old.denominator *= 1.0 - eta
+    old.numerator += (eta * scale) * new.numerator
+    old.denominator += (eta * scale) * new.denominator
+    return old
+
+
+class _Classifier:
+    """State and steps of one classification run (used by :func:`classify`)."""
+
+    def __init__(self, stack: ParticleStack, p: ClassifyParams, starts: list[np.ndarray] | None,
+                 solvent: Any, focus: Any, consensus: Any) -> None:
+        m = xp()
+        if p.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {p.mode!r}")
+        if p.n_classes < 1:
+            raise ValueError("n_classes must be at least 1")
+        self.m, self.stack, self.p = m, stack, p
+        self.n = stack.box
+        k = p.n_classes
+        if p.mode != "hetero" and stack.rotations is None:
+            raise InputError(f"{stack.source}: 3D classification with fixed poses needs poses "
+                             "(rlnAngleRot/Tilt/Psi); run a refinement first, or use heterogeneous refinement")
+        self.nc = int(p.class_box or (min(self.n, 128) if p.mode == "hetero" else self.n))
+        self.apix = stack.pixel_size * self.n / self.nc
+        self.rng = np.random.default_rng(p.seed)
+        self.half = half_sets(stack, p.seed)
+        n_tot = len(stack)
+        rot0 = stack.rotations if stack.rotations is not None else np.tile(np.eye(3), (n_tot, 1, 1))
+        sh0 = (stack.shifts / stack.pixel_size if stack.shifts is not None else np.zeros((n_tot, 2)))
+        # per class poses (hetero / local search move them); origins in pixels of the *particle* box
+        self.rot = np.repeat(rot0[:, None], k, axis=1)
+        self.sh = np.repeat(sh0[:, None], k, axis=1)
+        self.have_poses = stack.rotations is not None
+        self.window = soft_window(self.n, p.window_inner, p.window_outer)
+        self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
+        self.warnings: list[str] = []
+        self.posteriors = np.full((n_tot, k), 1.0 / k)
+        self.assigned = np.full(n_tot, -1)
+        self.log_prior = np.full(k, -np.log(k))
+        self.recs: list[list[Reconstructor | None]] = [[None, None] for _ in range(k)]
+        if self.nc > self.n:
+            self.warnings.append(
+                f"the class box ({self.nc} px at {self.apix:.3g} Å/px) is finer than the particles' own sampling "
+                f"({self.n} px at {stack.pixel_size:.3g} Å/px): class FSC curves beyond the data's Nyquist "
+                f"({2 * stack.pixel_size:.3g} Å) are not real (interpolation makes them look good); "
+                "re-extract with less binning or use a smaller class box")
+        self._init_masks(solvent, focus, consensus)
+        self.sigma2 = self._initial_sigma2()
+        self._init_classes(starts)
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def _images(self, idx: np.ndarray) -> Any:
+        """Windowed images' transforms in the class box ``(B, m, m // 2 + 1)``."""
+        m = self.m
+        f = rfft2c(m.asarray(self.stack.images(idx), dtype=m.float32) * self.window)
+        return resample_rfft2(f, self.n, self.nc)
+
+    def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
+        m = self.m
+        s = pix.radius / (pix.n * self.apix)
+        return ctf_values(self.stack.ctf.subset(idx), s, m.arctan2(pix.ky, pix.kx))
+
+    def _ctf_image(self, idx: np.ndarray) -> Any:
+        m = self.m
+        full = pixel_set(self.nc, self.nc / 2)
+        c = m.zeros((len(idx), self.nc * (self.nc // 2 + 1)), dtype=m.float32)
+        c[:, full.index] = self._ctf_at(idx, full)
+        return c.reshape(len(idx), self.nc, self.nc // 2 + 1)
+
+    def _reconstruct(self, idx: np.ndarray, weights: np.ndarray | None = None,
+                     cls: int = 0) -> tuple[Reconstructor, Reconstructor]:
+        """Half-set reconstructions of particles ``idx`` at class ``cls``'s poses (no noise weighting)."""
+        m = self.m
+        recs = (Reconstructor(self.nc, symmetry=self.p.symmetry), Reconstructor(self.nc, symmetry=self.p.symmetry))
+        for s0 in range(0, len(idx), self.p.batch_size):
+            b = idx[s0:s0 + self.p.batch_size]
+            f, ctf = self._images(b), self._ctf_image(b)
+            for h, rec in zip((1, 2), recs, strict=True):
+                sel = np.nonzero(self.half[b] == h)[0]
+                if len(sel):
+                    g = m.asarray(sel)
+                    rec.insert(f[g], self.rot[b[sel], cls], ctf=ctf[g], shifts=self._class_shifts(b[sel], cls),
+                               weights=None if weights is None else weights[s0:s0 + self.p.batch_size][sel])
+        return recs
+
+    def _class_shifts(self, idx: np.ndarray, cls: int) -> np.ndarray:
+        """Origins in class-box pixels."""
+        return self.sh[idx, cls] * (self.nc / self.n)
+
+    def _init_masks(self, solvent: Any, focus: Any, consensus: Any) -> None:
+        m, p = self.m, self.p
+        self.consensus = self.consensus_halves = None
+        if p.mode != "hetero":
+            if consensus is None:
+                ra, rb = self._reconstruct(np.arange(len(self.stack)))
+                ha, hb, full = finalize_halves(ra, rb)
+                self.consensus_halves = (ha, hb)
+                self.consensus = full
+            else:
+                self.consensus = resample_volume(consensus, self.nc)
+        self.solvent_given = solvent is not None
+        self.focus = None if focus is None else m.clip(resample_volume(focus, self.nc), 0.0, 1.0)
+        if solvent is not None:
+            self.solvent = m.clip(resample_volume(solvent, self.nc), 0.0, 1.0)
+        elif self.consensus is not None:
+            self.solvent = auto_solvent_mask(self.consensus, self.apix, p.solvent_threshold, p.solvent_lowpass_A,
+                                             p.solvent_dilate_A, p.solvent_soft_A)
+        else:
+            box_A = self.nc * self.apix
+            self.solvent = soft_sphere(self.nc, 0.45 * box_A, self.apix, 0.05 * box_A)
+        self.warnings.extend(mask_warnings(self.solvent_given, self.focus, self.solvent))
+
+    def _initial_sigma2(self) -> np.ndarray:
+        """Noise power per shell: residuals against the consensus at the given poses, else the image power."""
+        idx = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 1000), replace=False))
+        f = self._images(idx)
+        if self.consensus is None:
+            return shell_power(f, self.nc)
+        acc, cnt = np.zeros(self.nc // 2 + 1), np.zeros(self.nc // 2 + 1)
+        self._residual_power(Projector(self.consensus * self.solvent), f, idx, self.rot[idx, 0],
+                             self._class_shifts(idx, 0), acc, cnt)
+        return acc / np.maximum(cnt, 1e-12)
+
+    def _init_classes(self, starts: list[np.ndarray] | None) -> None:
+        """Class references: the given starting maps (low-passed), else reconstructions of K random subsets."""
+        p, k = self.p, self.p.n_classes
+        if starts is not None:
+            if len(starts) != k:
+                raise ValueError(f"{len(starts)} starting maps for {k} classes")
+            self.refs = [lowpass(resample_volume(s, self.nc), p.init_lowpass_A, self.apix) * self.solvent
+                         for s in starts]
+            self.fsc_curves = [np.zeros(self.nc // 2 + 1) for _ in range(k)]
+            return
+        n_tot = len(self.stack)
+        size = p.init_subset_size or min(n_tot // k, 1000)
+        order = self.rng.permutation(n_tot)
+        refs, curves = [], []
+        for c in range(k):
+            sub = np.sort(order[c * size:(c + 1) * size])
+            ra, rb = self._reconstruct(sub)
+            ha, hb, full = finalize_halves(ra, rb)
+            vol, curve = self._compose_filtered(full, ha, hb)
+            refs.append(vol)
+            curves.append(curve)
+        self.refs, self.fsc_curves = refs, curves
+
+    def _compose_filtered(self, full: Any, ha: Any, hb: Any) -> tuple[Any, np.ndarray]:
+        """The E-step volume ``S (F V_k + (1 − F) V̄)`` filtered by the FSC of its composed half maps."""
+        if self.consensus_halves is not None:
+            cons_a, cons_b = self.consensus_halves
+        else:
+            cons_a = cons_b = self.consensus
+        ca = compose_class_volume(ha, cons_a, self.solvent, self.focus)
+        cb = compose_class_volume(hb, cons_b, self.solvent, self.focus)
+        curve = fsc(ca, cb)
+        vol = compose_class_volume(full, self.consensus, self.solvent, self.focus)
+        return fsc_filter(vol, curve) * self.solvent, np.asarray(curve)
+
+    # ---------------------------------------------------------------------------------------------- E step
+    def _align_radius(self) -> float:
+        """Fourier radius (class-box pixels) scored: where any class FSC still exceeds 0.143, plus a margin,
+        never beyond the data's Nyquist or ``max_resolution_A``."""
+        p = self.p
+        r_data = min(self.n, self.nc) / 2 - 1
+        best = 0.0
+        for curve in self.fsc_curves:
+            above = np.nonzero(np.asarray(curve) >= 0.143)[0]
+            best = max(best, float(above.max()) if above.size else 0.0)
+        if not best:  # starting maps: their low-pass
+            best = self.nc * self.apix / p.init_lowpass_A
+        r = best * 1.2 + 2
+        if p.max_resolution_A:
+            r = min(r, self.nc * self.apix / p.max_resolution_A)
+        return float(min(max(r, 4.0), r_data))
+
+    def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
+        m = self.m
+        x = f.reshape(f.shape[0], -1)[:, pix.index]
+        c = self._ctf_at(idx, pix)
+        s2 = m.asarray(np.maximum(self.sigma2, 1e-12 * max(float(self.sigma2.max()), 1e-30)), dtype=m.float32)
+        w = pix.mult / s2[m.clip(pix.shell, 0, len(self.sigma2) - 1)]
+        return x * (w * c), w * c * c
+
+    def _plan(self) -> SearchPlan:
+        p = self.p
+        return SearchPlan(self.nc, p.coarse_step_deg, p.levels, p.candidates, p.bound_sigma,
+                          self.max_shift * self.nc / self.n)
+
+    def _scores(self, projs: list[Projector], grids: list[GridProjections | None], f: Any, idx: np.ndarray,
+                pix: PixelSet, radii: list[float]) -> np.ndarray:
+        """Log-likelihood ``(B, K)`` of each image under each class; updates per-class poses in local/hetero."""
+        p = self.p
+        y, c2w = self._whitened(f, idx, pix)
+        ones = np.ones(len(idx))
+        ll = np.empty((len(idx), len(projs)))
+        for c, proj in enumerate(projs):
+            if p.mode == "fixed":
+                cross, norm = score_poses(proj, y, c2w, self.rot[idx, c], self._class_shifts(idx, c), pix.kx, pix.ky)
+                ll[:, c] = to_numpy(cross - 0.5 * norm)
+                continue
+            if p.mode == "local":
+                cand = Candidates(self.rot[idx, c][:, None], self._class_shifts(idx, c)[:, None],
+                                  np.zeros((len(idx), 1)))
+                offsets = local_offsets(p.local_step_deg, p.local_extent_deg, cover=False)
+                d = p.local_shift_px * self.nc / self.n / 2
+                soff = np.array([[dx, dy] for dy in (-d, 0, d) for dx in (-d, 0, d)])
+                cand = local_level(proj, y, c2w, ones, cand, offsets, soff, pix.kx, pix.ky, keep=1)
+            else:
+                plan = self._plan()
+                local = p.hetero_search == "local" and self.have_poses
+                prev = (self.rot[idx, c], self._class_shifts(idx, c)) if local else None
+                rr = radii[-(plan.levels - max(plan.levels - 1, 1) + 1):] if local else radii
+                counts = [pix.count_within(r) for r in rr[:-1]] + [len(pix)]
+                cand, _ = search_poses(plan, proj, grids[c], y, c2w, ones, pix.kx, pix.ky, counts, prev,
+                                       radii=rr)
+            rot, sh, score = cand.best()
+            self.rot[idx, c] = rot
+            self.sh[idx, c] = sh * (self.n / self.nc)
+            ll[:, c] = score
+        return ll
+
+    def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
+                        acc: np.ndarray, cnt: np.ndarray) -> None:
+        m = self.m
+        full = pixel_set(self.nc, self.nc / 2)
+        x = f.reshape(f.shape[0], -1)[:, full.index]
+        model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
+        res = m.abs(x - self._ctf_at(idx, full) * model) ** 2 * full.mult
+        nsh = self.nc // 2 + 1
+        shells = m.broadcast_to(full.shell, res.shape).ravel()
+        acc += to_numpy(m.bincount(shells, weights=res.ravel(), minlength=nsh)[:nsh])
+        cnt += to_numpy(m.bincount(shells, weights=m.broadcast_to(full.mult, res.shape).ravel(),
+                                   minlength=nsh)[:nsh])
+
+    # ------------------------------------------------------------------------------------------- iteration
+    def iteration(self, it: int, subset: np.ndarray, online: bool) -> dict[str, Any]:
+        m, p, k = self.m, self.p, self.p.n_classes
+        t0 = time.perf_counter()
+        beta = 1.0 - _similarity(p, it)
+        r_align = self._align_radius()
+        pix = pixel_set(self.nc, r_align)
+        plan = self._plan()
+        radius_A = 0.35 * self.nc * self.apix
+        radii = plan.level_radii(r_align, 0, radius_A, self.apix)
+        projs = [Projector(r) for r in self.refs]
+        grids: list[GridProjections | None] = [None] * k
+        if p.mode == "hetero" and not (p.hetero_search == "local" and self.have_poses):
+            k0 = pix.count_within(radii[0])
+            grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
+            grids = [GridProjections.make(pr, grid_rots, pix.kx[:k0], pix.ky[:k0]) for pr in projs]
+        new = [[Reconstructor(self.nc, symmetry=p.symmetry) for _ in range(2)] for _ in range(k)]
+        nsh = self.nc // 2 + 1
+        acc, cnt = np.zeros(nsh), np.zeros(nsh)
+        t_e = t_m = 0.0
+        noise = self._noise_image()
+        old_assigned = self.assigned[subset].copy()
+        for s0 in range(0, len(subset), p.batch_size):
+            idx = subset[s0:s0 + p.batch_size]
+            te = time.perf_counter()
+            f = self._images(idx)
+            ll = self._scores(projs, grids, f, idx, pix, radii)
+            post = posteriors_from_scores(ll, self.log_prior, beta)
+            self.posteriors[idx] = post
+            best = np.argmax(post, axis=1)
+            self.assigned[idx] = best
+            for c in range(k):
+                sel = np.nonzero(best == c)[0]
+                if len(sel):
+                    self._residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
+                                         self._class_shifts(idx[sel], c), acc, cnt)
+            t_e += time.perf_counter() - te
+            tm = time.perf_counter()
+            ctf = self._ctf_image(idx)
+            for c in range(k):
+                for h in (1, 2):
+                    sel = np.nonzero((self.half[idx] == h) & (post[:, c] >= p.min_weight))[0]
+                    if len(sel) == 0:
+                        continue
+                    g = m.asarray(sel)
+                    new[c][h - 1].insert(f[g], self.rot[idx[sel], c], ctf=ctf[g],
+                                         shifts=self._class_shifts(idx[sel], c), weights=post[sel, c],
+                                         noise_power=noise)
+            t_m += time.perf_counter() - tm
+        self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
+        tr = time.perf_counter()
+        scale = len(self.stack) / len(subset)
+        eta = p.online_step if online else 1.0
+        maps, curves, res = [], [], []
+        for c in range(k):
+            for h in range(2):
+                self.recs[c][h] = _blend(self.recs[c][h] if online else None, new[c][h], eta, scale)
+            ha, hb, full = finalize_halves(self.recs[c][0], self.recs[c][1])
+            vol, curve = self._compose_filtered(full, ha, hb)
+            maps.append(fsc_filter(full, curve) * self.solvent)
+            curves.append(curve)
+            res.append(resolution_at(curve, self.nc, self.apix, 0.5))
+            self.refs[c] = vol
+        self.fsc_curves = curves
+        sizes = self.posteriors.mean(axis=0)
+        self.log_prior = np.log(np.maximum(sizes, 1e-6))
+        changed = float(np.mean(old_assigned != self.assigned[subset]))
+        t_r = time.perf_counter() - tr
+        return dict(maps=maps, curves=curves, res=res, sizes=sizes, changed=changed, beta=beta,
+                    ess=float(effective_classes(self.posteriors[subset]).mean()),
+                    timings={"e_step_s": t_e, "m_step_s": t_m, "reconstruct_s": t_r,
+                             "total_s": time.perf_counter() - t0,
+                             "particles_classes_per_s": len(subset) * k / max(t_e, 1e-9)})
+
+    def _noise_image(self) -> Any:
+        m = self.m
+        full = pixel_set(self.nc, self.nc / 2)
+        s2 = np.maximum(self.sigma2, 1e-12 * max(float(self.sigma2.max()), 1e-30))
+        img = m.full(self.nc * (self.nc // 2 + 1), float(s2[-1]), dtype=m.float32)
+        img[full.index] = m.asarray(s2, dtype=m.float32)[m.clip(full.shell, 0, len(s2) - 1)]
+        return img.reshape(self.nc, self.nc // 2 + 1)
+
+
+def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, starts: list[Any] | None = None,
+             solvent_mask: Any = None, focus_mask: Any = None,
+             consensus: Any = None) -> Generator[ClassIteration, None, ClassifyResult]:
+    """3D classification (``mode`` fixed/local) or heterogeneous refinement (``mode="hetero"``), one
+    :class:`ClassIteration` per iteration; returns a :class:`ClassifyResult`.
+
+    ``particles``: with poses and CTFs (hetero: poses optional); ``starts``: K starting maps (hetero; for
+    classification None = reconstructions of K random particle subsets); ``solvent_mask``/``focus_mask``/
+    ``consensus``: ``(n, n, n)`` maps at the particles' pixel size (None: an automatic solvent mask from the
+    consensus, no focus mask, the consensus reconstructed from all particles).
+    """
+    p = params or ClassifyParams()
+    if p.mode == "hetero" and starts is None:
+        raise ValueError("heterogeneous refinement needs K starting maps")
+    cl = _Classifier(particles, p, starts, solvent_mask, focus_mask, consensus)
+    n_tot = len(particles)
+    mb = p.minibatch_size or max(1000, 300 * p.n_classes)
+    history: list[dict[str, float]] = []
+    last: ClassIteration | None = None
+    for it in range(1, p.max_iter + 1):
+        online = it <= p.online_em_iters and mb < n_tot
+        subset = np.sort(cl.rng.choice(n_tot, size=mb, replace=False)) if online else np.arange(n_tot)
+        out = cl.iteration(it, subset, online)
+        last = ClassIteration(
+            iteration=it, stage="online" if online else "full", mode=p.mode, n_particles=len(subset),
+            class_maps=np.stack([to_numpy(v).astype(np.float32) for v in out["maps"]]),
+            class_sizes=np.asarray(out["sizes"], dtype=np.float64),
+            class_resolution_A=np.asarray(out["res"], dtype=np.float64),
+            class_fsc=np.stack(out["curves"]), mean_ess=out["ess"], changed_fraction=out["changed"],
+            similarity=1.0 - out["beta"], pixel_size=cl.apix,
+            solvent_mask=to_numpy(cl.solvent).astype(np.float32),
+            focus_mask=None if cl.focus is None else to_numpy(cl.focus).astype(np.float32),
+            warnings=tuple(cl.warnings), timings=out["timings"])
+        history.append({"iteration": it, "stage": last.stage, "n_particles": len(subset),
+                        "changed_fraction": out["changed"], "mean_ess": out["ess"], "similarity": last.similarity,
+                        **{f"class_{c + 1}_size": float(s) for c, s in enumerate(out["sizes"])},
+                        **{f"class_{c + 1}_res_A": float(r) for c, r in enumerate(out["res"])},
+                        **out["timings"]})
+        yield last
+        if not online and it > p.anneal_iters and out["changed"] < p.convergence:
+            break
+    assert last is not None
+    post = cl.posteriors
+    cls = np.argmax(post, axis=1)
+    rot = cl.rot[np.arange(n_tot), cls]
+    sh_A = cl.sh[np.arange(n_tot), cls] * particles.pixel_size
+    moved = p.mode != "fixed"
+    out_stack = particles.with_poses(rot if moved else None, sh_A if moved else None, class_number=cls + 1,
+                                     extra_columns={"rlnMaxValueProbDistribution": post.max(axis=1)})
+    consensus_np = None if cl.consensus is None else to_numpy(cl.consensus).astype(np.float32)
+    return ClassifyResult(last, post.copy(), cls + 1, post.max(axis=1), out_stack, consensus_np, history)

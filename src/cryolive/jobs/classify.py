@@ -1,0 +1,198 @@
+"""3D classification and heterogeneous refinement as jobs: the :func:`cryolive.classification.classify` generator
+plus a job folder.
+
+``classify_job`` yields the core generator's :class:`ClassIteration` objects (with ``job_dir`` set) and writes
+``<out>/job_classify_<nnn>/`` (``job_hetero_<nnn>`` for heterogeneous refinement):
+
+    class_001.mrc ...           each class's map (FSC-filtered, solvent-masked), rewritten every iteration
+    particles.star              every particle with rlnClassNumber (1-based) and rlnMaxValueProbDistribution
+                                (hetero / local search: the new poses too)
+    particles_class_001.star    the particles of each class (most probable class)
+    class_sizes.csv, .png       class sizes (fractions) per iteration
+    class_fsc.csv               each class's FSC (plain half-map comparison of the composed volumes)
+    iterations.csv              per-iteration numbers and timings
+    consensus.mrc               the consensus map (classification)
+    solvent_mask.mrc, focus_mask.mrc
+    params.json, log.txt, status.json
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import time
+from collections.abc import Generator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cryolive.backend import backend_name, device_label
+from cryolive.classification.classify import ClassifyParams, ClassifyResult, ClassIteration, classify
+from cryolive.io import InputError, read_map, read_particles, read_star, write_map, write_star
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+
+
+def _read_matching(path: str, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray:
+    """A map that must match the particles' box and pixel size (1 %); InputError naming the file otherwise."""
+    vol, apix = read_map(path)
+    if vol.shape != (box,) * 3:
+        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}")
+    if abs(apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
+                         f"{pixel_size:.4f} Å ({particles})")
+    if not np.isfinite(vol).all():
+        raise InputError(f"{path}: {what} holds NaN or Inf values")
+    return vol
+
+
+def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
+    if not path:
+        return None
+    mask = _read_matching(path, box, pixel_size, particles, what)
+    if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
+        raise InputError(f"{path}: a {what} must lie in [0, 1] (found {mask.min():.3g} .. {mask.max():.3g})")
+    return mask
+
+
+def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
+                 starts: Sequence[str] | None = None, solvent_mask: str | None = None,
+                 focus_mask: str | None = None,
+                 consensus: str | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
+    """Run classification (``params.mode`` fixed/local) or heterogeneous refinement (``hetero``, with ``starts``)
+    into a new job folder, yielding each iteration; returns the result. Inputs are checked before the folder is
+    made; nothing the user had is modified."""
+    p = params or ClassifyParams()
+    t0 = time.perf_counter()
+    stack = read_particles(particles_path)
+    box, apix = stack.box, stack.pixel_size
+    start_maps = None
+    if starts:
+        start_maps = [_read_matching(s, box, apix, particles_path, "starting map") for s in starts]
+        p = dataclasses.replace(p, n_classes=len(start_maps))
+    solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
+    focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
+    cons = _read_matching(consensus, box, apix, particles_path, "consensus map") if consensus else None
+    kind = "hetero" if p.mode == "hetero" else "classify"
+    job = JobFolder.create(out, kind)
+    job.write_params({"particles": particles_path, "starts": list(starts or []), "solvent_mask": solvent_mask,
+                      "focus_mask": focus_mask, "consensus": consensus, **dataclasses.asdict(p),
+                      "backend": backend_name(), "n_particles": len(stack), "pixel_size_A": apix, "box": box})
+    job.set_status("running", iteration=0)
+    what = "heterogeneous refinement" if kind == "hetero" else f"3D classification ({p.mode} poses)"
+    job.log(f"{what} on {device_label()}: {len(stack)} particles, box {box}, {apix:.4g} Å/px, "
+            f"{p.n_classes} classes; solvent mask {solvent_mask or 'automatic (from the consensus map)'}, "
+            f"focus mask {focus_mask or 'none'}")
+    if kind == "hetero":
+        job.log("class FSC: a plain half-map comparison (both halves are aligned to one class map, so they are "
+                "not independent), read at 0.5")
+    history: list[dict] = []
+    gen = classify(stack, p, starts=start_maps, solvent_mask=solvent, focus_mask=focus, consensus=cons)
+    warned: set[str] = set()
+    try:
+        while True:
+            it = next(gen)
+            for w in it.warnings:
+                if w not in warned:
+                    warned.add(w)
+                    job.log(f"WARNING: {w}")
+            if it.iteration == 1:
+                write_map(job.file("solvent_mask.mrc"), it.solvent_mask, it.pixel_size)
+                if it.focus_mask is not None:
+                    write_map(job.file("focus_mask.mrc"), it.focus_mask, it.pixel_size)
+            _log_iteration(job, it)
+            history.append(_summary(it))
+            _write_iteration(job, it, history)
+            job.set_status("running", iteration=it.iteration)
+            yield dataclasses.replace(it, job_dir=str(job.path))
+    except StopIteration as stop:
+        result: ClassifyResult = stop.value
+    except BaseException as exc:
+        failed = isinstance(exc, Exception)
+        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
+        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "",
+                       last_iteration=len(history))
+        job.close()
+        gen.close()
+        raise
+    _write_outputs(job, result)
+    sizes = ", ".join(f"{100 * s:.1f} %" for s in result.final.class_sizes)
+    job.log(f"finished in {time.perf_counter() - t0:.1f} s: class sizes {sizes}")
+    job.set_status("finished", iteration=result.final.iteration,
+                   class_sizes=[float(s) for s in result.final.class_sizes])
+    job.close()
+    return dataclasses.replace(result, history=history)
+
+
+def _summary(it: ClassIteration) -> dict:
+    row = {"iteration": it.iteration, "stage": it.stage, "n_particles": it.n_particles,
+           "changed_fraction": round(it.changed_fraction, 5), "mean_ess": round(it.mean_ess, 4),
+           "similarity": round(it.similarity, 3)}
+    row.update({f"class_{c + 1}_size": round(float(s), 5) for c, s in enumerate(it.class_sizes)})
+    row.update({f"class_{c + 1}_res_A": round(float(r), 3) for c, r in enumerate(it.class_resolution_A)})
+    row.update({k: round(v, 3) for k, v in it.timings.items()})
+    return row
+
+
+def _log_iteration(job: JobFolder, it: ClassIteration) -> None:
+    sizes = ", ".join(f"{100 * s:.1f} %" for s in it.class_sizes)
+    res = ", ".join(f"{r:.1f}" for r in it.class_resolution_A)
+    t = it.timings
+    job.log(f"iteration {it.iteration} ({it.stage}, {it.n_particles} particles, similarity {it.similarity:.2f}): "
+            f"sizes {sizes}; class FSC 0.5 at {res} Å; {100 * it.changed_fraction:.1f} % changed class; "
+            f"E step {t['e_step_s']:.1f} s, M step {t['m_step_s']:.1f} s, total {t['total_s']:.1f} s")
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def _write_iteration(job: JobFolder, it: ClassIteration, history: list[dict]) -> None:
+    for c, vol in enumerate(it.class_maps):
+        path = job.file(f"class_{c + 1:03d}.mrc")
+        if path.exists():
+            path.unlink()  # our own output of the previous iteration
+        write_map(path, vol, it.pixel_size)
+    _write_csv(job.file("iterations.csv"), history)
+    sizes = [{"iteration": h["iteration"], **{k: v for k, v in h.items() if k.endswith("_size")}} for h in history]
+    _write_csv(job.file("class_sizes.csv"), sizes)
+    from cryolive.jobs.plots import plot_class_sizes
+
+    plot_class_sizes(np.array([[v for k, v in s.items() if k != "iteration"] for s in sizes]),
+                     job.file("class_sizes.png"))
+    shells = it.class_fsc.shape[1]
+    freq = np.arange(shells) / (2 * (shells - 1) * it.pixel_size)
+    rows = [{"shell": i, "frequency_1_per_A": round(float(freq[i]), 6),
+             **{f"class_{c + 1}": round(float(it.class_fsc[c, i]), 5) for c in range(len(it.class_fsc))}}
+            for i in range(shells)]
+    _write_csv(job.file("class_fsc.csv"), rows)
+
+
+def _write_outputs(job: JobFolder, result: ClassifyResult) -> None:
+    stack = result.particles
+    write_star(stack, job.file("particles.star"))
+    for c in range(len(result.final.class_sizes)):
+        sel = np.nonzero(result.classes == c + 1)[0]
+        if len(sel):
+            write_star(stack.subset(sel), job.file(f"particles_class_{c + 1:03d}.star"))
+    if result.consensus is not None:
+        write_map(job.file("consensus.mrc"), result.consensus, result.final.pixel_size)
+    job.log("wrote particles.star (rlnClassNumber, rlnMaxValueProbDistribution), particles_class_nnn.star, "
+            "class_nnn.mrc, class_sizes.csv/.png, class_fsc.csv, iterations.csv")
+
+
+def export_classes(particles_star: str | Path, classes: Sequence[int], dest: str | Path) -> int:
+    """Write the particles of ``classes`` (1-based rlnClassNumber) from a classification's ``particles.star`` to
+    the new file ``dest``; returns how many. Refuses to overwrite ``dest``."""
+    stack = read_star(particles_star)
+    if stack.class_number is None:
+        raise InputError(f"{particles_star}: no rlnClassNumber column (not a classification result)")
+    sel = np.nonzero(np.isin(stack.class_number, np.asarray(list(classes), dtype=int)))[0]
+    if len(sel) == 0:
+        raise InputError(f"{particles_star}: no particle is in class(es) {', '.join(map(str, classes))}")
+    write_star(stack.subset(sel), dest)
+    return int(len(sel))
