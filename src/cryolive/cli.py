@@ -10,6 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cryolive.jobs import drain
 
@@ -118,6 +119,78 @@ def cmd_motion(a: argparse.Namespace) -> int:
         h = result.hyper
         print(f"hyper-parameters: r {h.r:.4g} /px², theta {h.theta:.3f} rad, z {h.z_A:g} Å")
     print(f"done ({a.stage}); job folder under {Path(a.out)}")
+    return 0
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    v = float(text)
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {text}")
+    return v
+
+
+def _classify_printer() -> Any:
+    """``on_step`` for the classification jobs: one line per iteration, each new warning once ("WARNING: ")."""
+    warned: set[str] = set()
+    job_dir: list[str] = []
+
+    def show(it) -> None:  # noqa: ANN001 - ClassIteration
+        for w in it.warnings:
+            if w not in warned:
+                warned.add(w)
+                print(f"WARNING: {w}", flush=True)
+        if it.job_dir and not job_dir:
+            job_dir.append(it.job_dir)
+        sizes = " ".join(f"{100 * s:5.1f}%" for s in it.class_sizes)
+        res = " ".join(f"{r:5.1f}" for r in it.class_resolution_A)
+        print(f"iteration {it.iteration:2d} {it.stage:6s} {it.n_particles:6d} particles  sizes {sizes}  "
+              f"changed {100 * it.changed_fraction:5.1f}%  FSC 0.5 at {res} Å  {it.timings['total_s']:.1f} s",
+              flush=True)
+
+    show.job_dir = job_dir  # type: ignore[attr-defined]
+    return show
+
+
+def _report_classes(show: Any, result: Any, out: str) -> None:  # noqa: ANN401 - printer, ClassifyResult
+    import numpy as np
+
+    counts = np.bincount(result.classes, minlength=len(result.final.class_sizes) + 1)[1:]
+    where = show.job_dir[0] if show.job_dir else f"under {Path(out)}"
+    print(f"job folder {where}")
+    for c, (s, r) in enumerate(zip(result.final.class_sizes, result.final.class_resolution_A, strict=True)):
+        print(f"  class {c + 1}: {100 * s:5.1f} % ({counts[c]} particles), FSC 0.5 at {r:.1f} Å")
+
+
+def cmd_classify(a: argparse.Namespace) -> int:
+    from cryolive.classification.classify import ClassifyParams
+    from cryolive.jobs.classify import classify_job
+
+    if a.k < 1:
+        raise ValueError(f"--k must be at least 1 (got {a.k})")
+    p = ClassifyParams(n_classes=a.k, mode="local" if a.local_search else "fixed", max_iter=a.max_iter,
+                       class_similarity=a.similarity, anneal_iters=a.anneal_iters, online_em_iters=a.online_iters,
+                       minibatch_size=a.minibatch, max_resolution_A=a.max_res, init_lowpass_A=a.lowpass,
+                       symmetry=a.sym, batch_size=a.batch_size, seed=a.seed)
+    show = _classify_printer()
+    _, result = drain(classify_job(a.star, a.out, p, solvent_mask=a.solvent_mask, focus_mask=a.focus_mask,
+                                   consensus=a.consensus), show)
+    _report_classes(show, result, a.out)
+    return 0
+
+
+def cmd_hetero(a: argparse.Namespace) -> int:
+    from cryolive.classification.classify import ClassifyParams
+    from cryolive.jobs.classify import classify_job
+
+    p = ClassifyParams(n_classes=len(a.ref), mode="hetero", max_iter=a.max_iter, class_box=a.class_box,
+                       hetero_search="local" if a.local else "global", class_similarity=a.similarity,
+                       anneal_iters=a.anneal_iters, online_em_iters=a.online_iters, minibatch_size=a.minibatch,
+                       max_resolution_A=a.max_res, init_lowpass_A=a.lowpass, coarse_step_deg=a.coarse_step,
+                       symmetry=a.sym, batch_size=a.batch_size, seed=a.seed)
+    show = _classify_printer()
+    _, result = drain(classify_job(a.star, a.out, p, starts=a.ref, solvent_mask=a.mask), show)
+    _report_classes(show, result, a.out)
     return 0
 
 
@@ -297,6 +370,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--skip-wrong-frames", action="store_true", help="skip movies with an uncommon frame count")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_motion)
+
+    s = sub.add_parser("classify", help="3D classification with fixed poses (or a local search), focus/solvent masks")
+    s.add_argument("star", help="particles with poses and CTFs (RELION STAR or cryoSPARC .cs), e.g. from a refinement")
+    s.add_argument("--k", type=int, required=True, help="number of classes")
+    s.add_argument("--out", required=True, metavar="JOBDIR",
+                   help="parent folder of the new job folder job_classify_<nnn>")
+    s.add_argument("--solvent-mask", metavar="MRC",
+                   help="solvent mask S (a single mask goes here; default: made from the consensus map)")
+    s.add_argument("--focus-mask", metavar="MRC",
+                   help="focus mask F: classes differ only inside it, S·(F·V_k + (1−F)·V̄)")
+    s.add_argument("--consensus", metavar="MRC",
+                   help="consensus map V̄ (default: reconstructed from all particles at their poses)")
+    s.add_argument("--local-search", action="store_true", help="local pose search per class around the input poses")
+    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
+    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
+    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
+    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
+    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
+    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
+    s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of starting maps in Å (20)")
+    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("hetero", help="heterogeneous refinement: K classes from K starting maps, pose search per class")
+    s.add_argument("star", help="particles with CTFs (RELION STAR or cryoSPARC .cs); poses only needed for --local")
+    s.add_argument("--ref", nargs="+", required=True, metavar="MAP",
+                   help="starting maps, one per class (the particles' box and pixel size)")
+    s.add_argument("--out", required=True, metavar="JOBDIR",
+                   help="parent folder of the new job folder job_hetero_<nnn>")
+    s.add_argument("--class-box", type=int, default=None, help="box of the class maps (min(box, 128)); past the "
+                   "particle box the FSC beyond the data's Nyquist is not real")
+    s.add_argument("--mask", metavar="MRC", help="solvent mask (default: a soft sphere)")
+    s.add_argument("--local", action="store_true", help="local pose search around the input poses (not global)")
+    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
+    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
+    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
+    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
+    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
+    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
+    s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of the starting maps in Å (20)")
+    s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
+    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_hetero)
 
     s = sub.add_parser("fsc", help="FSC between two maps; prints the 0.143 and 0.5 resolutions in Å")
     s.add_argument("map_a")

@@ -205,6 +205,9 @@ class _Classifier:
                 f"({self.n} px at {stack.pixel_size:.3g} Å/px): class FSC curves beyond the data's Nyquist "
                 f"({2 * stack.pixel_size:.3g} Å) are not real (interpolation makes them look good); "
                 "re-extract with less binning or use a smaller class box")
+        if p.mode == "hetero" and p.hetero_search == "local" and not self.have_poses:
+            self.warnings.append(f"{stack.source}: the particles have no poses, so heterogeneous refinement "
+                                 "searches globally (a local search needs poses from a consensus refinement)")
         self._init_masks(solvent, focus, consensus)
         self.sigma2 = self._initial_sigma2()
         self._init_classes(starts)
@@ -363,7 +366,7 @@ class _Classifier:
                 cand = Candidates(self.rot[idx, c][:, None], self._class_shifts(idx, c)[:, None],
                                   np.zeros((len(idx), 1)))
                 offsets = local_offsets(p.local_step_deg, p.local_extent_deg, cover=False)
-                d = p.local_shift_px * self.nc / self.n / 2
+                d = p.local_shift_px * self.nc / self.n  # origins tried: the current one and +-d
                 soff = np.array([[dx, dy] for dy in (-d, 0, d) for dx in (-d, 0, d)])
                 cand = local_level(proj, y, c2w, ones, cand, offsets, soff, pix.kx, pix.ky, keep=1)
             else:

@@ -73,6 +73,11 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
     focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
     cons = _read_matching(consensus, box, apix, particles_path, "consensus map") if consensus else None
+    if p.mode != "hetero" and stack.rotations is None:
+        raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
+                         "run a refinement first, or use heterogeneous refinement")
+    if p.n_classes < 1:
+        raise ValueError("the number of classes must be at least 1")
     kind = "hetero" if p.mode == "hetero" else "classify"
     job = JobFolder.create(out, kind)
     job.write_params({"particles": particles_path, "starts": list(starts or []), "solvent_mask": solvent_mask,
