@@ -106,7 +106,7 @@ def main() -> None:
     ap.add_argument("--apix", type=float, default=2.0)
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--hetero-n", type=int, default=5000)
-    ap.add_argument("--perturb", type=float, default=0.3)
+    ap.add_argument("--perturb", type=float, default=0.1)
     ap.add_argument("--cases", nargs="+", default=["focus", "nofocus", "hetero", "binned"])
     ap.add_argument("--data", default=None, help="reuse a simulated data folder")
     a = ap.parse_args()

@@ -86,6 +86,8 @@ class ClassifyParams:
     local_step_deg: float = 1.5
     local_extent_deg: float = 3.0
     local_shift_px: float = 1.0
+    prior_sigma_deg: float = 2.0
+    prior_sigma_px: float = 1.0
     hetero_search: str = "global"
     coarse_step_deg: float = 7.5
     levels: int = 3
@@ -152,6 +154,19 @@ def posteriors_from_scores(ll: np.ndarray, log_prior: np.ndarray, beta: float) -
     return e / e.sum(axis=1, keepdims=True)
 
 
+def _marginal(scores: np.ndarray) -> np.ndarray:
+    """Log of the mean likelihood over the poses scored around the best one, ``(B, M) -> (B,)``.
+
+    A class's evidence is its likelihood marginalised over the local poses (uniform prior), not its best pose's:
+    the maximum also rewards a class for fitting noise with a pose change (a class with a moved domain can rotate
+    a little to explain part of it), which blurs the class contrast.
+    """
+    live = np.isfinite(scores)
+    top = np.max(np.where(live, scores, -np.inf), axis=1, keepdims=True)
+    total = np.sum(np.where(live, np.exp(scores - top), 0.0), axis=1)
+    return top[:, 0] + np.log(total / np.maximum(live.sum(axis=1), 1))
+
+
 def _blend(old: Reconstructor | None, new: Reconstructor, eta: float, scale: float) -> Reconstructor:
     """Online EM: ``(1 − η) old + η scale new`` on both accumulators (``old`` None: ``scale new``)."""
     if old is None:
@@ -192,6 +207,8 @@ class _Classifier:
         self.rot = np.repeat(rot0[:, None], k, axis=1)
         self.sh = np.repeat(sh0[:, None], k, axis=1)
         self.have_poses = stack.rotations is not None
+        self.rot_in, self.sh_in = rot0, sh0  # the input poses: centre of the local-search prior
+        self.poses_frozen = False
         self.window = soft_window(self.n, p.window_inner, p.window_outer)
         self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
         self.warnings: list[str] = []
@@ -208,16 +225,19 @@ class _Classifier:
         if p.mode == "hetero" and p.hetero_search == "local" and not self.have_poses:
             self.warnings.append(f"{stack.source}: the particles have no poses, so heterogeneous refinement "
                                  "searches globally (a local search needs poses from a consensus refinement)")
-        self._init_masks(solvent, focus, consensus)
+        self._init_masks(solvent, focus, consensus, starts)
         self.sigma2 = self._initial_sigma2()
         self._init_classes(starts)
 
     # ------------------------------------------------------------------------------------------------- setup
-    def _images(self, idx: np.ndarray) -> Any:
-        """Windowed images' transforms in the class box ``(B, m, m // 2 + 1)``."""
+    def _images(self, idx: np.ndarray) -> tuple[Any, Any]:
+        """Transforms in the class box ``(B, m, m // 2 + 1)`` of the windowed images (scored: the window removes
+        the corners where neighbours live) and of the images as they are (inserted: a window is a convolution in
+        Fourier space that smears the fast CTF oscillations at high resolution)."""
         m = self.m
-        f = rfft2c(m.asarray(self.stack.images(idx), dtype=m.float32) * self.window)
-        return resample_rfft2(f, self.n, self.nc)
+        img = m.asarray(self.stack.images(idx), dtype=m.float32)
+        return (resample_rfft2(rfft2c(img * self.window), self.n, self.nc),
+                resample_rfft2(rfft2c(img), self.n, self.nc))
 
     def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
         m = self.m
@@ -238,7 +258,7 @@ class _Classifier:
         recs = (Reconstructor(self.nc, symmetry=self.p.symmetry), Reconstructor(self.nc, symmetry=self.p.symmetry))
         for s0 in range(0, len(idx), self.p.batch_size):
             b = idx[s0:s0 + self.p.batch_size]
-            f, ctf = self._images(b), self._ctf_image(b)
+            f, ctf = self._images(b)[1], self._ctf_image(b)
             for h, rec in zip((1, 2), recs, strict=True):
                 sel = np.nonzero(self.half[b] == h)[0]
                 if len(sel):
@@ -251,7 +271,7 @@ class _Classifier:
         """Origins in class-box pixels."""
         return self.sh[idx, cls] * (self.nc / self.n)
 
-    def _init_masks(self, solvent: Any, focus: Any, consensus: Any) -> None:
+    def _init_masks(self, solvent: Any, focus: Any, consensus: Any, starts: list[Any] | None = None) -> None:
         m, p = self.m, self.p
         self.consensus = self.consensus_halves = None
         if p.mode != "hetero":
@@ -269,6 +289,12 @@ class _Classifier:
         elif self.consensus is not None:
             self.solvent = auto_solvent_mask(self.consensus, self.apix, p.solvent_threshold, p.solvent_lowpass_A,
                                              p.solvent_dilate_A, p.solvent_soft_A)
+        elif starts is not None and self.focus is None:
+            # heterogeneous refinement (no focus mask): the mean of the starting maps stands in for the consensus
+            mean = sum(resample_volume(v, self.nc) for v in starts) / len(starts)
+            self.solvent = auto_solvent_mask(lowpass(mean, p.init_lowpass_A, self.apix), self.apix,
+                                             p.solvent_threshold, p.solvent_lowpass_A, p.solvent_dilate_A,
+                                             p.solvent_soft_A)
         else:
             box_A = self.nc * self.apix
             self.solvent = soft_sphere(self.nc, 0.45 * box_A, self.apix, 0.05 * box_A)
@@ -277,7 +303,7 @@ class _Classifier:
     def _initial_sigma2(self) -> np.ndarray:
         """Noise power per shell: residuals against the consensus at the given poses, else the image power."""
         idx = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 1000), replace=False))
-        f = self._images(idx)
+        f = self._images(idx)[0]
         if self.consensus is None:
             return shell_power(f, self.nc)
         acc, cnt = np.zeros(self.nc // 2 + 1), np.zeros(self.nc // 2 + 1)
@@ -347,8 +373,10 @@ class _Classifier:
 
     def _plan(self) -> SearchPlan:
         p = self.p
+        last = len(local_offsets(p.coarse_step_deg / 2**p.levels, 1.5 * p.coarse_step_deg / 2**p.levels,
+                                 cover=False))
         return SearchPlan(self.nc, p.coarse_step_deg, p.levels, p.candidates, p.bound_sigma,
-                          self.max_shift * self.nc / self.n)
+                          self.max_shift * self.nc / self.n, marginal_top=9 * last)
 
     def _scores(self, projs: list[Projector], grids: list[GridProjections | None], f: Any, idx: np.ndarray,
                 pix: PixelSet, radii: list[float]) -> np.ndarray:
@@ -358,17 +386,19 @@ class _Classifier:
         ones = np.ones(len(idx))
         ll = np.empty((len(idx), len(projs)))
         for c, proj in enumerate(projs):
-            if p.mode == "fixed":
+            if p.mode == "fixed" or self.poses_frozen:
                 cross, norm = score_poses(proj, y, c2w, self.rot[idx, c], self._class_shifts(idx, c), pix.kx, pix.ky)
                 ll[:, c] = to_numpy(cross - 0.5 * norm)
                 continue
+            prev = None
             if p.mode == "local":
                 cand = Candidates(self.rot[idx, c][:, None], self._class_shifts(idx, c)[:, None],
                                   np.zeros((len(idx), 1)))
                 offsets = local_offsets(p.local_step_deg, p.local_extent_deg, cover=False)
                 d = p.local_shift_px * self.nc / self.n  # origins tried: the current one and +-d
                 soff = np.array([[dx, dy] for dy in (-d, 0, d) for dx in (-d, 0, d)])
-                cand = local_level(proj, y, c2w, ones, cand, offsets, soff, pix.kx, pix.ky, keep=1)
+                cand = local_level(proj, y, c2w, ones, cand, offsets, soff, pix.kx, pix.ky,
+                                   keep=len(offsets) * len(soff))
             else:
                 plan = self._plan()
                 local = p.hetero_search == "local" and self.have_poses
@@ -377,11 +407,25 @@ class _Classifier:
                 counts = [pix.count_within(r) for r in rr[:-1]] + [len(pix)]
                 cand, _ = search_poses(plan, proj, grids[c], y, c2w, ones, pix.kx, pix.ky, counts, prev,
                                        radii=rr)
-            rot, sh, score = cand.best()
+            if p.mode == "local" or prev is not None:
+                cand = self._with_pose_prior(cand, idx)
+            rot, sh, _ = cand.best()
+            score = _marginal(cand.scores)
             self.rot[idx, c] = rot
             self.sh[idx, c] = sh * (self.n / self.nc)
             ll[:, c] = score
         return ll
+
+    def _with_pose_prior(self, cand: Candidates, idx: np.ndarray) -> Candidates:
+        """Add the Gaussian prior of a local search around the input poses (RELION's ``--sigma_ang``): minus
+        ``angle^2 / 2 sigma_deg^2`` and ``|origin change|^2 / 2 sigma_px^2`` (particle pixels) to every score."""
+        p = self.p
+        rel = np.swapaxes(self.rot_in[idx], 1, 2)[:, None] @ cand.rotations
+        cos = np.clip((np.trace(rel, axis1=2, axis2=3) - 1) / 2, -1, 1)
+        ang = np.degrees(np.arccos(cos))
+        dt = cand.shifts * (self.n / self.nc) - self.sh_in[idx][:, None]
+        prior = -0.5 * (ang / p.prior_sigma_deg) ** 2 - 0.5 * (dt**2).sum(-1) / p.prior_sigma_px**2
+        return Candidates(cand.rotations, cand.shifts, cand.scores + prior)
 
     def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
                         acc: np.ndarray, cnt: np.ndarray) -> None:
@@ -401,6 +445,11 @@ class _Classifier:
         m, p, k = self.m, self.p, self.p.n_classes
         t0 = time.perf_counter()
         beta = 1.0 - _similarity(p, it)
+        # with poses from a consensus refinement, the classes first separate at those poses (while the class
+        # similarity anneals), then each class searches locally: searching while the classes are still nearly
+        # the same lets every class fit noise with small pose changes, and the classes never separate
+        self.poses_frozen = (p.mode == "hetero" and p.hetero_search == "local" and self.have_poses
+                             and it <= p.anneal_iters)
         r_align = self._align_radius()
         pix = pixel_set(self.nc, r_align)
         plan = self._plan()
@@ -421,7 +470,7 @@ class _Classifier:
         for s0 in range(0, len(subset), p.batch_size):
             idx = subset[s0:s0 + p.batch_size]
             te = time.perf_counter()
-            f = self._images(idx)
+            f, f_raw = self._images(idx)
             ll = self._scores(projs, grids, f, idx, pix, radii)
             post = posteriors_from_scores(ll, self.log_prior, beta)
             self.posteriors[idx] = post
@@ -441,7 +490,7 @@ class _Classifier:
                     if len(sel) == 0:
                         continue
                     g = m.asarray(sel)
-                    new[c][h - 1].insert(f[g], self.rot[idx[sel], c], ctf=ctf[g],
+                    new[c][h - 1].insert(f_raw[g], self.rot[idx[sel], c], ctf=ctf[g],
                                          shifts=self._class_shifts(idx[sel], c), weights=post[sel, c],
                                          noise_power=noise)
             t_m += time.perf_counter() - tm
