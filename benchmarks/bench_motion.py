@@ -4,7 +4,13 @@ Simulates a moderate movie set (default 6 micrographs of 384 px, ~64 particles e
 whole job (search, dose weights, final) and prints a table; also the trajectory error and FSC-0.5 resolution vs
 truth of reconstructions from the corrected and the uncorrected (frame-sum) particles.
 
-    .venv/bin/python benchmarks/bench_motion.py [--micrographs 6] [--size 384] [--frames 24]
+    .venv/bin/python benchmarks/bench_motion.py [--micrographs 6] [--size 384] [--frames 24] [--snr 1.0]
+        [--ppm 64] [--spacing PX] [--target 120]
+
+``--ppm`` is the number of particles per micrograph asked for (capped by the simulator's grid of non-overlapping
+cells, ``--spacing`` px apart, default ceil(1.05 box)); ``--target`` the particles the hyper search uses. Besides the
+job's trajectories it reports, as baselines, the error of no correction (zero trajectories) and of the job's rigid
+track alone (the particle-summed track of each micrograph).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from cryolive.io import read_map, read_star
 from cryolive.jobs.motion import motion_job
 from cryolive.jobs.reconstruct import backproject_halves, finalize_halves
 from cryolive.motion import MotionParams
+from cryolive.motion import job as motion_core
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.movies import MovieSimParams, load_truth, simulate_movies
 
@@ -41,15 +48,27 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=24)
     ap.add_argument("--box", type=int, default=48)
     ap.add_argument("--snr", type=float, default=1.0)
+    ap.add_argument("--ppm", type=int, default=64)
+    ap.add_argument("--spacing", type=int, default=None)
+    ap.add_argument("--target", type=int, default=120)
     a = ap.parse_args()
+    rigid_tracks: dict[str, np.ndarray] = {}
+    prepare = motion_core._Context.prepare
+
+    def recording_prepare(self, name):  # records each micrograph's rigid track for the rigid-only baseline
+        mic = prepare(self, name)
+        rigid_tracks[name] = mic.rigid.copy()
+        return mic
+
+    motion_core._Context.prepare = recording_prepare
     with tempfile.TemporaryDirectory() as tmp:
         sp = MovieSimParams(n_micrographs=a.micrographs, mic_size=a.size, n_frames=a.frames, box=a.box, snr=a.snr,
-                            particles_per_micrograph=64, seed=7)
+                            particles_per_micrograph=a.ppm, spacing_px=a.spacing, seed=7)
         t0 = time.perf_counter()
         sim = simulate_movies(Path(tmp) / "sim", sp)
         t_sim = time.perf_counter() - t0
         stack = read_star(sim / "particles.star")
-        p = MotionParams(target_particles=120)
+        p = MotionParams(target_particles=a.target)
         gen = motion_job(str(sim / "particles.star"), str(sim / "movies"), str(sim / "half_A.mrc"),
                          str(sim / "half_B.mrc"), str(sim / "mask.mrc"), str(Path(tmp) / "jobs"), p)
         n_steps = 0
@@ -61,11 +80,15 @@ def main() -> None:
                 result = stop.value
                 break
         truth = load_truth(sim)
-        errs = []
-        for idx, t in result.trajectories.values():
+        errs, zero_errs, rigid_errs = [], [], []
+        for name, (idx, t) in result.trajectories.items():
             tt = truth.trajectories[idx]
-            e = (t - t.mean(1, keepdims=True)) - (tt - tt.mean(1, keepdims=True))
+            tt = tt - tt.mean(1, keepdims=True)
+            e = (t - t.mean(1, keepdims=True)) - tt
             errs.append(np.sqrt((e**2).mean()))
+            zero_errs.append(np.sqrt((tt**2).mean()))
+            rg = rigid_tracks[name] - rigid_tracks[name].mean(0)
+            rigid_errs.append(np.sqrt(((rg[None] - tt) ** 2).mean()))
         rho = spearmanr(result.dose.bfactors, truth.bfactors).statistic
         tmap, apix = read_map(sim / "truth_map.mrc")
         corrected = _fsc05(Path(tmp) / "jobs" / "job_motion_001" / "particles.star", tmap, apix)
@@ -73,7 +96,8 @@ def main() -> None:
     t = result.timings
     m = a.micrographs
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, {device_label()}")
-    print(f"data: {m} micrographs {a.size}^2 px, {len(stack)} particles (box {a.box}, {sp.pixel_size} Å/px), "
+    print(f"snr {a.snr:g}; data: {m} micrographs {a.size}^2 px, {len(stack)} particles (box {a.box}, "
+          f"{sp.pixel_size} Å/px), "
           f"{a.frames} frames; simulated in {t_sim:.1f} s; {len(result.search)} search steps")
     print(f"{'stage':28s} {'total s':>9s} {'per micrograph s':>17s}")
     rows = [("read movies + patches", t.get("read_s", 0) + t.get("patches_s", 0)),
@@ -85,6 +109,8 @@ def main() -> None:
         print(f"{name:28s} {v:9.2f} {v / m:17.2f}")
     print(f"hyper-parameters: r {result.hyper.r:.3g}, theta {result.hyper.theta:.2f}, z {result.hyper.z_A:g} Å")
     print(f"trajectory RMS error vs truth: mean {np.mean(errs):.3f} px, max {np.max(errs):.3f} px")
+    print(f"  baselines: no correction (true motion RMS) mean {np.mean(zero_errs):.3f} px; "
+          f"rigid track alone mean {np.mean(rigid_errs):.3f} px, max {np.max(rigid_errs):.3f} px")
     print(f"B-factor Spearman vs truth: {rho:.3f}")
     print(f"FSC 0.5 vs truth map: corrected {corrected:.2f} Å, uncorrected frame sum {uncorrected:.2f} Å")
 
