@@ -107,6 +107,7 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--hetero-n", type=int, default=5000)
     ap.add_argument("--perturb", type=float, default=0.1)
+    ap.add_argument("--max-iter", type=int, default=20, help="iterations allowed in the hetero case")
     ap.add_argument("--cases", nargs="+", default=["focus", "nofocus", "hetero", "binned"])
     ap.add_argument("--data", default=None, help="reuse a simulated data folder")
     a = ap.parse_args()
@@ -140,7 +141,7 @@ def main() -> None:
         for _ in range(3):
             noise = to_numpy(lowpass(rng.normal(size=cons.shape).astype(np.float32), 20.0, apix))
             starts.append(cons + a.perturb * cons.std() / noise.std() * noise)
-        p = ClassifyParams(n_classes=3, mode="hetero", hetero_search="local")
+        p = ClassifyParams(n_classes=3, mode="hetero", hetero_search="local", max_iter=a.max_iter)
         if "hetero" in a.cases:
             rows.append(run("hetero", hs, states[sub], truth, apix, p, starts=starts))
         if "binned" in a.cases:
