@@ -19,7 +19,7 @@ shared between classes and the classes separate slowly). M step: per class, two 
 ``Γ_ik`` (particles with ``Γ_ik < min_weight`` skipped); class weights ``π_k`` = mean posterior. Online EM: the first
 ``online_em_iters`` iterations use random minibatches and blend the accumulators,
 ``acc ← (1 − η) acc + η (N / b) acc_batch``, the rest use every particle. Stops when fewer than ``convergence`` of
-the particles change class.
+the particles change class, or when fewer than ``4 convergence`` change and that fraction stopped falling.
 """
 
 from __future__ import annotations
@@ -547,6 +547,7 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
     mb = p.minibatch_size or max(1000, 300 * p.n_classes)
     history: list[dict[str, float]] = []
     last: ClassIteration | None = None
+    prev_changed: float | None = None
     for it in range(1, p.max_iter + 1):
         online = it <= p.online_em_iters and mb < n_tot
         subset = np.sort(cl.rng.choice(n_tot, size=mb, replace=False)) if online else np.arange(n_tot)
@@ -567,8 +568,13 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
                         **{f"class_{c + 1}_res_A": float(r) for c, r in enumerate(out["res"])},
                         **out["timings"]})
         yield last
-        if not online and it > p.anneal_iters and out["changed"] < p.convergence:
-            break
+        if not online and it > p.anneal_iters:
+            # converged, or stalled: a few particles flip back and forth between two iterations for good
+            stalled = (out["changed"] < 4 * p.convergence and prev_changed is not None
+                       and out["changed"] >= 0.8 * prev_changed)
+            if out["changed"] < p.convergence or stalled:
+                break
+            prev_changed = out["changed"]
     assert last is not None
     post = cl.posteriors
     cls = np.argmax(post, axis=1)
