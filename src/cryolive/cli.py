@@ -288,6 +288,22 @@ def cmd_gui(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_em_options(s: argparse.ArgumentParser) -> None:
+    """Options that 3D classification and heterogeneous refinement share (EM schedule, resolution limit)."""
+    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
+    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
+    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
+    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
+    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
+    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
+
+
+def _add_run_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cryolive",
                                 description="Cryo-EM single-particle analysis that streams into napari.")
@@ -383,16 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--consensus", metavar="MRC",
                    help="consensus map V̄ (default: reconstructed from all particles at their poses)")
     s.add_argument("--local-search", action="store_true", help="local pose search per class around the input poses")
-    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
-    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
-    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
-    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
-    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
-    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
+    _add_em_options(s)
     s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of starting maps in Å (20)")
-    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    _add_run_options(s)
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("hetero", help="heterogeneous refinement: K classes from K starting maps, pose search per class")
@@ -403,19 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parent folder of the new job folder job_hetero_<nnn>")
     s.add_argument("--class-box", type=int, default=None, help="box of the class maps (min(box, 128)); past the "
                    "particle box the FSC beyond the data's Nyquist is not real")
-    s.add_argument("--mask", metavar="MRC", help="solvent mask (default: a soft sphere)")
+    s.add_argument("--mask", metavar="MRC", help="solvent mask (default: made from the mean starting map)")
     s.add_argument("--local", action="store_true", help="local pose search around the input poses (not global)")
-    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
-    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
-    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
-    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
-    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
-    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
+    _add_em_options(s)
     s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of the starting maps in Å (20)")
     s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
-    s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
-    s.add_argument("--batch-size", type=int, default=256)
-    s.add_argument("--seed", type=int, default=0)
+    _add_run_options(s)
     s.set_defaults(func=cmd_hetero)
 
     s = sub.add_parser("fsc", help="FSC between two maps; prints the 0.143 and 0.5 resolutions in Å")
