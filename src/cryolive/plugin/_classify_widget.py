@@ -51,10 +51,8 @@ from qtpy.QtWidgets import (
     QPushButton,
     QSizePolicy,
     QSpinBox,
-    QSplitter,
     QTextEdit,
     QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -70,7 +68,7 @@ from cryolive.plugin._common import (
     scrolling_layout,
     write_layer_copy,
 )
-from cryolive.plugin._plots import _BG, _FG, _Canvas, _style_axes
+from cryolive.plugin._plots import _BG, _FG, _Canvas, _style_axes, titled_plots
 from cryolive.plugin._refine_widget import SYMMETRIES, _JobHandle
 
 PLOTS_DOCK = "Classification plots"
@@ -258,25 +256,11 @@ class ClassPlotsWidget(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        split = QSplitter(Qt.Orientation.Horizontal)
         self.sizes = ClassSizesCanvas()
         self.fsc = ClassFSCCanvas()
         self.sizes_title = QLabel("class sizes: no classification yet")
         self.fsc_title = QLabel("class FSC")
-        for title, canvas in ((self.sizes_title, self.sizes), (self.fsc_title, self.fsc)):
-            box = QWidget()
-            v = QVBoxLayout(box)
-            v.setContentsMargins(0, 0, 0, 0)
-            v.setSpacing(0)
-            title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            title.setWordWrap(True)
-            v.addWidget(title)
-            v.addWidget(canvas, 1)
-            split.addWidget(box)
-        lay.addWidget(split)
-        self.setMinimumHeight(240)
+        titled_plots(self, [(self.sizes_title, self.sizes), (self.fsc_title, self.fsc)])
 
     def clear(self) -> None:
         self.sizes.clear_plot()

@@ -8,7 +8,8 @@ import numpy as np
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
-from qtpy.QtWidgets import QSizePolicy
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QLabel, QSizePolicy, QSplitter, QVBoxLayout, QWidget
 
 _BG = "#262930"  # napari's dark theme
 _FG = "#d6d0ce"
@@ -151,3 +152,26 @@ class AngularCanvas(_Canvas):
         c = np.log1p(np.asarray(counts, dtype=float))
         self.image.set_data(c / max(float(c.max()), 1e-12))
         self._refresh()
+
+
+def titled_plots(widget: QWidget, plots: list[tuple[QLabel, QWidget]], stretch: list[int] | None = None,
+                 min_height: int = 240) -> None:
+    """Lay ``(title, canvas)`` pairs side by side in ``widget`` (a horizontal splitter, titles centred above their
+    canvases): the layout of the docks' bottom plot panels."""
+    lay = QVBoxLayout(widget)
+    lay.setContentsMargins(2, 2, 2, 2)
+    split = QSplitter(Qt.Orientation.Horizontal)
+    for title, canvas in plots:
+        box = QWidget()
+        v = QVBoxLayout(box)
+        v.setContentsMargins(0, 0, 0, 0)
+        v.setSpacing(0)
+        title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        title.setWordWrap(True)
+        v.addWidget(title)
+        v.addWidget(canvas, 1)
+        split.addWidget(box)
+    for i, f in enumerate(stretch or []):
+        split.setStretchFactor(i, f)
+    lay.addWidget(split)
+    widget.setMinimumHeight(min_height)

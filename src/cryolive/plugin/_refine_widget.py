@@ -46,10 +46,8 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
-    QSplitter,
     QTextEdit,
     QToolButton,
-    QVBoxLayout,
     QWidget,
 )
 from superqt import QCollapsible
@@ -65,7 +63,7 @@ from cryolive.plugin._common import (
     set_mask_layer,
     write_layer_copy,
 )
-from cryolive.plugin._plots import AngularCanvas, FSCCanvas
+from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
 from cryolive.refinement.refine import RefineParams
 
 MAP_LAYER = "refinement map"
@@ -179,27 +177,12 @@ class RefinePlotsWidget(QWidget):
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(2, 2, 2, 2)
-        split = QSplitter(Qt.Orientation.Horizontal)
         self.fsc = FSCCanvas()
         self.angular = AngularCanvas()
         self.fsc_title = QLabel("FSC: no refinement yet")
         self.angular_title = QLabel("angular distribution")
-        for title, canvas in ((self.fsc_title, self.fsc), (self.angular_title, self.angular)):
-            box = QWidget()
-            v = QVBoxLayout(box)
-            v.setContentsMargins(0, 0, 0, 0)
-            v.setSpacing(0)
-            title.setAlignment(Qt.AlignmentFlag.AlignCenter)
-            title.setWordWrap(True)
-            v.addWidget(title)
-            v.addWidget(canvas, 1)
-            split.addWidget(box)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        lay.addWidget(split)
-        self.setMinimumHeight(260)
+        titled_plots(self, [(self.fsc_title, self.fsc), (self.angular_title, self.angular)], stretch=[3, 2],
+                     min_height=260)
 
     def clear(self, apix: float | None = None) -> None:
         if apix:
