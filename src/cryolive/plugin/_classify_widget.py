@@ -68,11 +68,10 @@ from cryolive.plugin._common import (
     scrolling_layout,
     write_layer_copy,
 )
+from cryolive.plugin._job_dock import JobDockMixin
 from cryolive.plugin._plots import _BG, _FG, _Canvas, _style_axes, titled_plots
 from cryolive.plugin._refine_widget import SYMMETRIES, _JobHandle
 
-PLOTS_DOCK = "Classification plots"
-STEP_DELAY_MS = 5
 MODES = (("3D classification (fixed poses)", "fixed"),
          ("3D classification (local pose search)", "local"),
          ("heterogeneous refinement", "hetero"))
@@ -341,11 +340,13 @@ def _with_browse(edit: QLineEdit, slot: Any) -> QWidget:
 
 
 # ---------------------------------------------------------------------------------------------------- the dock
-class ClassifyWidget(QWidget):
+class ClassifyWidget(JobDockMixin, QWidget):
     """Particles, masks, mode and K; Start, Pause/Resume, Stop; live class maps, sizes, FSCs; export and compare."""
 
     iterationShown = Signal(int)  # a new iteration is on screen (class layers, plots, status)
     runFinished = Signal(str)  # "finished", "stopped" or "failed"
+    JOB_GLOBS = ("job_classify_*", "job_hetero_*")
+    PLOTS_DOCK = "Classification plots"
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -358,6 +359,7 @@ class ClassifyWidget(QWidget):
         self._pending: Any = None
         self._render_scheduled = False
         self._steps: list = []
+        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step
         self._own: dict[str, Image] = {}  # the layers this dock made: "class k" and "diff"
         self._input_layers: dict[str, str] = {}
         self._out: Path | None = None
@@ -585,15 +587,6 @@ class ClassifyWidget(QWidget):
         self.seed.setValue(p.seed)
 
     # ------------------------------------------------------------------------------------------------ control
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
-    @property
-    def worker(self) -> Any:
-        """The running napari GeneratorWorker (None when idle)."""
-        return self._worker
-
     def _layer_input(self, layer: Layer | None, folder: Path, stem: str) -> str | None:
         if layer is None:
             return None
@@ -639,11 +632,12 @@ class ClassifyWidget(QWidget):
             params = dataclasses.replace(params, n_classes=len(inputs["starts"]))
         self.end_compare()
         self._out = out
-        self._known_jobs = set(out.glob("job_classify_*")) | set(out.glob("job_hetero_*"))
+        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
         self.job_dir = None
         self.n_classes = params.n_classes
         self._pending = None
         self._steps = []
+        self.step_cpu_s = []
         self._render_scheduled = False
         self.size_history = []
         self.iterations_shown = []
@@ -686,38 +680,6 @@ class ClassifyWidget(QWidget):
         self.status_label.setText("running iteration 1…")
         worker.start()
 
-    def toggle_pause(self) -> None:
-        """Pause after the current iteration, or resume."""
-        w = self._worker
-        if w is None:
-            return
-        if w.is_paused:
-            w.resume()
-            self.status_label.setText("resuming…")
-        else:
-            w.pause()
-            self.pause_btn.setText("Resume")
-            self.status_label.setText("pausing after the current iteration…")
-
-    def stop(self) -> None:
-        """Stop when the current iteration ends; the job folder then says "stopped"."""
-        if self._worker is None:
-            return
-        self._handle.stop_now()
-        self._accepting = False
-        self.pause_btn.setEnabled(False)
-        self.stop_btn.setEnabled(False)
-        self.status_label.setText("stopping after the current iteration…")
-        self._log("stop requested: the job stops when the current iteration ends")
-
-    def _on_paused(self) -> None:
-        self.pause_btn.setText("Resume")
-        self.status_label.setText("paused (Resume continues with the next iteration)")
-
-    def _on_resumed(self) -> None:
-        self.pause_btn.setText("Pause")
-        self.status_label.setText("running…")
-
     # ------------------------------------------------------------------------------------------------ results
     def _on_yielded(self, it: Any) -> None:
         if not self._accepting:
@@ -745,31 +707,6 @@ class ClassifyWidget(QWidget):
         steps += [lambda: self.plots.show_iteration(it, list(self.size_history)), lambda: self._report(it)]
         self._steps = steps
         self._next_step()
-
-    def _next_step(self) -> None:
-        if not self._steps:
-            return
-        step = self._steps.pop(0)
-        try:
-            step()
-        except RuntimeError:  # a deleted widget or layer while the viewer closes
-            self._steps = []
-        if self._steps:
-            QTimer.singleShot(STEP_DELAY_MS, self._next_step)
-        elif self._pending is not None:
-            QTimer.singleShot(STEP_DELAY_MS, self._render)
-        else:
-            self._render_scheduled = False
-
-    def _flush(self) -> None:
-        """Finish drawing at once (at the end of a run)."""
-        while self._steps:
-            self._steps.pop(0)()
-        if self._pending is not None:
-            self._render()
-            while self._steps:
-                self._steps.pop(0)()
-        self._render_scheduled = False
 
     def _show_warnings(self, warnings: tuple[str, ...]) -> None:
         for w in warnings:
@@ -824,13 +761,6 @@ class ClassifyWidget(QWidget):
         self.iterations_shown.append(it.iteration)
         self.iterationShown.emit(it.iteration)
 
-    def _find_job_dir(self) -> Path | None:
-        if self._out is None:
-            return None
-        new = sorted((set(self._out.glob("job_classify_*")) | set(self._out.glob("job_hetero_*")))
-                     - self._known_jobs)
-        return new[-1] if new else None
-
     def _on_returned(self, value: Any) -> None:
         state, payload = value
         self._flush()
@@ -861,25 +791,6 @@ class ClassifyWidget(QWidget):
             show_error(f"Classification failed: {message}")
         self.state = state
 
-    def _on_finished(self) -> None:
-        w = self._worker
-        if w is not None and w.abort_requested:
-            self._handle.close()  # cancelled from the activity dock: close the job here
-            self.state = "stopped"
-            self._log("cancelled; the job folder says 'stopped'")
-            self.status_label.setText("cancelled")
-        self._worker = self._handle.worker = None
-        self._accepting = False
-        self.start_btn.setEnabled(True)
-        self.pause_btn.setEnabled(False)
-        self.pause_btn.setText("Pause")
-        self.stop_btn.setEnabled(False)
-        self.runFinished.emit(self.state)
-
-    def _log(self, text: str) -> None:
-        self.log.append(f"[{time.strftime('%H:%M:%S')}] {text}")
-
-    # ------------------------------------------------------------------------------------------------ export
     def _fill_classes(self, final: Any, counts: np.ndarray) -> None:
         self.class_list.clear()
         for c, n in enumerate(counts):
@@ -1029,27 +940,6 @@ class ClassifyWidget(QWidget):
                 layer.visible = visible
 
     # ------------------------------------------------------------------------------------------------ dock
-    def _ensure_plots_dock(self) -> None:
-        window = getattr(self.viewer, "window", None)
-        if window is None:
-            return
-        dock = self._plots_dock
-        try:
-            if dock is not None and dock.isVisible():
-                return
-        except RuntimeError:  # the dock was deleted
-            dock = None
-        if dock is not None:
-            dock.show()
-            return
-        self._plots_dock = window.add_dock_widget(self.plots, name=PLOTS_DOCK, area="bottom",
-                                                  add_vertical_stretch=False)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        self.stop()
-        super().closeEvent(event)
-
-
 def _swatch(hex_color: str) -> Any:
     """A small square icon in a class's colour (for the class list)."""
     from qtpy.QtGui import QColor, QIcon, QPixmap

@@ -63,6 +63,7 @@ from cryolive.plugin._common import (
     set_mask_layer,
     write_layer_copy,
 )
+from cryolive.plugin._job_dock import JobDockMixin
 from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
 from cryolive.refinement.refine import RefineParams
 
@@ -70,8 +71,6 @@ MAP_LAYER = "refinement map"
 HISTORY_LAYER = "refinement history"
 MASK_LAYER = "refinement mask"
 HALF_LAYERS = ("half map A", "half map B")
-PLOTS_DOCK = "Refinement plots"
-STEP_DELAY_MS = 5
 SYMMETRIES = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "D2", "D3", "D4", "D5", "D6", "D7", "T", "O", "I1", "I2")
 _DEFAULTS = RefineParams()
 
@@ -206,11 +205,13 @@ class RefinePlotsWidget(QWidget):
 
 
 # ---------------------------------------------------------------------------------------------------- the dock
-class RefineWidget(QWidget):
+class RefineWidget(JobDockMixin, QWidget):
     """Particles, reference, optional mask and parameters; Start, Pause/Resume, Stop; live map, FSC and log."""
 
     iterationShown = Signal(int)  # a new iteration is on screen (map layer, plots, log)
     runFinished = Signal(str)  # "finished", "stopped" or "failed"
+    JOB_GLOBS = ("job_refine_*",)
+    PLOTS_DOCK = "Refinement plots"
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -444,15 +445,6 @@ class RefineWidget(QWidget):
         self.seed.setValue(p.seed)
 
     # ------------------------------------------------------------------------------------------------ control
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
-    @property
-    def worker(self) -> Any:
-        """The running napari GeneratorWorker (None when idle)."""
-        return self._worker
-
     def start(self) -> None:
         """Check the inputs, write layer inputs to MRC files in the output folder, and start the job."""
         if self.running:
@@ -475,7 +467,7 @@ class RefineWidget(QWidget):
             show_warning(self.mask_warning.text().lstrip("⚠ "))
 
         self._out = out
-        self._known_jobs = set(out.glob("job_refine_*"))
+        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
         self.job_dir = None
         self._apix = float(ref_scale[-1])
         self._translate = tuple(ref_translate)
@@ -525,41 +517,6 @@ class RefineWidget(QWidget):
         # stops every thread for ~0.2 s on a slow machine) would otherwise soon come due while the job runs
         gc.collect()
         worker.start()
-
-    def toggle_pause(self) -> None:
-        """Pause after the current iteration, or resume."""
-        w = self._worker
-        if w is None:
-            return
-        if w.is_paused:
-            w.resume()
-            self.status_label.setText("resuming…")
-        else:
-            w.pause()
-            self.pause_btn.setText("Resume")
-            self.status_label.setText("pausing after the current iteration…")
-
-    def stop(self) -> None:
-        """Stop when the current iteration ends; the job folder then says "stopped"."""
-        w = self._worker
-        if w is None:
-            return
-        self._handle.stop_now()
-        self._accepting = False
-        self.pause_btn.setEnabled(False)
-        self.stop_btn.setEnabled(False)
-        self.status_label.setText("stopping after the current iteration…")
-        self._log("stop requested: the job stops when the current iteration ends")
-
-    def _on_paused(self) -> None:
-        self.pause_btn.setText("Resume")
-        self.status_label.setText("paused (Resume continues with the next iteration)")
-        self._log("paused")
-
-    def _on_resumed(self) -> None:
-        self.pause_btn.setText("Pause")
-        self.status_label.setText("running…")
-        self._log("resumed")
 
     # ------------------------------------------------------------------------------------------------ inputs
     def _reference_input(self, out: Path) -> tuple[Path, np.ndarray, tuple, tuple]:
@@ -621,34 +578,6 @@ class RefineWidget(QWidget):
         steps += [lambda: self.plots.show_fsc(it), lambda: self.plots.show_angular(it), lambda: self._report(it)]
         self._steps = steps
         self._next_step()
-
-    def _next_step(self) -> None:
-        if not self._steps:
-            return
-        step = self._steps.pop(0)
-        t0 = time.thread_time()
-        try:
-            step()
-        except RuntimeError:  # a deleted widget or layer while the viewer closes
-            self._steps = []
-        self.step_cpu_s.append(time.thread_time() - t0)
-        # a short real delay (not 0): Qt runs chained zero-timers in one pass, other timers would wait
-        if self._steps:
-            QTimer.singleShot(STEP_DELAY_MS, self._next_step)
-        elif self._pending is not None:
-            QTimer.singleShot(STEP_DELAY_MS, self._render)
-        else:
-            self._render_scheduled = False
-
-    def _flush(self) -> None:
-        """Finish drawing at once (at the end of a run)."""
-        while self._steps:
-            self._steps.pop(0)()
-        if self._pending is not None:
-            self._render()
-            while self._steps:
-                self._steps.pop(0)()
-        self._render_scheduled = False
 
     def _report(self, it: Any) -> None:
         t = it.timings
@@ -759,12 +688,6 @@ class RefineWidget(QWidget):
         if current is not None:
             current.visible = not on
 
-    def _find_job_dir(self) -> Path | None:
-        if self._out is None:
-            return None
-        new = sorted(set(self._out.glob("job_refine_*")) - self._known_jobs)
-        return new[-1] if new else None
-
     def _on_returned(self, value: Any) -> None:
         state, payload = value
         self._flush()
@@ -795,42 +718,3 @@ class RefineWidget(QWidget):
             self.status_label.setText(f"failed: {message}")
             show_error(f"Refinement failed: {message}")
         self.state = state
-
-    def _on_finished(self) -> None:
-        w = self._worker
-        if w is not None and w.abort_requested:
-            # cancelled from the activity dock: the stream was not resumed, close the job here
-            self._handle.close()
-            self.state = "stopped"
-            self._log("cancelled; the job folder says 'stopped'")
-            self.status_label.setText("cancelled")
-        self._worker = self._handle.worker = None
-        self._accepting = False
-        self.start_btn.setEnabled(True)
-        self.pause_btn.setEnabled(False)
-        self.pause_btn.setText("Pause")
-        self.stop_btn.setEnabled(False)
-        self.runFinished.emit(self.state)
-
-    def _log(self, text: str) -> None:
-        self.log.append(f"[{time.strftime('%H:%M:%S')}] {text}")
-
-    def _ensure_plots_dock(self) -> None:
-        window = getattr(self.viewer, "window", None)
-        if window is None:
-            return
-        dock = self._plots_dock
-        try:
-            if dock is not None and dock.isVisible():
-                return
-        except RuntimeError:  # the dock was deleted
-            dock = None
-        if dock is not None:
-            dock.show()
-            return
-        self._plots_dock = window.add_dock_widget(self.plots, name=PLOTS_DOCK, area="bottom",
-                                                  add_vertical_stretch=False)
-
-    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
-        self.stop()
-        super().closeEvent(event)

@@ -1,0 +1,148 @@
+"""Run control shared by the docks that stream a job (Refinement, Classification).
+
+A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) provides ``_worker``, ``_handle`` (a
+``_JobHandle``), ``_accepting``, ``_steps``, ``_pending``, ``_render_scheduled``, ``_render()``, ``_out``,
+``_known_jobs``, ``state``, ``step_cpu_s``, the ``start_btn``/``pause_btn``/``stop_btn`` buttons, ``status_label``,
+``log`` (a text area), ``plots`` with ``_plots_dock``, ``viewer`` and the ``runFinished`` signal; and sets
+``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the name of its plots dock). The mixin holds
+Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the end of a run and the plots dock.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from qtpy.QtCore import QTimer
+
+#: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
+#: other timers (the viewer's) would wait
+STEP_DELAY_MS = 5
+
+
+class JobDockMixin:
+    """Pause/Resume/Stop, paced drawing and run completion for a dock that streams a job generator."""
+
+    JOB_GLOBS: tuple[str, ...] = ()
+    PLOTS_DOCK: str = ""
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    @property
+    def worker(self) -> Any:
+        """The running napari GeneratorWorker (None when idle)."""
+        return self._worker
+
+    def toggle_pause(self) -> None:
+        """Pause after the current iteration, or resume."""
+        w = self._worker
+        if w is None:
+            return
+        if w.is_paused:
+            w.resume()
+            self.status_label.setText("resuming…")
+        else:
+            w.pause()
+            self.pause_btn.setText("Resume")
+            self.status_label.setText("pausing after the current iteration…")
+
+    def stop(self) -> None:
+        """Stop when the current iteration ends; the job folder then says "stopped"."""
+        if self._worker is None:
+            return
+        self._handle.stop_now()
+        self._accepting = False
+        self.pause_btn.setEnabled(False)
+        self.stop_btn.setEnabled(False)
+        self.status_label.setText("stopping after the current iteration…")
+        self._log("stop requested: the job stops when the current iteration ends")
+
+    def _on_paused(self) -> None:
+        self.pause_btn.setText("Resume")
+        self.status_label.setText("paused (Resume continues with the next iteration)")
+        self._log("paused")
+
+    def _on_resumed(self) -> None:
+        self.pause_btn.setText("Pause")
+        self.status_label.setText("running…")
+        self._log("resumed")
+
+    def _next_step(self) -> None:
+        """Run one display step, then schedule the next (or the newest pending iteration)."""
+        if not self._steps:
+            return
+        step = self._steps.pop(0)
+        t0 = time.thread_time()
+        try:
+            step()
+        except RuntimeError:  # a deleted widget or layer while the viewer closes
+            self._steps = []
+        self.step_cpu_s.append(time.thread_time() - t0)
+        if self._steps:
+            QTimer.singleShot(STEP_DELAY_MS, self._next_step)
+        elif self._pending is not None:
+            QTimer.singleShot(STEP_DELAY_MS, self._render)
+        else:
+            self._render_scheduled = False
+
+    def _flush(self) -> None:
+        """Finish drawing at once (at the end of a run)."""
+        while self._steps:
+            self._steps.pop(0)()
+        if self._pending is not None:
+            self._render()
+            while self._steps:
+                self._steps.pop(0)()
+        self._render_scheduled = False
+
+    def _find_job_dir(self) -> Path | None:
+        """The newest job folder under the output folder that was not there at Start."""
+        if self._out is None:
+            return None
+        found: set[Path] = set()
+        for pattern in self.JOB_GLOBS:
+            found |= set(self._out.glob(pattern))
+        new = sorted(found - self._known_jobs)
+        return new[-1] if new else None
+
+    def _on_finished(self) -> None:
+        w = self._worker
+        if w is not None and w.abort_requested:
+            # cancelled from the activity dock: the stream was not resumed, close the job here
+            self._handle.close()
+            self.state = "stopped"
+            self._log("cancelled; the job folder says 'stopped'")
+            self.status_label.setText("cancelled")
+        self._worker = self._handle.worker = None
+        self._accepting = False
+        self.start_btn.setEnabled(True)
+        self.pause_btn.setEnabled(False)
+        self.pause_btn.setText("Pause")
+        self.stop_btn.setEnabled(False)
+        self.runFinished.emit(self.state)
+
+    def _log(self, text: str) -> None:
+        self.log.append(f"[{time.strftime('%H:%M:%S')}] {text}")
+
+    def _ensure_plots_dock(self) -> None:
+        window = getattr(self.viewer, "window", None)
+        if window is None:
+            return
+        dock = self._plots_dock
+        try:
+            if dock is not None and dock.isVisible():
+                return
+        except RuntimeError:  # the dock was deleted
+            dock = None
+        if dock is not None:
+            dock.show()
+            return
+        self._plots_dock = window.add_dock_widget(self.plots, name=self.PLOTS_DOCK, area="bottom",
+                                                  add_vertical_stretch=False)
+
+    def closeEvent(self, event: Any) -> None:  # noqa: N802 - Qt API
+        self.stop()
+        super().closeEvent(event)
