@@ -62,6 +62,7 @@ from cryolive.classification.classify import ClassifyParams
 from cryolive.plugin._common import (
     MASK_KEY,
     LayerCombo,
+    follow_layer_list,
     is_map_layer,
     is_mask_candidate,
     robust_limits,
@@ -284,18 +285,8 @@ class LayerList(QListWidget):
         self._viewer = viewer
         self._accept = accept
         self.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
-        ev = viewer.layers.events
-        for emitter in (ev.inserted, ev.removed, ev.moved, ev.reordered):
-            emitter.connect(self.refresh)
-        self.destroyed.connect(lambda *_: self._disconnect(viewer))
+        follow_layer_list(self, viewer, self.refresh)
         self.refresh()
-
-    def _disconnect(self, viewer: Any) -> None:
-        ev = viewer.layers.events
-        for emitter in (ev.inserted, ev.removed, ev.moved, ev.reordered):
-            emitter.disconnect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.disconnect(self.refresh)
 
     def refresh(self, event: Any = None) -> None:
         try:

@@ -141,6 +141,23 @@ def is_labels_3d(layer: Layer) -> bool:
     return isinstance(layer, Labels) and layer.ndim == 3
 
 
+def follow_layer_list(widget: QWidget, viewer: Any, refresh: Callable[..., Any]) -> None:
+    """Call ``refresh`` whenever the viewer's layer list changes, until ``widget`` is destroyed; then disconnect it
+    from the list's events and from the layers' name events (which ``refresh`` may have connected)."""
+    ev = viewer.layers.events
+    emitters = (ev.inserted, ev.removed, ev.moved, ev.reordered)
+    for emitter in emitters:
+        emitter.connect(refresh)
+
+    def disconnect(*_: Any) -> None:
+        for emitter in emitters:
+            emitter.disconnect(refresh)
+        for layer in viewer.layers:
+            layer.events.name.disconnect(refresh)
+
+    widget.destroyed.connect(disconnect)
+
+
 class LayerCombo(QComboBox):
     """A combo box listing the viewer's layers that pass ``accept``; follows additions, removals and renames.
 
@@ -157,18 +174,8 @@ class LayerCombo(QComboBox):
         self._none = none_text
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
-        ev = viewer.layers.events
-        for emitter in (ev.inserted, ev.removed, ev.moved, ev.reordered):
-            emitter.connect(self.refresh)
-        self.destroyed.connect(lambda *_: self._disconnect(viewer))
+        follow_layer_list(self, viewer, self.refresh)
         self.refresh()
-
-    def _disconnect(self, viewer: Any) -> None:
-        ev = viewer.layers.events
-        for emitter in (ev.inserted, ev.removed, ev.moved, ev.reordered):
-            emitter.disconnect(self.refresh)
-        for layer in viewer.layers:
-            layer.events.name.disconnect(self.refresh)
 
     def refresh(self, event: Any = None) -> None:
         try:
