@@ -69,7 +69,7 @@ from cryolive.plugin._common import (
     scrolling_layout,
     write_layer_copy,
 )
-from cryolive.plugin._job_dock import JobDockMixin
+from cryolive.plugin._job_dock import JobDockMixin, job_stream
 from cryolive.plugin._plots import _BG, _FG, _Canvas, _style_axes, titled_plots
 from cryolive.plugin._refine_widget import SYMMETRIES, _JobHandle
 
@@ -116,28 +116,7 @@ def _classify_stream(particles: str, out: str, params: ClassifyParams, inputs: d
     """
     from cryolive.jobs.classify import classify_job
 
-    stop = handle.stop
-    last = 0
-    try:
-        gen = classify_job(particles, out, params, **inputs)
-        handle.gen = gen
-        try:
-            while True:
-                try:
-                    it = next(gen)
-                except StopIteration as done:
-                    return "finished", done.value
-                if stop.is_set():
-                    break
-                yield it
-                last = it.iteration
-                if stop.is_set():
-                    break
-        finally:
-            gen.close()  # on Stop: GeneratorExit in the job, which writes status "stopped"
-        return "stopped", last
-    except Exception as exc:  # noqa: BLE001 - handed to the main thread, shown as a notification
-        return "failed", exc
+    return (yield from job_stream(handle, lambda: classify_job(particles, out, params, **inputs)))
 
 
 # ---------------------------------------------------------------------------------------------------- plots

@@ -11,6 +11,7 @@ Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the end of
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,35 @@ from qtpy.QtCore import QTimer
 #: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
 #: other timers (the viewer's) would wait
 STEP_DELAY_MS = 5
+
+
+def job_stream(handle: Any, start: Callable[[], Generator]) -> Generator:
+    """Yield the iterations of the job generator ``start()`` until it ends or ``handle.stop`` is set; return
+    ``(state, value)``: "finished" (the job's result), "stopped" (the last iteration yielded) or "failed" (the
+    exception). Runs in the worker thread; ``handle.gen`` is set to the job generator (the main thread closes it
+    when the activity dock cancels the worker)."""
+    stop = handle.stop
+    last = 0
+    try:
+        gen = start()
+        handle.gen = gen
+        try:
+            while True:
+                try:
+                    it = next(gen)
+                except StopIteration as done:
+                    return "finished", done.value
+                if stop.is_set():
+                    break
+                yield it
+                last = it.iteration
+                if stop.is_set():
+                    break
+        finally:
+            gen.close()  # on Stop: GeneratorExit in the job, which writes status "stopped"
+        return "stopped", last
+    except Exception as exc:  # noqa: BLE001 - handed to the main thread, shown as a notification
+        return "failed", exc
 
 
 class JobDockMixin:

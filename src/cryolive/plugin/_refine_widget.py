@@ -63,7 +63,7 @@ from cryolive.plugin._common import (
     set_mask_layer,
     write_layer_copy,
 )
-from cryolive.plugin._job_dock import JobDockMixin
+from cryolive.plugin._job_dock import JobDockMixin, job_stream
 from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
 from cryolive.refinement.refine import RefineParams
 
@@ -109,28 +109,8 @@ def _refine_stream(particles: str, reference: str, out: str, params: RefineParam
     """
     from cryolive.jobs.refine import refine_job
 
-    stop = handle.stop
-    last = 0
-    try:
-        gen = refine_job(particles, reference, out, params, mask_path=mask, save_iterations=save_iterations)
-        handle.gen = gen
-        try:
-            while True:
-                try:
-                    it = next(gen)
-                except StopIteration as done:
-                    return "finished", done.value
-                if stop.is_set():
-                    break
-                yield it
-                last = it.iteration
-                if stop.is_set():
-                    break
-        finally:
-            gen.close()  # on Stop: GeneratorExit in the job, which writes status "stopped"
-        return "stopped", last
-    except Exception as exc:  # noqa: BLE001 - handed to the main thread, shown as a notification
-        return "failed", exc
+    return (yield from job_stream(handle, lambda: refine_job(particles, reference, out, params, mask_path=mask,
+                                                             save_iterations=save_iterations)))
 
 
 def _params_dict(p: RefineParams) -> dict:
