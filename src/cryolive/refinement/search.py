@@ -73,8 +73,7 @@ class GridProjections:
     """Projections of a fixed rotation grid at the first ``K`` pixels of a pixel set (reused for every batch)."""
 
     rotations: np.ndarray  # (G, 3, 3)
-    re: Any  # (G, K) float32
-    im: Any
+    reim: Any  # (G, 2K) float32: [Re R, Im R] side by side, so the cross term is one real matrix product
     power: Any  # |R|^2 (G, K)
 
     @classmethod
@@ -82,7 +81,7 @@ class GridProjections:
         m = xp()
         parts = [proj.slice_pixels(rotations[i:i + chunk], kx, ky) for i in range(0, len(rotations), chunk)]
         r = m.concatenate(parts, axis=0)
-        return cls(np.asarray(rotations), m.ascontiguousarray(r.real), m.ascontiguousarray(r.imag),
+        return cls(np.asarray(rotations), m.ascontiguousarray(m.concatenate([r.real, r.imag], axis=1)),
                    (r.real**2 + r.imag**2).astype(m.float32))
 
 
@@ -97,7 +96,7 @@ def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np
     """
     m = xp()
     b, k = y.shape
-    g = grid.re.shape[0]
+    g = grid.reim.shape[0]
     phases = shift_phases(kx, ky, shifts)  # (T, K)
     t = phases.shape[0]
     chunk = max(1, int(max_elems // max(t * g, 1)))
@@ -108,17 +107,20 @@ def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np
         yb = y[s0:s0 + chunk]
         bc = yb.shape[0]
         z = (yb[:, None, :] * phases[None]).reshape(bc * t, k)
-        cross = (z.real @ grid.re.T + z.imag @ grid.im.T).reshape(bc, t, g)
+        cross = (m.concatenate([z.real, z.imag], axis=1) @ grid.reim.T).reshape(bc, t, g)
+        # the norm term does not depend on the shift and the scale is positive, so the best shift of every
+        # rotation is the one with the largest cross term (also for the free-scale score, monotone in cross > 0)
+        cmax = m.max(cross, axis=1)  # (bc, G)
         norm = c2w[s0:s0 + chunk] @ grid.power.T  # (bc, G)
-        a = a_all[s0:s0 + chunk][:, None, None]
+        a = a_all[s0:s0 + chunk][:, None]
         if free_scale:
-            ll = m.where(cross > 0, cross * cross / (2 * norm[:, None, :] + 1e-30), 0.0)
+            ll = m.where(cmax > 0, cmax * cmax / (2 * norm + 1e-30), 0.0)
         else:
-            ll = a * cross - 0.5 * a * a * norm[:, None, :]
-        best_t = m.argmax(ll, axis=1)  # (bc, G)
-        llg = to_numpy(m.max(ll, axis=1))
-        best_t = to_numpy(best_t)
+            ll = a * cmax - 0.5 * a * a * norm
+        llg = to_numpy(ll)
         idx = _top_k(llg, keep)
+        bi = np.arange(bc)[:, None]
+        best_t = to_numpy(m.argmax(cross[m.asarray(bi), :, m.asarray(idx)], axis=-1))  # (bc, keep)
         sc = np.take_along_axis(llg, idx, 1)
         sd = bound_sigma * np.sqrt(np.maximum(np.take_along_axis(to_numpy(norm), idx[:, :1], 1), 1e-30))
         if not free_scale:
@@ -127,7 +129,7 @@ def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np
         pruned += int(weak.sum())
         sc = np.where(weak, -np.inf, sc)
         rots.append(grid.rotations[idx])
-        shs.append(shifts[np.take_along_axis(best_t, idx, 1)])
+        shs.append(shifts[best_t])
         scs.append(sc)
     return Candidates(np.concatenate(rots), np.concatenate(shs), np.concatenate(scs)), pruned
 
