@@ -20,12 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from cryolive.backend import device_label
+from cryolive.image.ctf import ctf_2d
+from cryolive.image.fourier import rfft2c
 from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
+from cryolive.projection import Projector
+from cryolive.refinement.pixels import pixel_set
 from cryolive.refinement.refine import RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
+from cryolive.rotations.euler import axis_angle_to_matrix
 from cryolive.rotations.symmetry import symmetry_operators
 from cryolive.simulator.dataset import SimulationParams, phantom_volumes, simulate_dataset
 
@@ -47,6 +52,53 @@ def true_pose_resolution(stack, truth_map: np.ndarray, symmetry: str = "C1") -> 
         recs = batch_recs
     a, b, _ = finalize_halves(*recs)
     return resolution_at(fsc(0.5 * (a + b), truth_map), truth_map.shape[0], stack.pixel_size, 0.5)
+
+
+def pose_cramer_rao(stack, truth_map: np.ndarray, truth: dict, n_probe: int = 300, seed: int = 0) -> dict:
+    """Cramér-Rao bound on the pose precision the data allow, from the *true* map at the true poses.
+
+    For particle i the model is ``M = a_i C_i shift(P_A V)`` on every Fourier pixel to Nyquist; with white
+    noise of power ``sigma^2 = E|N(k)|^2`` the Fisher information of the pose parameters
+    (3 small rotations, 2 origin components, in radians and pixels) is
+    ``I_pq = sum_k mult_k Re(dM/dp conj(dM/dq)) / sigma^2`` (derivatives by central differences). No unbiased
+    estimator beats ``I^-1``; the median geodesic error is sampled from ``N(0, I^-1)`` per particle.
+    Returns medians: angular error (degrees) and origin error (pixels).
+    """
+    rng = np.random.default_rng(seed)
+    n, apix = truth_map.shape[0], stack.pixel_size
+    idx = np.arange(min(n_probe, len(stack)))
+    noise = rfft2c(rng.normal(0.0, float(truth["noise_sd"]), (64, n, n)).astype(np.float32))
+    sigma2 = float(np.mean(np.abs(noise) ** 2))
+    full = pixel_set(n, n / 2)
+    kx, ky = full.kx, full.ky
+    proj = Projector(truth_map)
+    rot, sh, a = truth["rotations"][idx], truth["shifts_A"][idx] / apix, truth["scales"][idx]
+    ctf = ctf_2d(stack.ctf.subset(idx), n, apix).reshape(len(idx), -1)[:, full.index]
+
+    def model(rots: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        phase = np.exp(2j * np.pi * (origins[:, :1] * kx + origins[:, 1:2] * ky))
+        return a[:, None] * ctf * proj.slice_pixels(rots, kx, ky) * phase
+
+    eps, de = np.deg2rad(0.2), 0.05
+    ders = []
+    for ax in range(3):
+        v = np.zeros(3)
+        v[ax] = eps
+        plus = model(axis_angle_to_matrix(v) @ rot, sh)
+        ders.append((plus - model(axis_angle_to_matrix(-v) @ rot, sh)) / (2 * eps))
+    for ax in range(2):
+        e = np.zeros(2)
+        e[ax] = de
+        ders.append((model(rot, sh + e) - model(rot, sh - e)) / (2 * de))
+    d = np.stack(ders, 1)  # (B, 5, K)
+    fisher = np.real(np.einsum("bpk,bqk,k->bpq", d, np.conj(d), full.mult)) / sigma2
+    cov = np.linalg.inv(fisher)
+    ang, shift = [], []
+    for c in cov:
+        ang.append(np.linalg.norm(rng.normal(size=(200, 3)) @ np.linalg.cholesky(c[:3, :3]).T, axis=1))
+        shift.append(np.linalg.norm(rng.normal(size=(200, 2)) @ np.linalg.cholesky(c[3:, 3:]).T, axis=1))
+    return {"crb_ang": float(np.degrees(np.median(np.concatenate(ang)))),
+            "crb_shift": float(np.median(np.concatenate(shift)))}
 
 
 def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: RefineParams) -> dict:

@@ -87,12 +87,14 @@ class GridProjections:
 
 def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np.ndarray, kx: Any, ky: Any,
                  keep: int, bound_sigma: float, free_scale: bool = False,
-                 max_elems: int = 20_000_000) -> tuple[Candidates, int]:
+                 max_elems: int = 20_000_000, rng: np.random.Generator | None = None) -> tuple[Candidates, int]:
     """Score every grid rotation x every shift for images ``y (B, K)``; keep the best ``keep`` per image.
 
     ``c2w (B, K)`` = w C^2; ``scale (B,)`` per-particle scales. With ``free_scale`` the score is maximised over the
-    scale (``cross^2 / 2 norm`` for positive cross), used for the first, greyscale-unknown pass. Returns the
-    candidates and how many (rotation, shift) candidates the bound pruned.
+    scale (``cross^2 / 2 norm`` for positive cross), used for the first, greyscale-unknown pass. With ``rng`` the
+    one candidate kept is a *sample* of the rotation posterior ``p(r) ∝ exp(LL(r, best shift))`` over the grid
+    (Gumbel-max trick) instead of the best: see :func:`search_poses`. Returns the candidates and how many
+    (rotation, shift) candidates the bound pruned.
     """
     m = xp()
     b, k = y.shape
@@ -118,7 +120,10 @@ def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np
         else:
             ll = a * cmax - 0.5 * a * a * norm
         llg = to_numpy(ll)
-        idx = _top_k(llg, keep)
+        if rng is None:
+            idx = _top_k(llg, keep)
+        else:
+            idx = np.argmax(llg - np.log(-np.log(rng.uniform(1e-12, 1.0, llg.shape))), axis=1)[:, None]
         bi = np.arange(bc)[:, None]
         best_t = to_numpy(m.argmax(cross[m.asarray(bi), :, m.asarray(idx)], axis=-1))  # (bc, keep)
         sc = np.take_along_axis(llg, idx, 1)
@@ -213,7 +218,8 @@ class SearchPlan:
 
 def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None, y: Any, c2w: Any, scale: Any,
                  kx: Any, ky: Any, counts: list[int], previous: tuple[np.ndarray, np.ndarray] | None = None,
-                 free_scale: bool = False, radii: list[float] | None = None) -> tuple[Candidates, int]:
+                 free_scale: bool = False, radii: list[float] | None = None,
+                 rng: np.random.Generator | None = None) -> tuple[Candidates, int]:
     """Coarse-to-fine search of images ``y (B, K)`` (whitened, see the module docstring) against one projector.
 
     Global (``previous`` None): level 0 scores ``grid`` x a shift grid, then levels 1..L refine locally.
@@ -221,6 +227,12 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
     the previous pose. ``counts[i]`` is how many pixels (a prefix of ``kx, ky``) level ``i`` of the run scores and
     ``radii[i]`` its Fourier radius (pixels), both for the levels the run visits. Returns the candidates
     (best first) and how many the bound pruned.
+
+    Stochastic global search (``rng`` given): level 0 draws one rotation per image from its posterior over the
+    grid instead of taking the best, and the finer levels refine that one basin. While the map is wrong or blurred
+    the posterior is broad and the draws spread the particles over the views the data allow (taking the best would
+    pile them onto the few views the reference favours, and both half maps would reproduce those views'
+    averages: a high but meaningless FSC); once the map is good the posterior is sharp and a draw is the best pose.
     """
     p = plan
     pruned = 0
@@ -228,9 +240,11 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
         k0 = counts[0]
         sstep = p.shift_step(radii[0])
         cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(p.max_shift_px, sstep),
-                                    kx[:k0], ky[:k0], p.candidates, p.bound_sigma, free_scale)
+                                    kx[:k0], ky[:k0], p.candidates, p.bound_sigma, free_scale, rng=rng)
         levels = range(1, p.levels + 1)
         keeps = list(np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:])
+        if rng is not None:
+            keeps = [1] * p.levels
         counts, radii = counts[1:], radii[1:]
     else:
         rot, sh = previous
