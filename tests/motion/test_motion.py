@@ -8,6 +8,7 @@ final) is shared by the tests; it takes about 40 s on 2 cores.
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -181,3 +182,15 @@ def test_stage_hyper_stops_early_and_crop(small, tmp_path):
     assert out.box == 32 and abs(out.pixel_size - 2.0 * 40 / 32) < 1e-6 and len(out) == 8
     assert np.all(np.abs(out.shifts / 2.0) <= 0.5 + 1e-6)  # re-centred: only sub-pixel origins remain
     assert np.isfinite(out.images(np.arange(8))).all()
+
+
+def test_stopping_leaves_a_folder_that_says_so(small, tmp_path):
+    p = MotionParams(thoroughness="fast", max_prior_strength=1.0)
+    gen = motion_job(str(small / "particles.star"), str(small / "movies"), str(small / "half_A.mrc"),
+                     str(small / "half_B.mrc"), out=str(tmp_path / "j"), params=p)
+    first = next(gen)
+    gen.close()  # what the dock's Stop does
+    job = tmp_path / "j" / "job_motion_001"
+    status = json.loads((job / "status.json").read_text())
+    assert status["state"] == "stopped" and status["stage"] == first.stage
+    assert (job / "log.txt").read_text().rstrip().endswith("STOPPED by the user")

@@ -30,7 +30,7 @@ import numpy as np
 from cryolive.backend import backend_name, device_label
 from cryolive.classification.classify import ClassifyParams, ClassifyResult, ClassIteration, classify
 from cryolive.io import InputError, read_map, read_particles, read_star, write_map, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
 
 
 def _read_matching(path: str, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray:
@@ -92,34 +92,25 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
         job.log("class FSC: a plain half-map comparison (both halves are aligned to one class map, so they are "
                 "not independent), read at 0.5")
     history: list[dict] = []
-    gen = classify(stack, p, starts=start_maps, solvent_mask=solvent, focus_mask=focus, consensus=cons)
     warned: set[str] = set()
-    try:
-        while True:
-            it = next(gen)
-            for w in it.warnings:
-                if w not in warned:
-                    warned.add(w)
-                    job.log(f"WARNING: {w}")
-            if it.iteration == 1:
-                write_map(job.file("solvent_mask.mrc"), it.solvent_mask, it.pixel_size)
-                if it.focus_mask is not None:
-                    write_map(job.file("focus_mask.mrc"), it.focus_mask, it.pixel_size)
-            _log_iteration(job, it)
-            history.append(_summary(it))
-            _write_iteration(job, it, history)
-            job.set_status("running", iteration=it.iteration)
-            yield dataclasses.replace(it, job_dir=str(job.path))
-    except StopIteration as stop:
-        result: ClassifyResult = stop.value
-    except BaseException as exc:
-        failed = isinstance(exc, Exception)
-        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
-        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "",
-                       last_iteration=len(history))
-        job.close()
-        gen.close()
-        raise
+
+    def on_step(it: ClassIteration) -> ClassIteration:
+        for w in it.warnings:
+            if w not in warned:
+                warned.add(w)
+                job.log(f"WARNING: {w}")
+        if it.iteration == 1:
+            write_map(job.file("solvent_mask.mrc"), it.solvent_mask, it.pixel_size)
+            if it.focus_mask is not None:
+                write_map(job.file("focus_mask.mrc"), it.focus_mask, it.pixel_size)
+        _log_iteration(job, it)
+        history.append(_summary(it))
+        _write_iteration(job, it, history)
+        job.set_status("running", iteration=it.iteration)
+        return dataclasses.replace(it, job_dir=str(job.path))
+
+    gen = classify(stack, p, starts=start_maps, solvent_mask=solvent, focus_mask=focus, consensus=cons)
+    result: ClassifyResult = yield from run_in_job(job, gen, on_step, lambda: {"last_iteration": len(history)})
     _write_outputs(job, result)
     sizes = ", ".join(f"{100 * s:.1f} %" for s in result.final.class_sizes)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: class sizes {sizes}")

@@ -10,8 +10,12 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable, Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+Step = TypeVar("Step")
+Result = TypeVar("Result")
 
 
 def new_job_dir(parent: str | os.PathLike, kind: str) -> Path:
@@ -69,6 +73,30 @@ class JobFolder:
 
     def close(self) -> None:
         self._log.close()
+
+
+def run_in_job(job: JobFolder, gen: Generator[Step, None, Result], on_step: Callable[[Step], Step],
+               progress: Callable[[], dict[str, Any]]) -> Generator[Step, None, Result]:
+    """Drive a core job generator inside ``job`` and return its result.
+
+    ``on_step`` writes each step's files and returns what to yield (the step, or a copy of it with more fields).
+    If the consumer closes this generator (the user stops) or a step fails, ``log.txt`` says ``STOPPED by the
+    user`` or ``FAILED: ...``, ``status.json`` says ``stopped`` or ``failed`` with ``progress()`` (how far it
+    got), the folder and the core generator are closed and the exception goes on to the caller.
+    """
+    try:
+        while True:
+            out = on_step(next(gen))
+            yield out
+    except StopIteration as stop:
+        return stop.value
+    except BaseException as exc:
+        failed = isinstance(exc, Exception)
+        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
+        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "", **progress())
+        job.close()
+        gen.close()
+        raise
 
 
 def _json_default(obj: Any) -> Any:

@@ -27,7 +27,7 @@ import numpy as np
 
 from cryolive.backend import backend_name
 from cryolive.io import InputError, read_map, read_particles, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
 from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
 from cryolive.motion.dose import DoseModel, load_dose
 from cryolive.motion.hyper import load_hyper, save_hyper
@@ -67,25 +67,17 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
             f"{'from ' + dose_path if dose_path else 'estimated'}")
     gen = motion(stack, movies, half_a, half_b, mask, p, hyper=hyper, dose=dose,
                  out_stack=job.file("particles.mrcs") if p.final_stage == "final" else None)
-    last = ""
-    try:
-        while True:
-            step = next(gen)
-            if step.stage != last:
-                job.log(f"stage {step.stage}")
-                last = step.stage
-            job.log(f"{step.stage} {step.done}/{step.total} {step.micrograph_name}: {step.message}")
-            job.set_status("running", stage=step.stage, done=step.done, total=step.total)
-            yield step
-    except StopIteration as stop:
-        result: MotionResult = stop.value
-    except BaseException as exc:
-        failed = isinstance(exc, Exception)
-        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
-        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "", stage=last)
-        job.close()
-        gen.close()
-        raise
+    stage = {"last": ""}
+
+    def on_step(step: MotionStep) -> MotionStep:
+        if step.stage != stage["last"]:
+            job.log(f"stage {step.stage}")
+            stage["last"] = step.stage
+        job.log(f"{step.stage} {step.done}/{step.total} {step.micrograph_name}: {step.message}")
+        job.set_status("running", stage=step.stage, done=step.done, total=step.total)
+        return step
+
+    result: MotionResult = yield from run_in_job(job, gen, on_step, lambda: {"stage": stage["last"]})
     _write_outputs(job, result, len(stack))
     job.log(f"finished in {time.perf_counter() - t0:.1f} s; timings " +
             ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

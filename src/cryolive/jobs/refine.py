@@ -28,7 +28,7 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import InputError, read_map, read_particles, write_map, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text
+from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
 from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, refine
@@ -69,27 +69,18 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
             f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
             f"low-passed to {p.initial_lowpass_A} Å")
     history: list[dict] = []
-    gen = refine(stack, ref, p, mask=mask)
-    try:
-        while True:
-            it = next(gen)
-            _log_iteration(job, it)
-            history.append(_summary(it))
-            _write_history(job, history)
-            if save_iterations:
-                write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
-            job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
-            yield it
-    except StopIteration as stop:
-        result: RefineResult = stop.value
-    except BaseException as exc:
-        failed = isinstance(exc, Exception)
-        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
-        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "",
-                       last_iteration=len(history))
-        job.close()
-        gen.close()
-        raise
+
+    def on_step(it: RefineIteration) -> RefineIteration:
+        _log_iteration(job, it)
+        history.append(_summary(it))
+        _write_history(job, history)
+        if save_iterations:
+            write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
+        job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
+        return it
+
+    result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask), on_step,
+                                                 lambda: {"last_iteration": len(history)})
     _write_outputs(job, result, stack.pixel_size)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A)
