@@ -50,3 +50,20 @@ def test_motion_dock_shows_one_track_per_particle(make_napari_viewer, qtbot, tmp
     shot = os.environ.get("CRYOLIVE_MOTION_SCREENSHOT")
     if shot:
         viewer.screenshot(shot, canvas_only=False)
+
+
+def test_motion_dock_stop_leaves_a_stopped_job(make_napari_viewer, qtbot, tmp_path):
+    sim = simulate_movies(tmp_path / "sim", MovieSimParams(n_micrographs=2, n_frames=6, particles_per_micrograph=4,
+                                                           mic_size=160, seed=5, snr=2.0))
+    viewer = make_napari_viewer(show=False)
+    widget = MotionWidget(viewer)
+    for key, value in (("particles", sim / "particles.star"), ("movies", sim / "movies"),
+                       ("half_a", sim / "half_A.mrc"), ("half_b", sim / "half_B.mrc"), ("out", tmp_path / "jobs")):
+        widget.edits[key].setText(str(value))
+    widget.stepShown.connect(lambda _stage: widget.stop())  # Stop as soon as the first step is on screen
+    with qtbot.waitSignal(widget.runFinished, timeout=120_000) as finished:
+        assert widget.start() is not None
+    assert finished.args == ["stopped"]
+    status = json.loads((tmp_path / "jobs" / "job_motion_001" / "status.json").read_text())
+    assert status["state"] == "stopped"
+    assert widget.start_btn.isEnabled()

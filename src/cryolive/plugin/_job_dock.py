@@ -1,4 +1,4 @@
-"""Run control shared by the docks that stream a job (Refinement, Classification).
+"""Run control shared by the docks that stream a job (Refinement, Classification; Motion uses job_stream).
 
 A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) provides ``_worker``, ``_handle`` (a
 ``_JobHandle``), ``_accepting``, ``_steps``, ``_pending``, ``_render_scheduled``, ``_render()``, ``_out``,
@@ -23,10 +23,10 @@ STEP_DELAY_MS = 5
 
 
 def job_stream(handle: Any, start: Callable[[], Generator]) -> Generator:
-    """Yield the iterations of the job generator ``start()`` until it ends or ``handle.stop`` is set; return
-    ``(state, value)``: "finished" (the job's result), "stopped" (the last iteration yielded) or "failed" (the
-    exception). Runs in the worker thread; ``handle.gen`` is set to the job generator (the main thread closes it
-    when the activity dock cancels the worker)."""
+    """Yield the steps of the job generator ``start()`` until it ends or ``handle.stop`` (a ``threading.Event``)
+    is set; return ``(state, value)``: "finished" (the job's result), "stopped" (the last step's ``iteration``, or
+    None for steps without one) or "failed" (the exception). Runs in the worker thread; ``handle.gen`` is set to
+    the job generator (the main thread closes it when the activity dock cancels the worker)."""
     stop = handle.stop
     last = 0
     try:
@@ -41,7 +41,7 @@ def job_stream(handle: Any, start: Callable[[], Generator]) -> Generator:
                 if stop.is_set():
                     break
                 yield it
-                last = it.iteration
+                last = getattr(it, "iteration", None)
                 if stop.is_set():
                     break
         finally:

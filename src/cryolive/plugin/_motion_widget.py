@@ -13,6 +13,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Generator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from qtpy.QtWidgets import (
 )
 
 from cryolive.plugin._common import scrolling_layout
+from cryolive.plugin._job_dock import job_stream
 
 MIC_LAYER = "motion micrograph"
 TRACKS_PREFIX = "motion trajectories"
@@ -46,24 +48,7 @@ def _motion_stream(args: dict, stop: threading.Event) -> Generator:
     """Yield the job's steps until it ends or ``stop`` is set; return ``(state, value)`` (runs in the worker)."""
     from cryolive.jobs.motion import motion_job
 
-    try:
-        gen = motion_job(**args)
-        try:
-            while True:
-                try:
-                    step = next(gen)
-                except StopIteration as done:
-                    return "finished", done.value
-                if stop.is_set():
-                    break
-                yield step
-                if stop.is_set():
-                    break
-        finally:
-            gen.close()
-        return "stopped", None
-    except Exception as exc:  # noqa: BLE001 - shown on the main thread
-        return "failed", exc
+    return (yield from job_stream(SimpleNamespace(stop=stop, gen=None), lambda: motion_job(**args)))
 
 
 def track_data(positions: np.ndarray, traj: np.ndarray, magnify: float) -> np.ndarray:
@@ -248,7 +233,10 @@ class MotionWidget(QWidget):
         step, self._pending = self._pending, None
         if step is None:
             return
-        self.show_step(step)
+        try:
+            self.show_step(step)
+        except RuntimeError:  # a deleted widget or layer while the viewer closes
+            self._pending = None
 
     def show_step(self, step: Any) -> None:
         """Put one step on screen (main thread only)."""
