@@ -6,13 +6,18 @@ Cases (``--cases``):
   sym     a D2 phantom refined with D2 and with C1 (same particles)
 
 Usage: ``python benchmarks/bench_refine.py [--n 10000] [--box 64] [--apix 2] [--snr 0.05] [--cases truth wrong sym]``
-Prints a Markdown table; record it in docs/benchmarks.md with the machine and the command.
+Prints, per case: the FSC-0.5 against the truth of the refined map and of a reconstruction with the true poses,
+the GSFSC (unmasked; masked beside the FSC against the truth in the same mask), pose errors beside their
+Cramér-Rao bound (:func:`pose_cramer_rao`), E- and M-step particles/s, the peak memory (host RSS) and the time.
+A refinement that ends in another frame than the truth (turned, moved or mirrored) is compared after
+:func:`align_to_truth`. Record the table in docs/benchmarks.md with the machine and the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -45,13 +50,41 @@ def angular_errors(found: np.ndarray, truth: np.ndarray, symmetry: str = "C1") -
     return best
 
 
-def true_pose_resolution(stack, truth_map: np.ndarray, symmetry: str = "C1") -> float:
-    """FSC-0.5 resolution (Å) against the truth of a reconstruction with the true poses."""
+def true_pose_resolution(stack, truth_map: np.ndarray, symmetry: str = "C1", half: np.ndarray | None = None) -> float:
+    """FSC-0.5 resolution (Å) against the truth of a reconstruction with the stack's poses (the true ones)."""
     recs = None
-    for _done, batch_recs in backproject_halves(stack, half_sets(stack), symmetry, 512):
+    for _done, batch_recs in backproject_halves(stack, half_sets(stack) if half is None else half, symmetry, 512):
         recs = batch_recs
     a, b, _ = finalize_halves(*recs)
     return resolution_at(fsc(0.5 * (a + b), truth_map), truth_map.shape[0], stack.pixel_size, 0.5)
+
+
+def align_to_truth(rot: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray, true_shifts_px: np.ndarray) -> dict:
+    """Bring refined poses into the truth's frame: a refinement from a wrong map may converge to the truth turned
+    by a fixed rotation G, moved by a fixed 3D shift d, or mirrored (projections cannot tell the hand).
+
+    Mirroring the map through z = 0 changes every pose ``A`` to ``J A J`` (``J = diag(1, 1, -1)``); a turned map
+    changes it to ``A G``; a moved map changes every origin by ``(A d)_xy``. G is the rotation nearest to
+    ``sum_i A_true_i^T A_i`` (SVD), d a least-squares fit; the hand is the one that puts more particles within
+    20° of their true pose. Returns the aligned rotations and origins (px), the hand, G's angle (degrees) and
+    that fraction.
+    """
+    best = None
+    j = np.diag([1.0, 1.0, -1.0])
+    for hand, r in (("same", rot), ("mirror", j @ rot @ j)):
+        u, _, vt = np.linalg.svd(np.einsum("bji,bjk->ik", true_rot, r))
+        if np.linalg.det(u @ vt) < 0:
+            u[:, -1] *= -1
+        g = u @ vt
+        aligned = r @ g.T
+        frac = float(np.mean(angular_errors(aligned, true_rot) < 20))
+        if best is None or frac > best["frac_within_20"]:
+            a2 = r[:, :2, :].reshape(-1, 3)
+            d = np.linalg.lstsq(a2, (shifts_px - true_shifts_px).reshape(-1), rcond=None)[0]
+            best = {"rotations": aligned, "shifts_px": shifts_px - r[:, :2, :] @ d, "hand": hand,
+                    "frac_within_20": frac,
+                    "turn_deg": float(np.degrees(np.arccos(np.clip((np.trace(g) - 1) / 2, -1, 1))))}
+    return best
 
 
 def pose_cramer_rao(stack, truth_map: np.ndarray, truth: dict, n_probe: int = 300, seed: int = 0) -> dict:
@@ -101,6 +134,11 @@ def pose_cramer_rao(stack, truth_map: np.ndarray, truth: dict, n_probe: int = 30
             "crb_shift": float(np.median(np.concatenate(shift)))}
 
 
+def _rate(it, key: str) -> float:
+    """Particles per second of one stage of an iteration (``key`` a timing: search_s = E step, insert_s = M step)."""
+    return it.n_particles / max(it.timings[key], 1e-9)
+
+
 def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: RefineParams) -> dict:
     stack = read_particles(data / "particles.star")
     truth, apix = read_map(data / "truth" / "truth_map.mrc")
@@ -109,15 +147,38 @@ def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: Refi
     t0 = time.perf_counter()
     iters, result = drain(refine(stack, ref, params), lambda it: print(
         f"  [{name}] iteration {it.iteration} {it.search} {it.n_particles} particles: "
-        f"GSFSC {it.resolution_A:.2f} Å, {it.timings['total_s']:.0f} s", flush=True))
+        f"GSFSC {it.resolution_A:.2f} Å, {it.timings['total_s']:.0f} s (E step {_rate(it, 'search_s'):.0f}, "
+        f"M step {_rate(it, 'insert_s'):.0f} particles/s)", flush=True))
+    full = [it for it in iters if it.n_particles == len(stack)] or iters
+    rates = {"search": float(np.median([_rate(it, "search_s") for it in full if it.search == "global"] or [np.nan])),
+             "insert": float(np.median([_rate(it, "insert_s") for it in full]))}
+    rates["search_local"] = float(np.median([_rate(it, "search_s") for it in full if it.search == "local"]
+                                            or [np.nan]))
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
     elapsed = time.perf_counter() - t0
     fin = result.final
     n = truth.shape[0]
-    res_truth = resolution_at(fsc(0.5 * (fin.half_a + fin.half_b), truth), n, apix, 0.5)
-    ang = angular_errors(result.rotations, t_true["rotations"], symmetry)
-    sh = np.linalg.norm(result.shifts_A - t_true["shifts_A"], axis=1) / apix
+    avg = 0.5 * (fin.half_a + fin.half_b)
+    res_truth = resolution_at(fsc(avg, truth), n, apix, 0.5)
+    res_truth_masked = resolution_at(fsc(avg, truth, mask=fin.fsc_mask), n, apix, 0.5)
+    rot, sh_px, frame = result.rotations, result.shifts_A / apix, "as refined"
+    if symmetry == "C1":
+        al = align_to_truth(rot, sh_px, t_true["rotations"], t_true["shifts_A"] / apix)
+        if al["hand"] == "mirror" or al["turn_deg"] > 2.0:
+            # the map is the truth in another frame (or not the truth at all): compare in the truth's frame,
+            # reconstructing the particles at the aligned poses
+            rot, sh_px = al["rotations"], al["shifts_px"]
+            frame = f"{al['hand']} hand, turned {al['turn_deg']:.0f}°"
+            res_truth = true_pose_resolution(stack.with_poses(rot, sh_px * apix, half_set=result.half_set),
+                                             truth, symmetry, result.half_set)
+    ang = angular_errors(rot, t_true["rotations"], symmetry)
+    sh = np.linalg.norm(sh_px - t_true["shifts_A"] / apix, axis=1)
+    crb = pose_cramer_rao(stack, truth, t_true) if symmetry == "C1" else {"crb_ang": np.nan, "crb_shift": np.nan}
+    print(f"  [{name}] frame: {frame}; Cramér-Rao median angular error {crb['crb_ang']:.2f}°, "
+          f"shift {crb['crb_shift']:.2f} px", flush=True)
     return {"case": name, "symmetry": symmetry, "n": len(stack), "iterations": len(iters),
             "res_true_pose": res_true_pose, "res_vs_truth": res_truth, "ratio": res_truth / res_true_pose,
+            "res_truth_masked": res_truth_masked, "frame": frame, **crb, **rates, "peak_gib": peak_gib,
             "gsfsc": fin.resolution_A, "gsfsc_unmasked": fin.resolution_unmasked_A,
             "median_ang": float(np.median(ang)), "frac_ang_gt_20": float(np.mean(ang > 20)),
             "median_shift_px": float(np.median(sh)), "time_s": elapsed,
@@ -165,14 +226,19 @@ def main() -> None:
                                  RefineParams(initial_lowpass_A=25.0, max_iter=a.max_iter, symmetry=sym)))
     print()
     print("| case | particles | iterations | true-pose FSC0.5 vs truth (Å) | refined FSC0.5 vs truth (Å) | ratio "
-          "| GSFSC 0.143 masked / unmasked (Å) | median angular error (°) | > 20° | median shift error (px) "
-          "| s/iteration | total (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| GSFSC 0.143 unmasked (Å) | GSFSC 0.143 masked / FSC0.5 vs truth in that mask (Å) "
+          "| median angular error (°) / Cramér-Rao | > 20° | median shift error (px) / Cramér-Rao "
+          "| E step particles/s global / local | M step particles/s | peak memory (GiB) | s/iteration | total (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['case']} | {r['n']} | {r['iterations']} | {r['res_true_pose']:.2f} | {r['res_vs_truth']:.2f} | "
-              f"{r['ratio']:.3f} | {r['gsfsc']:.2f} / {r['gsfsc_unmasked']:.2f} | {r['median_ang']:.2f} | "
-              f"{100 * r['frac_ang_gt_20']:.1f} % | {r['median_shift_px']:.2f} | {r['s_per_iter']:.0f} | "
-              f"{r['time_s']:.0f} |", flush=True)
+              f"{r['ratio']:.3f} | {r['gsfsc_unmasked']:.2f} | {r['gsfsc']:.2f} / {r['res_truth_masked']:.2f} | "
+              f"{r['median_ang']:.2f} / {r['crb_ang']:.2f} | {100 * r['frac_ang_gt_20']:.1f} % | "
+              f"{r['median_shift_px']:.2f} / {r['crb_shift']:.2f} | {r['search']:.0f} / {r['search_local']:.0f} | "
+              f"{r['insert']:.0f} | {r['peak_gib']:.1f} | {r['s_per_iter']:.0f} | {r['time_s']:.0f} |",
+              flush=True)
+        if r["frame"] != "as refined":
+            print(f"  ({r['case']}: compared in the truth's frame: {r['frame']})")
 
 
 if __name__ == "__main__":
