@@ -21,7 +21,9 @@ from cryolive.sample import sample_path
 
 pytestmark = pytest.mark.gui
 
-APIX = 3.5
+SAMPLE = json.loads(sample_path("params.json").read_text())
+APIX = SAMPLE["pixel_size"]  # the sample map's pixel size (Å)
+BOX = SAMPLE["box"]
 # tiny refinement settings: ~10 s per iteration on two cores
 TINY = RefineParams(max_iter=2, global_iters=1, minibatch_iters=0, coarse_step_deg=15, levels=2)
 RUN_TIMEOUT_MS = 180_000
@@ -317,7 +319,7 @@ def test_refinement_dock_runs_to_completion(make_napari_viewer, qtbot, tmp_path)
     w.scrub.setChecked(True)  # the iteration axis: the reference, then every iteration
     history = viewer.layers["refinement history"]
     assert history.visible and not viewer.layers["refinement map"].visible
-    assert history.data.shape == (n_iter + 1, 32, 32, 32)
+    assert history.data.shape == (n_iter + 1, BOX, BOX, BOX)
     np.testing.assert_array_equal(history.data[-1], final)
     assert viewer.dims.axis_labels[0] == "iteration"
     assert viewer.dims.nsteps[0] == n_iter + 1 and viewer.dims.current_step[0] == n_iter
