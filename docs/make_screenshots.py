@@ -51,7 +51,8 @@ def new_viewer() -> napari.Viewer:
     viewer.open_sample("cryolive", "sample_map")
     ref = viewer.layers["reference"]
     ref.colormap = "gray"
-    viewer.dims.set_point(0, 16 * 3.5)  # the middle slice
+    apix = float(ref.scale[0])
+    viewer.dims.set_point(0, ref.data.shape[0] // 2 * apix)  # the middle slice
     return viewer
 
 
@@ -66,7 +67,7 @@ def masks_shots() -> None:
     viewer = new_viewer()
     _, masks = viewer.window.add_plugin_dock_widget("cryolive", "Masks")
     masks.threshold.setValue(0.25)
-    masks.dilate.setValue(3.5)
+    masks.dilate.setValue(float(viewer.layers["reference"].scale[0]))  # one voxel
     masks.soft.setValue(7.0)
     wait_for(lambda: not masks.busy)
     # a focus sphere placed (as by a click) on the edge of the solvent mask, beside the densest voxel of the
@@ -97,8 +98,9 @@ def refinement_shots() -> None:
     viewer = new_viewer()
     ref = viewer.layers["reference"]
     work = Path(tempfile.mkdtemp(prefix="cryolive_shots_"))
-    mask = to_numpy(threshold_mask(np.asarray(ref.data), 0.2, 3.5, 7.0, 3.5))
-    write_map(work / "mask.mrc", mask, 3.5)
+    apix = float(ref.scale[0])
+    mask = to_numpy(threshold_mask(np.asarray(ref.data), 0.2, apix, 2 * apix, apix))
+    write_map(work / "mask.mrc", mask, apix)
     viewer.open(str(work / "mask.mrc"), plugin="cryolive", name="mask")
     viewer.layers["mask"].visible = False
     _, refine = viewer.window.add_plugin_dock_widget("cryolive", "Refinement")
