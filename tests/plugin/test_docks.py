@@ -367,10 +367,11 @@ def test_cancel_from_activity_dock_stops_the_job(make_napari_viewer, qtbot, tmp_
 
 
 def test_bad_particles_file_is_a_notification(make_napari_viewer, qtbot, tmp_path, monkeypatch):
-    from cryolive.plugin import _refine_widget
+    from cryolive.plugin import _job_dock, _refine_widget
 
     errors: list[str] = []
-    monkeypatch.setattr(_refine_widget, "show_error", errors.append)
+    for module in (_refine_widget, _job_dock):  # input checks / the end of a failed run
+        monkeypatch.setattr(module, "show_error", errors.append)
     bad = tmp_path / "broken_particles.star"
     bad.write_text("this is not a STAR file\n")
     viewer = make_napari_viewer()

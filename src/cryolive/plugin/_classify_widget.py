@@ -33,7 +33,6 @@ from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, PercentFormatter
 from napari.layers import Image, Layer
-from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer, Signal
@@ -52,7 +51,6 @@ from qtpy.QtWidgets import (
     QSizePolicy,
     QSpinBox,
     QTextEdit,
-    QToolButton,
     QWidget,
 )
 from superqt import QCollapsible
@@ -67,11 +65,12 @@ from cryolive.plugin._common import (
     is_mask_candidate,
     robust_limits,
     scrolling_layout,
+    with_browse,
     write_layer_copy,
 )
-from cryolive.plugin._job_dock import JobDockMixin, job_stream
+from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._plots import _BG, _FG, _Canvas, _style_axes, titled_plots
-from cryolive.plugin._refine_widget import SYMMETRIES, _JobHandle
+from cryolive.plugin._refine_widget import SYMMETRIES
 
 MODES = (("3D classification (fixed poses)", "fixed"),
          ("3D classification (local pose search)", "local"),
@@ -107,7 +106,7 @@ _DIFF_COLORMAP = Colormap(colors=[[0.2, 0.45, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
-def _classify_stream(particles: str, out: str, params: ClassifyParams, inputs: dict, handle: _JobHandle) -> Generator:
+def _classify_stream(particles: str, out: str, params: ClassifyParams, inputs: dict, handle: JobHandle) -> Generator:
     """Yield the job's iterations until it ends or ``handle.stop`` is set; return ``(state, value)``.
 
     Runs in the worker thread. ``inputs``: ``starts``, ``solvent_mask``, ``focus_mask``, ``consensus`` (paths or
@@ -297,18 +296,6 @@ class LayerList(QListWidget):
         return [self._viewer.layers[n] for n in self.selected_names() if n in self._viewer.layers]
 
 
-def _with_browse(edit: QLineEdit, slot: Any) -> QWidget:
-    w = QWidget()
-    h = QHBoxLayout(w)
-    h.setContentsMargins(0, 0, 0, 0)
-    h.addWidget(edit, 1)
-    b = QToolButton()
-    b.setText("…")
-    b.clicked.connect(slot)
-    h.addWidget(b)
-    return w
-
-
 # ---------------------------------------------------------------------------------------------------- the dock
 class ClassifyWidget(JobDockMixin, QWidget):
     """Particles, masks, mode and K; Start, Pause/Resume, Stop; live class maps, sizes, FSCs; export and compare."""
@@ -324,7 +311,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.plots = ClassPlotsWidget()
         self._plots_dock: Any = None
         self._worker: Any = None
-        self._handle = _JobHandle()
+        self._handle = JobHandle()
         self._accepting = False
         self._pending: Any = None
         self._render_scheduled = False
@@ -362,7 +349,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         root.addLayout(form)
         self.particles_edit = QLineEdit()
         self.particles_edit.setPlaceholderText("particles.star or particles.cs (with poses)")
-        form.addRow("Particles", _with_browse(self.particles_edit, self._browse_particles))
+        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
         self.mode_combo = QComboBox()
         self.mode_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.mode_combo.setMinimumContentsLength(14)
@@ -394,7 +381,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         form.addRow("Consensus map", self.consensus_combo)
         self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
         self.out_edit.setToolTip("parent folder: the job writes a new job_classify_<nnn> (job_hetero_<nnn>) there")
-        form.addRow("Output folder", _with_browse(self.out_edit, self._browse_out))
+        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
 
         adv = QCollapsible("Advanced")
         adv_w = QWidget()
@@ -430,22 +417,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         adv.addWidget(adv_w)
         root.addWidget(adv)
 
-        row = QHBoxLayout()
-        self.start_btn = QPushButton("Start")
-        self.pause_btn = QPushButton("Pause")
-        self.stop_btn = QPushButton("Stop")
-        self.pause_btn.setEnabled(False)
-        self.stop_btn.setEnabled(False)
-        for b in (self.start_btn, self.pause_btn, self.stop_btn):
-            row.addWidget(b)
-        root.addLayout(row)
-        self.status_label = QLabel("ready")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
-        self.job_label = QLabel("")
-        self.job_label.setWordWrap(True)
-        self.job_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        root.addWidget(self.job_label)
+        self._add_run_controls(root)
         self.warnings_box = QTextEdit()
         self.warnings_box.setReadOnly(True)
         self.warnings_box.setPlaceholderText("warnings (none)")
@@ -499,16 +471,6 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.mode_combo.currentIndexChanged.connect(self._mode_changed)
         self.starts_list.itemSelectionChanged.connect(self._mode_changed)
         self._mode_changed()
-
-    def _browse_particles(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Particles", "", "Particles (*.star *.cs)")
-        if path:
-            self.particles_edit.setText(path)
-
-    def _browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
-        if path:
-            self.out_edit.setText(path)
 
     @property
     def mode(self) -> str:
@@ -631,23 +593,8 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self._ensure_plots_dock()
         self.plots.clear()
 
-        handle = self._handle = _JobHandle()
-        self._accepting = True
-        worker = create_worker(_classify_stream, particles, str(out), params, inputs, handle, _start_thread=False,
-                               _ignore_errors=True, _progress={"total": params.max_iter, "desc": "cryolive classes"})
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        worker.paused.connect(self._on_paused)
-        worker.resumed.connect(self._on_resumed)
-        self._worker = handle.worker = worker
-        self.destroyed.connect(handle.stop_now)
-        self._t_start = time.perf_counter()
-        self.start_btn.setEnabled(False)
-        self.pause_btn.setEnabled(True)
-        self.pause_btn.setText("Pause")
-        self.stop_btn.setEnabled(True)
-        self.status_label.setText("running iteration 1…")
+        worker = self._new_worker(_classify_stream, particles, str(out), params, inputs, total=params.max_iter,
+                                  desc="cryolive classes")
         worker.start()
 
     # ------------------------------------------------------------------------------------------------ results
@@ -753,12 +700,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
                       "nothing to export)")
             self.status_label.setText(f"stopped after iteration {payload}")
         else:
-            message = str(payload)
-            for path, name in self._input_layers.items():
-                message = message.replace(path, f"{path} (written from layer '{name}')")
-            self._log(f"FAILED: {message}")
-            self.status_label.setText(f"failed: {message}")
-            show_error(f"Classification failed: {message}")
+            self._report_failure(payload, "Classification")
         self.state = state
 
     def _fill_classes(self, final: Any, counts: np.ndarray) -> None:

@@ -17,7 +17,7 @@ from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QScrollArea, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QComboBox, QFrame, QHBoxLayout, QLineEdit, QScrollArea, QToolButton, QVBoxLayout, QWidget
 
 # metadata key set on every layer a cryolive dock makes as a mask: "solvent", "focus", "outside", "refinement"
 MASK_KEY = "cryolive_mask"
@@ -341,3 +341,16 @@ def scrolling_layout(widget: QWidget) -> QVBoxLayout:
     content = QWidget()
     scroll.setWidget(content)
     return QVBoxLayout(content)
+
+
+def with_browse(edit: QLineEdit, slot: Callable[[], Any]) -> QWidget:
+    """``edit`` with a "…" button beside it that calls ``slot`` (a file or folder dialog)."""
+    w = QWidget()
+    h = QHBoxLayout(w)
+    h.setContentsMargins(0, 0, 0, 0)
+    h.addWidget(edit, 1)
+    b = QToolButton()
+    b.setText("…")
+    b.clicked.connect(slot)
+    h.addWidget(b)
+    return w

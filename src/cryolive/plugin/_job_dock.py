@@ -1,25 +1,55 @@
 """Run control shared by the docks that stream a job (Refinement, Classification; Motion uses job_stream).
 
-A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) provides ``_worker``, ``_handle`` (a
-``_JobHandle``), ``_accepting``, ``_steps``, ``_pending``, ``_render_scheduled``, ``_render()``, ``_out``,
-``_known_jobs``, ``state``, ``step_cpu_s``, the ``start_btn``/``pause_btn``/``stop_btn`` buttons, ``status_label``,
-``log`` (a text area), ``plots`` with ``_plots_dock``, ``viewer`` and the ``runFinished`` signal; and sets
-``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the name of its plots dock). The mixin holds
-Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the end of a run and the plots dock.
+A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) calls :meth:`~JobDockMixin._add_run_controls`
+(Start/Pause/Stop, ``status_label``, ``job_label``) and :meth:`~JobDockMixin._new_worker` (a worker over its stream
+with a :class:`JobHandle`), and provides ``_accepting``, ``_steps``, ``_pending``, ``_render_scheduled``,
+``_render()``, ``_on_yielded``, ``_on_returned``, ``_out``, ``_known_jobs``, ``_input_layers``, ``state``,
+``step_cpu_s``, ``particles_edit``/``out_edit``, ``log`` (a text area), ``plots`` with ``_plots_dock``, ``viewer``
+and the ``runFinished`` signal; and sets ``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the
+name of its plots dock). The mixin holds Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the
+end of a run, failure reports and the plots dock.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
-from qtpy.QtCore import QTimer
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QBoxLayout, QFileDialog, QHBoxLayout, QLabel, QPushButton
 
 #: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
 #: other timers (the viewer's) would wait
 STEP_DELAY_MS = 5
+
+
+class JobHandle:
+    """One run, shared by the stream (worker thread) and the dock (main thread).
+
+    ``stop`` asks the stream to end after the current iteration; ``gen`` is the job generator, closed by the dock
+    after a cancel from the activity dock; ``worker`` lets :meth:`stop_now` resume a paused worker (used when the
+    dock is destroyed with a job running: the job then still stops cleanly).
+    """
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.gen: Generator | None = None
+        self.worker: Any = None
+
+    def close(self) -> None:
+        if self.gen is not None:
+            self.gen.close()  # no-op when finished; else the job folder says "stopped"
+
+    def stop_now(self) -> None:
+        self.stop.set()
+        w = self.worker
+        if w is not None and w.is_paused:
+            w.resume()
 
 
 def job_stream(handle: Any, start: Callable[[], Generator]) -> Generator:
@@ -56,6 +86,67 @@ class JobDockMixin:
 
     JOB_GLOBS: tuple[str, ...] = ()
     PLOTS_DOCK: str = ""
+
+    def _add_run_controls(self, root: QBoxLayout) -> None:
+        """Start / Pause / Stop, the status line and the job-folder line, added to ``root``."""
+        row = QHBoxLayout()
+        self.start_btn = QPushButton("Start")
+        self.pause_btn = QPushButton("Pause")
+        self.stop_btn = QPushButton("Stop")
+        self.pause_btn.setEnabled(False)
+        self.stop_btn.setEnabled(False)
+        for b in (self.start_btn, self.pause_btn, self.stop_btn):
+            row.addWidget(b)
+        root.addLayout(row)
+        self.status_label = QLabel("ready")
+        self.status_label.setWordWrap(True)
+        root.addWidget(self.status_label)
+        self.job_label = QLabel("")
+        self.job_label.setWordWrap(True)
+        self.job_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        root.addWidget(self.job_label)
+
+    def _browse_particles(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Particles", "", "Particles (*.star *.cs)")
+        if path:
+            self.particles_edit.setText(path)
+
+    def _browse_out(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
+        if path:
+            self.out_edit.setText(path)
+
+    def _new_worker(self, stream: Callable[..., Generator], *args: Any, total: int, desc: str) -> Any:
+        """A napari worker (not started) over ``stream(*args, handle)``, wired to this dock; the buttons and the
+        status line say it runs."""
+        handle = self._handle = JobHandle()
+        self._accepting = True
+        worker = create_worker(stream, *args, handle, _start_thread=False, _ignore_errors=True,
+                               _progress={"total": total, "desc": desc})
+        worker.yielded.connect(self._on_yielded)
+        worker.returned.connect(self._on_returned)
+        worker.finished.connect(self._on_finished)
+        worker.paused.connect(self._on_paused)
+        worker.resumed.connect(self._on_resumed)
+        self._worker = handle.worker = worker
+        # if the dock goes away with the job running (viewer closed), the job still stops cleanly
+        self.destroyed.connect(handle.stop_now)
+        self._t_start = time.perf_counter()
+        self.start_btn.setEnabled(False)
+        self.pause_btn.setEnabled(True)
+        self.pause_btn.setText("Pause")
+        self.stop_btn.setEnabled(True)
+        self.status_label.setText("running iteration 1…")
+        return worker
+
+    def _report_failure(self, error: Any, job: str) -> None:
+        """Log, show and notify a failed run; files written from layers are named by their layer."""
+        message = str(error)
+        for path, name in self._input_layers.items():
+            message = message.replace(path, f"{path} (written from layer '{name}')")
+        self._log(f"FAILED: {message}")
+        self.status_label.setText(f"failed: {message}")
+        show_error(f"{job} failed: {message}")
 
     @property
     def running(self) -> bool:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import threading
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -31,9 +30,8 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -41,13 +39,10 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
-    QPushButton,
     QSpinBox,
     QTextEdit,
-    QToolButton,
     QWidget,
 )
 from superqt import QCollapsible
@@ -61,9 +56,10 @@ from cryolive.plugin._common import (
     robust_limits,
     scrolling_layout,
     set_mask_layer,
+    with_browse,
     write_layer_copy,
 )
-from cryolive.plugin._job_dock import JobDockMixin, job_stream
+from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
 from cryolive.refinement.refine import RefineParams
 
@@ -76,32 +72,10 @@ _DEFAULTS = RefineParams()
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
-class _JobHandle:
-    """One run, shared by the stream (worker thread) and the dock (main thread).
-
-    ``stop`` asks the stream to end after the current iteration; ``gen`` is the job generator, closed by the dock
-    after a cancel from the activity dock; ``worker`` lets :meth:`stop_now` resume a paused worker (used when the
-    dock is destroyed with a job running: the job then still stops cleanly).
-    """
-
-    def __init__(self) -> None:
-        self.stop = threading.Event()
-        self.gen: Generator | None = None
-        self.worker: Any = None
-
-    def close(self) -> None:
-        if self.gen is not None:
-            self.gen.close()  # no-op when finished; else the job folder says "stopped"
-
-    def stop_now(self) -> None:
-        self.stop.set()
-        w = self.worker
-        if w is not None and w.is_paused:
-            w.resume()
 
 
 def _refine_stream(particles: str, reference: str, out: str, params: RefineParams, mask: str | None,
-                   save_iterations: bool, handle: _JobHandle) -> Generator:
+                   save_iterations: bool, handle: JobHandle) -> Generator:
     """Yield the job's iterations until it ends or ``handle.stop`` is set; return ``(state, value)``.
 
     Runs in the worker thread. ``state`` is "finished" (value: the RefineResult), "stopped" (value: the last
@@ -199,7 +173,7 @@ class RefineWidget(JobDockMixin, QWidget):
         self.plots = RefinePlotsWidget()
         self._plots_dock: Any = None
         self._worker: Any = None
-        self._handle = _JobHandle()
+        self._handle = JobHandle()
         self._accepting = False
         self._pending: Any = None
         self._render_scheduled = False
@@ -234,13 +208,13 @@ class RefineWidget(JobDockMixin, QWidget):
         root.addLayout(form)
         self.particles_edit = QLineEdit()
         self.particles_edit.setPlaceholderText("particles.star or particles.cs")
-        form.addRow("Particles", self._with_browse(self.particles_edit, self._browse_particles))
+        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
         self.ref_combo = LayerCombo(v, is_map_layer, none_text="(file below)")
         self.ref_combo.setToolTip("the reference map: an image layer, or a file")
         form.addRow("Reference", self.ref_combo)
         self.ref_edit = QLineEdit()
         self.ref_edit.setPlaceholderText("reference.mrc (when no layer is chosen)")
-        form.addRow("", self._with_browse(self.ref_edit, self._browse_reference))
+        form.addRow("", with_browse(self.ref_edit, self._browse_reference))
         self.mask_combo = LayerCombo(v, is_mask_candidate, none_text="(none: automatic)",
                                      auto_select=lambda layer: layer.metadata.get(MASK_KEY) == "solvent")
         self.mask_combo.setToolTip("a static solvent mask (a layer; written to an MRC in the output folder), "
@@ -304,7 +278,7 @@ class RefineWidget(JobDockMixin, QWidget):
         root.addLayout(form)
         self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
         self.out_edit.setToolTip("parent folder: the job writes a new job_refine_<nnn> folder inside it")
-        form.addRow("Output folder", self._with_browse(self.out_edit, self._browse_out))
+        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
         self.save_iterations = QCheckBox("save every iteration's map")
         form.addRow(self.save_iterations)
         self.show_halves = QCheckBox("show half maps")
@@ -315,22 +289,7 @@ class RefineWidget(JobDockMixin, QWidget):
                               f"'{MAP_LAYER}'; drag the iteration slider under the canvas")
         form.addRow(self.scrub)
 
-        row = QHBoxLayout()
-        self.start_btn = QPushButton("Start")
-        self.pause_btn = QPushButton("Pause")
-        self.stop_btn = QPushButton("Stop")
-        self.pause_btn.setEnabled(False)
-        self.stop_btn.setEnabled(False)
-        for b in (self.start_btn, self.pause_btn, self.stop_btn):
-            row.addWidget(b)
-        root.addLayout(row)
-        self.status_label = QLabel("ready")
-        self.status_label.setWordWrap(True)
-        root.addWidget(self.status_label)
-        self.job_label = QLabel("")
-        self.job_label.setWordWrap(True)
-        self.job_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        root.addWidget(self.job_label)
+        self._add_run_controls(root)
         self.log = QTextEdit()
         self.log.setReadOnly(True)
         self.log.setLineWrapMode(QTextEdit.LineWrapMode.WidgetWidth)
@@ -347,33 +306,11 @@ class RefineWidget(JobDockMixin, QWidget):
         self._ref_changed()
         self._check_mask_choice()
 
-    @staticmethod
-    def _with_browse(edit: QLineEdit, slot: Any) -> QWidget:
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        h.addWidget(edit, 1)
-        b = QToolButton()
-        b.setText("…")
-        b.clicked.connect(slot)
-        h.addWidget(b)
-        return w
-
-    def _browse_particles(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Particles", "", "Particles (*.star *.cs)")
-        if path:
-            self.particles_edit.setText(path)
-
     def _browse_reference(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Reference map", "", "MRC maps (*.mrc *.map)")
         if path:
             self.ref_edit.setText(path)
             self.ref_combo.setCurrentIndex(0)
-
-    def _browse_out(self) -> None:
-        path = QFileDialog.getExistingDirectory(self, "Output folder", self.out_edit.text())
-        if path:
-            self.out_edit.setText(path)
 
     def _ref_changed(self, *_: Any) -> None:
         self.ref_edit.setEnabled(self.ref_combo.current_layer() is None)
@@ -471,26 +408,9 @@ class RefineWidget(JobDockMixin, QWidget):
         self._ensure_plots_dock()
         self.plots.clear(self._apix)
 
-        handle = self._handle = _JobHandle()
-        self._accepting = True
-        worker = create_worker(
-            _refine_stream, particles, str(ref_path), str(out), params, mask_path and str(mask_path),
-            self.save_iterations.isChecked(), handle, _start_thread=False, _ignore_errors=True,
-            _progress={"total": params.max_iter, "desc": "cryolive refinement"})
-        worker.yielded.connect(self._on_yielded)
-        worker.returned.connect(self._on_returned)
-        worker.finished.connect(self._on_finished)
-        worker.paused.connect(self._on_paused)
-        worker.resumed.connect(self._on_resumed)
-        self._worker = handle.worker = worker
-        # if the dock goes away with the job running (viewer closed), the job still stops cleanly
-        self.destroyed.connect(handle.stop_now)
-        self._t_start = time.perf_counter()
-        self.start_btn.setEnabled(False)
-        self.pause_btn.setEnabled(True)
-        self.pause_btn.setText("Pause")
-        self.stop_btn.setEnabled(True)
-        self.status_label.setText("running iteration 1…")
+        worker = self._new_worker(_refine_stream, particles, str(ref_path), str(out), params,
+                                  mask_path and str(mask_path), self.save_iterations.isChecked(),
+                                  total=params.max_iter, desc="cryolive refinement")
         # let Qt lay out the new layers and plots now, as part of the click, not while the job competes for the CPU
         QApplication.processEvents()
         # a full garbage collection now: napari's heap has some 300 000 objects, and a full collection (which
@@ -691,10 +611,5 @@ class RefineWidget(JobDockMixin, QWidget):
             self._log(f"stopped after iteration {payload}; the job folder says 'stopped' ({self.job_dir})")
             self.status_label.setText(f"stopped after iteration {payload}")
         else:
-            message = str(payload)
-            for path, name in self._input_layers.items():
-                message = message.replace(path, f"{path} (written from layer '{name}')")
-            self._log(f"FAILED: {message}")
-            self.status_label.setText(f"failed: {message}")
-            show_error(f"Refinement failed: {message}")
+            self._report_failure(payload, "Refinement")
         self.state = state
