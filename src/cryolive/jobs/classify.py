@@ -18,9 +18,7 @@ plus a job folder.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import time
 from collections.abc import Generator, Sequence
 from pathlib import Path
@@ -30,7 +28,7 @@ import numpy as np
 from cryolive.backend import backend_name, device_label
 from cryolive.classification.classify import ClassifyParams, ClassifyResult, ClassIteration, classify
 from cryolive.io import InputError, read_map, read_particles, read_star, write_map, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
+from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 
 
 def _read_matching(path: str, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray:
@@ -139,23 +137,15 @@ def _log_iteration(job: JobFolder, it: ClassIteration) -> None:
             f"E step {t['e_step_s']:.1f} s, M step {t['m_step_s']:.1f} s, total {t['total_s']:.1f} s")
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
-
-
 def _write_iteration(job: JobFolder, it: ClassIteration, history: list[dict]) -> None:
     for c, vol in enumerate(it.class_maps):
         path = job.file(f"class_{c + 1:03d}.mrc")
         if path.exists():
             path.unlink()  # our own output of the previous iteration
         write_map(path, vol, it.pixel_size)
-    _write_csv(job.file("iterations.csv"), history)
+    write_csv(job.file("iterations.csv"), history)
     sizes = [{"iteration": h["iteration"], **{k: v for k, v in h.items() if k.endswith("_size")}} for h in history]
-    _write_csv(job.file("class_sizes.csv"), sizes)
+    write_csv(job.file("class_sizes.csv"), sizes)
     from cryolive.jobs.plots import plot_class_sizes
 
     plot_class_sizes(np.array([[v for k, v in s.items() if k != "iteration"] for s in sizes]),
@@ -165,7 +155,7 @@ def _write_iteration(job: JobFolder, it: ClassIteration, history: list[dict]) ->
     rows = [{"shell": i, "frequency_1_per_A": round(float(freq[i]), 6),
              **{f"class_{c + 1}": round(float(it.class_fsc[c, i]), 5) for c in range(len(it.class_fsc))}}
             for i in range(shells)]
-    _write_csv(job.file("class_fsc.csv"), rows)
+    write_csv(job.file("class_fsc.csv"), rows)
 
 
 def _write_outputs(job: JobFolder, result: ClassifyResult) -> None:

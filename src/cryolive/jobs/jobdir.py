@@ -7,6 +7,8 @@ so an interrupted job leaves complete files only. ``status.json`` says ``running
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import time
@@ -38,6 +40,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (dicts with the same keys, the first row's order) as CSV with a header, atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 class JobFolder:

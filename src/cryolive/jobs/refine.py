@@ -18,9 +18,7 @@ napari consume one stream) and writes ``<out>/job_refine_<nnn>/``:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import time
 from collections.abc import Generator
 
@@ -28,7 +26,7 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import InputError, read_map, read_particles, write_map, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
+from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
 from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, refine
@@ -73,7 +71,7 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     def on_step(it: RefineIteration) -> RefineIteration:
         _log_iteration(job, it)
         history.append(_summary(it))
-        _write_history(job, history)
+        write_csv(job.file("iterations.csv"), history)
         if save_iterations:
             write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
         job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
@@ -103,14 +101,6 @@ def _log_iteration(job: JobFolder, it: RefineIteration) -> None:
             f"(unmasked {it.resolution_unmasked_A:.2f} Å); "
             f"median pose change {it.pose_summary['median_pose_change_deg']:.2f}°; "
             f"search {t['search_s']:.1f} s, insertion {t['insert_s']:.1f} s, total {t['total_s']:.1f} s")
-
-
-def _write_history(job: JobFolder, history: list[dict]) -> None:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(history[0]))
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(job.file("iterations.csv"), buf.getvalue())
 
 
 def _write_outputs(job: JobFolder, result: RefineResult, apix: float) -> None:
