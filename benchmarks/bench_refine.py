@@ -35,7 +35,7 @@ from cryolive.refinement.pixels import pixel_set
 from cryolive.refinement.refine import RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
-from cryolive.rotations.euler import axis_angle_to_matrix
+from cryolive.rotations.euler import angular_distance, axis_angle_to_matrix
 from cryolive.rotations.symmetry import symmetry_operators
 from cryolive.simulator.dataset import SimulationParams, phantom_volumes, simulate_dataset
 
@@ -44,9 +44,7 @@ def angular_errors(found: np.ndarray, truth: np.ndarray, symmetry: str = "C1") -
     """Geodesic angle (degrees) between found and true poses, minimised over symmetry-equivalent poses."""
     best = np.full(len(found), np.inf)
     for op in symmetry_operators(symmetry):
-        rel = np.swapaxes(found @ op, 1, 2) @ truth
-        ang = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
-        best = np.minimum(best, ang)
+        best = np.minimum(best, np.degrees(angular_distance(found @ op, truth)))
     return best
 
 
@@ -83,7 +81,7 @@ def align_to_truth(rot: np.ndarray, shifts_px: np.ndarray, true_rot: np.ndarray,
             d = np.linalg.lstsq(a2, (shifts_px - true_shifts_px).reshape(-1), rcond=None)[0]
             best = {"rotations": aligned, "shifts_px": shifts_px - r[:, :2, :] @ d, "hand": hand,
                     "frac_within_20": frac,
-                    "turn_deg": float(np.degrees(np.arccos(np.clip((np.trace(g) - 1) / 2, -1, 1))))}
+                    "turn_deg": float(np.degrees(angular_distance(g, np.eye(3))))}
     return best
 
 

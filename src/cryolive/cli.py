@@ -273,6 +273,7 @@ def _report_refine_demo(result, job_dir: Path) -> None:  # noqa: ANN001 - Refine
 
     from cryolive.io import read_map, read_particles
     from cryolive.resolution.fsc import fsc, resolution_at
+    from cryolive.rotations.euler import angular_distance
     from cryolive.sample import sample_path
 
     truth, apix = read_map(sample_path("truth_map.mrc"))
@@ -280,8 +281,7 @@ def _report_refine_demo(result, job_dir: Path) -> None:  # noqa: ANN001 - Refine
     fin = result.final
     n = truth.shape[0]
     avg = 0.5 * (fin.half_a + fin.half_b)
-    rel = np.swapaxes(result.rotations, 1, 2) @ true.rotations
-    ang = np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1)))
+    ang = np.degrees(angular_distance(result.rotations, true.rotations))
     shift = np.linalg.norm(result.shifts_A - true.shifts, axis=1) / apix
     print(f"job folder: {job_dir}")
     in_mask = resolution_at(fsc(avg, truth, mask=fin.fsc_mask), n, apix, 0.5)

@@ -18,6 +18,7 @@ from cryolive.jobs.refine import refine_job
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
+from cryolive.rotations.euler import angular_distance
 from cryolive.rotations.symmetry import symmetry_operators
 from cryolive.simulator.dataset import SimulationParams, simulate_dataset
 
@@ -27,8 +28,7 @@ pytestmark = pytest.mark.slow
 def _ang_err(found, truth, symmetry="C1"):
     best = np.full(len(found), np.inf)
     for op in symmetry_operators(symmetry):
-        rel = np.swapaxes(found @ op, 1, 2) @ truth
-        best = np.minimum(best, np.degrees(np.arccos(np.clip((np.trace(rel, axis1=1, axis2=2) - 1) / 2, -1, 1))))
+        best = np.minimum(best, np.degrees(angular_distance(found @ op, truth)))
     return best
 
 

@@ -45,7 +45,7 @@ from cryolive.refinement.search import (
 )
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
-from cryolive.rotations.euler import axis_angle_to_matrix
+from cryolive.rotations.euler import angular_distance, axis_angle_to_matrix
 from cryolive.rotations.grids import so3_grid
 
 
@@ -363,9 +363,7 @@ class _Refiner:
                         * self.ref_mask)
         self.refs = refs
         t_rec = time.perf_counter() - tr
-        change = np.degrees(np.arccos(np.clip(
-            (np.trace(np.swapaxes(old_rot, 1, 2) @ self.state.rotations[subset], axis1=1, axis2=2) - 1) / 2,
-            -1, 1)))
+        change = np.degrees(angular_distance(old_rot, self.state.rotations[subset]))
         change = change[had_pose]
         return dict(
             half_a=half_a, half_b=half_b, map=full_map, fsc=fsc, r_align=r_align,
