@@ -2,7 +2,8 @@
 
 Cases (``--cases``):
   truth   start from the true map low-passed to 25 Å
-  wrong   start from another phantom (different seed) low-passed to 30 Å
+  wrong   start from another phantom (different seed) low-passed to 30 Å, with 100 minibatch (ab-initio) steps
+          before the refinement (``RefineParams.sgd_steps``)
   sym     a D2 phantom refined with D2 and with C1 (same particles)
 
 Usage: ``python benchmarks/bench_refine.py [--n 10000] [--box 64] [--apix 2] [--snr 0.05] [--cases truth wrong sym]``
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cryolive.backend import device_label
+from cryolive.image.align3d import align_maps, apply_alignment
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import read_map, read_particles
@@ -173,6 +175,11 @@ def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: Refi
             frame = f"{al['hand']} hand, turned {al['turn_deg']:.0f}°"
             res_truth = true_pose_resolution(stack.with_poses(rot, sh_px * apix, half_set=result.half_set),
                                              truth, symmetry, result.half_set)
+            # the masked comparison needs the map and its FSC mask in the truth's frame
+            mal = align_maps(avg, truth, apix, resolution_A=10.0)
+            res_truth_masked = resolution_at(fsc(apply_alignment(avg, mal, apix), truth,
+                                                 mask=np.clip(apply_alignment(fin.fsc_mask, mal, apix), 0, 1)),
+                                             n, apix, 0.5)
     ang = angular_errors(rot, t_true["rotations"], data_symmetry)
     sh = np.linalg.norm(sh_px - t_true["shifts_A"] / apix, axis=1)
     crb = pose_cramer_rao(stack, truth, t_true)
@@ -213,8 +220,8 @@ def main() -> None:
         if "wrong" in a.cases:
             other = phantom_volumes(SimulationParams(box=a.box, pixel_size=a.apix, seed=12))[0]
             ref = np.asarray(lowpass(other, 30.0, a.apix))
-            rows.append(run_case("wrong start (30 Å)", data, ref, "C1",
-                                 RefineParams(initial_lowpass_A=30.0, max_iter=a.max_iter)))
+            rows.append(run_case("wrong start (30 Å), 100 ab-initio steps", data, ref, "C1",
+                                 RefineParams(initial_lowpass_A=30.0, max_iter=a.max_iter, sgd_steps=100)))
     if "sym" in a.cases:
         data = work / "d2"
         n_sym = max(a.n // 5, 1000)

@@ -239,6 +239,11 @@ class RefineWidget(JobDockMixin, QWidget):
         self.global_iters = QSpinBox(minimum=0, maximum=200, value=_DEFAULTS.global_iters)
         self.global_iters.setToolTip("iterations with a global pose search before local refinement")
         form.addRow("Global iterations", self.global_iters)
+        self.sgd_steps = QSpinBox(minimum=0, maximum=5000, value=_DEFAULTS.sgd_steps)
+        self.sgd_steps.setSpecialValueText("off (trust the reference)")
+        self.sgd_steps.setToolTip("minibatch (ab-initio) steps from the reference at low resolution before the "
+                                  "refinement: lets it converge from a wrong starting map (~0.5 s per step)")
+        form.addRow("Ab-initio steps", self.sgd_steps)
 
         more = QCollapsible("More parameters")
         more_w = QWidget()
@@ -336,7 +341,8 @@ class RefineWidget(JobDockMixin, QWidget):
         sym = self.sym.currentText().strip().upper() or "C1"
         return dataclasses.replace(
             _DEFAULTS, symmetry=sym, initial_lowpass_A=float(self.lowpass.value()), max_iter=int(self.max_iter.value()),
-            global_iters=int(self.global_iters.value()), coarse_step_deg=float(self.coarse_step.value()),
+            global_iters=int(self.global_iters.value()), sgd_steps=int(self.sgd_steps.value()),
+            coarse_step_deg=float(self.coarse_step.value()),
             levels=int(self.levels.value()), candidates=int(self.candidates.value()),
             max_shift_px=float(self.max_shift.value()) or None,
             max_align_resolution_A=float(self.max_align.value()) or None,
@@ -350,6 +356,7 @@ class RefineWidget(JobDockMixin, QWidget):
         self.lowpass.setValue(p.initial_lowpass_A)
         self.max_iter.setValue(p.max_iter)
         self.global_iters.setValue(p.global_iters)
+        self.sgd_steps.setValue(p.sgd_steps)
         self.coarse_step.setValue(p.coarse_step_deg)
         self.levels.setValue(p.levels)
         self.candidates.setValue(p.candidates)

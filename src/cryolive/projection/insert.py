@@ -102,6 +102,17 @@ class Reconstructor:
         self.denominator += other.denominator
         self.n_images += other.n_images
 
+    def blend(self, other: Reconstructor, rate: float) -> None:
+        """Running average of the accumulators: ``self <- (1 - rate) self + rate other`` (same box and padding);
+        ``n_images`` becomes the effective count ``(1 - rate) n_self + rate n_other``."""
+        if (other.box, other.pad) != (self.box, self.pad):
+            raise ValueError("cannot blend reconstructors of different box or padding")
+        self.numerator *= 1.0 - rate
+        self.numerator += rate * other.numerator
+        self.denominator *= 1.0 - rate
+        self.denominator += rate * other.denominator
+        self.n_images = int(round((1.0 - rate) * self.n_images + rate * other.n_images))
+
     def copy(self) -> Reconstructor:
         """A deep copy of the accumulators."""
         out = Reconstructor.__new__(Reconstructor)
