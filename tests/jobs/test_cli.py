@@ -139,3 +139,14 @@ def test_demo_refines_the_sample_and_reports_against_the_truth(tmp_path, capsys)
         assert (job / name).exists(), name
     assert main(["demo", "--out", str(tmp_path), "--reconstruct"]) == 0
     assert (tmp_path / "job_reconstruct_001" / "map_sharp.mrc").exists()
+
+
+def test_refine_passes_sgd_steps_to_the_job(tmp_path, capsys):
+    args = ["refine", str(sample_path("particles.star")), "--ref", str(sample_path("reference.mrc")),
+            "--out", str(tmp_path), "--max-iter", "1", "--sgd-steps", "3", "--coarse-step", "15"]
+    assert main(args) == 0
+    job = tmp_path / "job_refine_001"
+    assert json.loads((job / "params.json").read_text())["sgd_steps"] == 3
+    assert "first 3 ab-initio minibatch steps" in (job / "log.txt").read_text()
+    assert main(args[:-4] + ["--coarse-step", "15"]) == 0  # the default: no ab-initio steps
+    assert json.loads((tmp_path / "job_refine_002" / "params.json").read_text())["sgd_steps"] == 0

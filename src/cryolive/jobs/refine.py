@@ -66,6 +66,9 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
             f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
             f"low-passed to {p.initial_lowpass_A} Å")
+    if p.sgd_steps > 0:
+        job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the reference "
+                f"(to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")
     history: list[dict] = []
 
     def on_step(it: RefineIteration) -> RefineIteration:
