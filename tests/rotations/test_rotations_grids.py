@@ -121,3 +121,14 @@ def test_covering_radius_helper_and_errors() -> None:
         so3_grid(10.0, symmetry="Z3")
     with pytest.raises(ValueError):
         local_offsets(1.0, -1.0)
+
+
+def test_random_perturbation_stays_within_its_angle():
+    from cryolive.rotations.euler import angular_distance
+    from cryolive.rotations.grids import random_perturbation
+
+    rng = np.random.default_rng(3)
+    rots = np.stack([random_perturbation(rng, 7.5) for _ in range(500)])
+    np.testing.assert_allclose(rots @ rots.transpose(0, 2, 1), np.broadcast_to(np.eye(3), rots.shape), atol=1e-12)
+    ang = np.degrees(angular_distance(rots, np.eye(3)))
+    assert ang.max() <= 7.5 + 1e-9 and ang.mean() > 3.0  # uniform in [0, 7.5]: mean 3.75

@@ -47,8 +47,8 @@ from cryolive.refinement.search import (
 from cryolive.refinement.sgd import SGDParams, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
-from cryolive.rotations.euler import angular_distance, axis_angle_to_matrix
-from cryolive.rotations.grids import so3_grid
+from cryolive.rotations.euler import angular_distance
+from cryolive.rotations.grids import random_perturbation, so3_grid
 
 
 @dataclass(frozen=True)
@@ -235,12 +235,6 @@ class _Refiner:
         radius_A = 0.5 * (self.p.particle_diameter_A or 0.7 * self.n * self.apix)
         return self._plan().level_radii(r_align, first_level, radius_A, self.apix)
 
-    def _random_perturbation(self, max_deg: float) -> np.ndarray:
-        """A random rotation of uniform direction and angle in [0, max_deg] degrees."""
-        v = self.rng.normal(size=3)
-        v *= np.deg2rad(self.rng.uniform(0, max_deg)) / np.linalg.norm(v)
-        return axis_angle_to_matrix(v)
-
     # ----------------------------------------------------------------------------------------------- E step
     def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
         """Score terms of images ``f`` at the pixels ``pix``: ``Y = w C X`` and ``w C^2`` (w = mult / sigma^2)."""
@@ -310,7 +304,7 @@ class _Refiner:
             # the back-projection pattern they share inflates the FSC
             grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
             k0 = pix.count_within(radii[0])
-            grids = [GridProjections.make(pr, grid_rots @ self._random_perturbation(p.coarse_step_deg / 2),
+            grids = [GridProjections.make(pr, grid_rots @ random_perturbation(self.rng, p.coarse_step_deg / 2),
                                           pix.kx[:k0], pix.ky[:k0]) for pr in projs]
         recs = [Reconstructor(self.n, symmetry=p.symmetry), Reconstructor(self.n, symmetry=p.symmetry)]
         nsh = self.n // 2 + 1

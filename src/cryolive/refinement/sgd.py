@@ -41,8 +41,7 @@ from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import pixel_set, shell_power, soft_window
 from cryolive.refinement.search import GridProjections, global_level, shift_grid
 from cryolive.resolution.filters import lowpass
-from cryolive.rotations.euler import axis_angle_to_matrix
-from cryolive.rotations.grids import so3_grid
+from cryolive.rotations.grids import random_perturbation, so3_grid
 
 
 @dataclass(frozen=True)
@@ -98,11 +97,6 @@ def _schedule(p: SGDParams, step: int) -> tuple[float, float]:
     t = min(1.0, (step - 1) / max(p.anneal * p.steps, 1.0))
     res = 1.0 / ((1 - t) / p.start_resolution_A + t / p.final_resolution_A)
     return float(res), float(p.beta_start + (1.0 - p.beta_start) * t)
-
-
-def _random_rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    v = rng.normal(size=3)
-    return axis_angle_to_matrix(v * np.deg2rad(rng.uniform(0, max_deg)) / np.linalg.norm(v))
 
 
 class _Minibatch:
@@ -164,7 +158,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
         flat_f, flat_c = f.reshape(len(idx), -1)[:, pix.index], c.reshape(len(idx), -1)[:, pix.index]
         w = pix.mult / m.asarray(sigma2, dtype=m.float32)[pix.shell]
         proj = Projector(vol)
-        grid = GridProjections.make(proj, grid_rots @ _random_rotation(rng, p.step_deg / 2), pix.kx, pix.ky)
+        grid = GridProjections.make(proj, grid_rots @ random_perturbation(rng, p.step_deg / 2), pix.kx, pix.ky)
         cand, _ = global_level(grid, flat_f * (w * flat_c), w * flat_c * flat_c, np.ones(len(idx)), shifts,
                                pix.kx, pix.ky, p.top, np.inf, free_scale=True)
         ll = beta * (cand.scores - cand.scores[:, :1])

@@ -191,6 +191,13 @@ def local_grids(centers: np.ndarray, step_deg: float, extent_deg: float, *, cove
     return offsets[None, :, :, :] @ c[:, None, :, :]
 
 
+def random_perturbation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
+    """A random rotation ``(3, 3)`` about a uniform random axis by an angle uniform in [0, ``max_deg``] degrees
+    (to shift a pose grid to a new random position, as RELION perturbs its HEALPix grid every iteration)."""
+    v = rng.normal(size=3)
+    return axis_angle_to_matrix(v * np.deg2rad(rng.uniform(0, max_deg)) / np.linalg.norm(v))
+
+
 def _random_quaternions(n: int, rng: np.random.Generator) -> np.ndarray:
     q = rng.standard_normal((n, 4))
     return q / np.linalg.norm(q, axis=1, keepdims=True)
