@@ -13,6 +13,9 @@ Each iteration (maths.md sections 4-7):
 4. ``sigma^2`` from the residuals at the best poses; a dynamic mask from the half maps once the resolution passes
    ``dynamic_mask_start_A``.
 
+Optionally (``sgd_steps``) the reference is first replaced by a minibatch ab-initio reconstruction started from it
+(:mod:`cryolive.refinement.sgd`), for a reference that may be wrong.
+
 The generator yields one immutable :class:`RefineIteration` per iteration and returns a :class:`RefineResult`.
 It reads particles in batches (memory bounded by ``batch_size``), holds no Qt, and writes no files (the job
 wrapper :func:`cryolive.jobs.refine.refine_job` does).
