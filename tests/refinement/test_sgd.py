@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryolive.image.resample import box_for_resolution as working_box
 from cryolive.projection import Reconstructor
-from cryolive.refinement.sgd import SGDParams, _schedule, working_box
+from cryolive.refinement.sgd import SGDParams, _schedule
 
 
 def test_working_box_has_nyquist_finer_than_the_final_resolution():

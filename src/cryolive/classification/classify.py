@@ -41,7 +41,7 @@ from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_window
+from cryolive.refinement.pixels import PixelSet, noise_image, pixel_set, shell_power, sigma_at, soft_window
 from cryolive.refinement.search import (
     Candidates,
     GridProjections,
@@ -364,11 +364,9 @@ class _Classifier:
         return float(min(max(r, 4.0), r_data))
 
     def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
-        m = self.m
         x = f.reshape(f.shape[0], -1)[:, pix.index]
         c = self._ctf_at(idx, pix)
-        s2 = m.asarray(np.maximum(self.sigma2, 1e-12 * max(float(self.sigma2.max()), 1e-30)), dtype=m.float32)
-        w = pix.mult / s2[m.clip(pix.shell, 0, len(self.sigma2) - 1)]
+        w = pix.mult / sigma_at(self.sigma2, pix)
         return x * (w * c), w * c * c
 
     def _plan(self) -> SearchPlan:
@@ -465,7 +463,7 @@ class _Classifier:
         nsh = self.nc // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
         t_e = t_m = 0.0
-        noise = self._noise_image()
+        noise = noise_image(self.sigma2, self.nc)
         old_assigned = self.assigned[subset].copy()
         for s0 in range(0, len(subset), p.batch_size):
             idx = subset[s0:s0 + p.batch_size]
@@ -518,14 +516,6 @@ class _Classifier:
                     timings={"e_step_s": t_e, "m_step_s": t_m, "reconstruct_s": t_r,
                              "total_s": time.perf_counter() - t0,
                              "particles_classes_per_s": len(subset) * k / max(t_e, 1e-9)})
-
-    def _noise_image(self) -> Any:
-        m = self.m
-        full = pixel_set(self.nc, self.nc / 2)
-        s2 = np.maximum(self.sigma2, 1e-12 * max(float(self.sigma2.max()), 1e-30))
-        img = m.full(self.nc * (self.nc // 2 + 1), float(s2[-1]), dtype=m.float32)
-        img[full.index] = m.asarray(s2, dtype=m.float32)[m.clip(full.shell, 0, len(s2) - 1)]
-        return img.reshape(self.nc, self.nc // 2 + 1)
 
 
 def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, starts: list[Any] | None = None,

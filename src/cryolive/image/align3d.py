@@ -18,7 +18,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from cryolive.backend import to_numpy
-from cryolive.image.resample import resample_volume
+from cryolive.image.resample import box_for_resolution, resample_volume
 from cryolive.resolution.filters import lowpass
 from cryolive.rotations.grids import local_grid, so3_grid
 
@@ -41,14 +41,19 @@ def mirror_map(vol: np.ndarray) -> np.ndarray:
     return np.roll(np.asarray(vol)[::-1], 1 if vol.shape[0] % 2 == 0 else 0, axis=0)
 
 
+def _source_coords(n: int, rotations: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
+    """Array indices ``(3, B * n^3)`` (z, y, x) of ``R^T (x - c - t) + c`` for every voxel ``x`` of a box-``n``
+    map and each of ``rotations (B, 3, 3)`` acting on (x, y, z); ``shift_px`` t (x, y, z) in voxels."""
+    c = n // 2
+    g = np.indices((n, n, n), dtype=np.float64).reshape(3, -1) - c  # (z, y, x)
+    r_zyx = np.einsum("ij,bjk,kl->bil", _XYZ_TO_ZYX, np.asarray(rotations, dtype=float), _XYZ_TO_ZYX)
+    t_zyx = _XYZ_TO_ZYX @ np.asarray(shift_px, dtype=float)
+    return (np.einsum("bji,jn->ibn", r_zyx, g - t_zyx[:, None]) + c).reshape(3, -1)
+
+
 def _transform(vol: np.ndarray, rotation: np.ndarray, shift_px: np.ndarray, order: int = 1) -> np.ndarray:
     """``vol(R^T (x - c - t) + c)`` for ``rotation`` R on (x, y, z) and ``shift_px`` t (x, y, z) in voxels."""
-    n = vol.shape[0]
-    c = n // 2
-    g = np.indices(vol.shape, dtype=np.float64).reshape(3, -1) - c  # (z, y, x)
-    r_zyx = _XYZ_TO_ZYX @ rotation @ _XYZ_TO_ZYX
-    t_zyx = _XYZ_TO_ZYX @ np.asarray(shift_px, dtype=float)
-    src = r_zyx.T @ (g - t_zyx[:, None]) + c
+    src = _source_coords(vol.shape[0], np.asarray(rotation)[None], shift_px)
     return map_coordinates(vol, src, order=order, mode="constant").reshape(vol.shape).astype(np.float32)
 
 
@@ -83,16 +88,11 @@ def _scan(moving: np.ndarray, fixed_ft: np.ndarray, rotations: np.ndarray,
           chunk: int = 32) -> tuple[float, np.ndarray, np.ndarray]:
     """Best (correlation, rotation, shift in voxels) of ``moving`` over ``rotations`` (in chunks, one
     interpolation and one batched FFT per chunk)."""
-    n = moving.shape[0]
-    c = n // 2
-    g = np.indices(moving.shape, dtype=np.float32).reshape(3, -1) - c
-    p = _XYZ_TO_ZYX
     best = (-np.inf, np.eye(3), np.zeros(3))
     for s0 in range(0, len(rotations), chunk):
         rots = rotations[s0:s0 + chunk]
-        r_zyx = np.einsum("ij,bjk,kl->bil", p, rots, p).astype(np.float32)
-        src = np.einsum("bji,jn->ibn", r_zyx, g) + c  # R^T g for every rotation: (3, B, N)
-        vols = map_coordinates(moving, src.reshape(3, -1), order=1, mode="constant")
+        src = _source_coords(moving.shape[0], rots, np.zeros(3))
+        vols = map_coordinates(moving, src, order=1, mode="constant")
         vols = vols.reshape((len(rots),) + moving.shape)
         cc = np.fft.ifftn(np.conj(np.fft.fftn(vols, axes=(1, 2, 3))) * fixed_ft, axes=(1, 2, 3)).real
         j = int(np.argmax(cc.reshape(len(rots), -1).max(axis=1)))
@@ -108,11 +108,6 @@ def _small(v: np.ndarray, box: int, pixel_size: float, resolution_A: float) -> n
     return _standardise(to_numpy(lowpass(resample_volume(v, box), resolution_A, apix)).astype(np.float32))
 
 
-def _box_for(n: int, pixel_size: float, resolution_A: float) -> int:
-    """Smallest even box (16 to ``n``) whose Nyquist is 1.2 times finer than ``resolution_A``."""
-    return int(min(n, max(16, 2 * int(np.ceil(1.2 * n * pixel_size / resolution_A)))))
-
-
 def align_maps(moving: np.ndarray, fixed: np.ndarray, pixel_size: float, resolution_A: float = 15.0,
                step_deg: float = 15.0, mirror: bool = True) -> MapAlignment:
     """The rotation, shift and hand that best superpose ``moving`` onto ``fixed`` (both ``(n, n, n)`` at
@@ -124,7 +119,8 @@ def align_maps(moving: np.ndarray, fixed: np.ndarray, pixel_size: float, resolut
     (sub-voxel). ``cc`` is the correlation of the fine pass.
     """
     n = fixed.shape[0]
-    box_c, box_f = _box_for(n, pixel_size, resolution_A), _box_for(n, pixel_size, resolution_A / 2)
+    box_c = box_for_resolution(n, pixel_size, resolution_A)
+    box_f = box_for_resolution(n, pixel_size, resolution_A / 2)
     fixed_c = np.fft.fftn(_small(fixed, box_c, pixel_size, resolution_A))
     coarse = []
     for mirrored in (False, True) if mirror else (False,):

@@ -28,6 +28,17 @@ def _rows(n: int, m: int) -> tuple[Any, Any]:
     return src, dst
 
 
+def box_for_resolution(n: int, pixel_size: float, resolution_A: float) -> int:
+    """Smallest even box (16 to ``n``) to crop a box-``n`` image or map of ``pixel_size`` Å to, so that its
+    Nyquist, ``2 n pixel_size / box`` Å, is at or finer than ``resolution_A / 1.2`` (a margin so the soft edge of
+    a low-pass at ``resolution_A`` fits)."""
+    import numpy as np
+
+    m = int(np.ceil(2.0 * n * pixel_size * 1.2 / resolution_A))
+    m += m % 2
+    return int(min(max(m, 16), n))
+
+
 def resample_rfft2(f: Any, n: int, m: int) -> Any:
     """Images' :func:`~cryolive.image.fourier.rfft2c` transforms ``(B, n, n // 2 + 1)`` -> ``(B, m, m // 2 + 1)``.
 

@@ -60,6 +60,29 @@ def pixel_set(n: int, r_max: float) -> PixelSet:
     return _pixel_set(int(n), float(min(r_max, n / 2)), backend_name())
 
 
+def _floored(sigma2: np.ndarray) -> np.ndarray:
+    """``sigma2`` floored at 1e-12 of its maximum, so whitening never divides by zero."""
+    return np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
+
+
+def sigma_at(sigma2: np.ndarray, pix: PixelSet) -> Any:
+    """Noise power ``sigma2`` (per integer shell, NumPy) at the pixels of ``pix``: ``(K,)`` float32 (backend),
+    floored (see :func:`_floored`)."""
+    m = xp()
+    s2 = m.asarray(_floored(sigma2), dtype=m.float32)
+    return s2[m.clip(pix.shell, 0, len(sigma2) - 1)]
+
+
+def noise_image(sigma2: np.ndarray, n: int) -> Any:
+    """``sigma2`` as an ``rfft2`` image ``(n, n // 2 + 1)``, floored; corners beyond Nyquist take the last shell's
+    value."""
+    m = xp()
+    full = pixel_set(n, n / 2)
+    img = m.full(n * (n // 2 + 1), float(_floored(sigma2)[-1]), dtype=m.float32)
+    img[full.index] = sigma_at(sigma2, full)
+    return img.reshape(n, n // 2 + 1)
+
+
 def shell_power(f_imgs: Any, n: int) -> np.ndarray:
     """Mean ``|X|^2`` per integer shell ``0 .. n // 2`` over images ``(B, n, n // 2 + 1)`` (Friedel-weighted)."""
     ps = pixel_set(n, n / 2)

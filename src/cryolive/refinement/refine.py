@@ -38,7 +38,7 @@ from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import PixelSet, pixel_set, shell_power, soft_window
+from cryolive.refinement.pixels import PixelSet, noise_image, pixel_set, shell_power, sigma_at, soft_window
 from cryolive.refinement.search import (
     Candidates,
     GridProjections,
@@ -156,12 +156,6 @@ def _ctf_at(stack: ParticleStack, idx: np.ndarray, pix: PixelSet) -> Any:
     return ctf_values(stack.ctf.subset(idx), s, theta)
 
 
-def _sigma_map(sigma2: np.ndarray, pix: PixelSet) -> Any:
-    m = xp()
-    s2 = m.asarray(np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30)), dtype=m.float32)
-    return s2[m.clip(pix.shell, 0, len(sigma2) - 1)]
-
-
 def _angular_histogram(rotations: np.ndarray) -> np.ndarray:
     """Counts of viewing directions (third row of A) in 10-degree bins of (tilt 0-180, rot -180-180)."""
     d = rotations[:, 2, :]
@@ -243,7 +237,7 @@ class _Refiner:
         """Score terms of images ``f`` at the pixels ``pix``: ``Y = w C X`` and ``w C^2`` (w = mult / sigma^2)."""
         x = f.reshape(f.shape[0], -1)[:, pix.index]
         c = _ctf_at(self.stack, idx, pix)
-        w = pix.mult / _sigma_map(self.sigma2, pix)
+        w = pix.mult / sigma_at(self.sigma2, pix)
         return x * (w * c), w * c * c
 
     def _plan(self) -> SearchPlan:
@@ -316,7 +310,7 @@ class _Refiner:
         pruned_total = 0
         old_rot = self.state.rotations[subset].copy()
         had_pose = self.state.seen[subset].copy()
-        sig_map_full = self._noise_image()  # sigma^2 is fixed during the E step
+        sig_map_full = noise_image(self.sigma2, self.n)  # sigma^2 is fixed during the E step
         # sigma^2 is measured on windowed images: whole images carry 1 / mean(window^2) times that noise power
         sig_map_raw = sig_map_full / float(m.mean(self.window**2))
         for s0 in range(0, len(subset), p.batch_size):
@@ -385,14 +379,6 @@ class _Refiner:
 
     def _ctf_2d(self, idx: np.ndarray) -> Any:
         return ctf_2d(self.stack.ctf.subset(idx), self.n, self.apix)
-
-    def _noise_image(self) -> Any:
-        """sigma^2 as an ``rfft2`` image ``(n, n // 2 + 1)`` (corners beyond Nyquist take the last shell's value)."""
-        m = self.m
-        full = pixel_set(self.n, self.n / 2)
-        img = m.full(self.n * (self.n // 2 + 1), float(self.sigma2[-1]), dtype=m.float32)
-        img[full.index] = _sigma_map(self.sigma2, full)
-        return img.reshape(self.n, self.n // 2 + 1)
 
     def _update_mask(self, avg: Any) -> None:
         """Refinement mask (static, else dynamic from the half maps once past the start resolution) and the

@@ -32,13 +32,13 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import to_numpy, xp
-from cryolive.image.ctf import ctf_values
-from cryolive.image.fourier import rfft2c, rfft_freqs_2d
-from cryolive.image.resample import resample_rfft2, resample_volume
+from cryolive.image.ctf import ctf_2d
+from cryolive.image.fourier import rfft2c
+from cryolive.image.resample import box_for_resolution, resample_rfft2, resample_volume
 from cryolive.io import ParticleStack
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import pixel_set, shell_power, soft_window
+from cryolive.refinement.pixels import noise_image, pixel_set, shell_power, sigma_at, soft_window
 from cryolive.refinement.search import GridProjections, global_level, shift_grid
 from cryolive.resolution.filters import lowpass
 from cryolive.rotations.grids import random_perturbation, so3_grid
@@ -84,14 +84,6 @@ class SGDStep:
     seconds: float
 
 
-def working_box(n: int, pixel_size: float, resolution_A: float) -> int:
-    """Smallest even box (at most ``n``) whose Nyquist, ``2 n pixel_size / box`` Å, is at or finer than
-    ``resolution_A / 1.2`` (a margin so the soft low-pass edge fits)."""
-    m = int(np.ceil(2.0 * n * pixel_size * 1.2 / resolution_A))
-    m += m % 2
-    return int(min(max(m, 16), n))
-
-
 def _schedule(p: SGDParams, step: int) -> tuple[float, float]:
     """Resolution (Å, linear in 1/resolution) and inverse temperature at ``step`` (1-based)."""
     t = min(1.0, (step - 1) / max(p.anneal * p.steps, 1.0))
@@ -100,16 +92,12 @@ def _schedule(p: SGDParams, step: int) -> tuple[float, float]:
 
 
 class _Minibatch:
-    """Images of a particle stack cropped to the working box, with their CTFs and whitening."""
+    """Images of a particle stack cropped to the working box, with their CTFs."""
 
     def __init__(self, stack: ParticleStack, box: int) -> None:
-        m = xp()
         self.stack, self.n, self.box = stack, stack.box, box
         self.window = soft_window(stack.box)
-        ky, kx = rfft_freqs_2d(box)  # cycles/pixel of the working box
-        apix_w = stack.pixel_size * stack.box / box
-        self._s = m.sqrt(kx * kx + ky * ky) / apix_w  # 1/Å
-        self._theta = m.arctan2(ky, kx)
+        self.pixel_size = stack.pixel_size * stack.box / box  # Å per pixel of the working box
 
     def images(self, idx: np.ndarray) -> Any:
         """Windowed image transforms cropped to the working box ``(B, box, box // 2 + 1)``."""
@@ -118,7 +106,7 @@ class _Minibatch:
 
     def ctf(self, idx: np.ndarray) -> Any:
         """CTF ``(B, box, box // 2 + 1)`` of particles ``idx`` on the working box's grid."""
-        return ctf_values(self.stack.ctf.subset(idx), self._s, self._theta)
+        return ctf_2d(self.stack.ctf.subset(idx), self.box, self.pixel_size)
 
 
 def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None = None
@@ -132,7 +120,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
     m = xp()
     rng = np.random.default_rng(p.seed)
     n, apix = stack.box, stack.pixel_size
-    box = working_box(n, apix, p.final_resolution_A)
+    box = box_for_resolution(n, apix, p.final_resolution_A)
     apix_w = apix * n / box
     data = _Minibatch(stack, box)
     diameter = p.particle_diameter_A or 0.7 * n * apix
@@ -141,10 +129,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
     shifts = shift_grid(max_shift, max(0.5, max_shift / 4))
     sample = np.sort(rng.choice(len(stack), size=min(len(stack), 500), replace=False))
     sigma2 = np.maximum(shell_power(data.images(sample), box), 1e-30)
-    full = pixel_set(box, box / 2)
-    noise = m.full(box * (box // 2 + 1), float(sigma2[-1]), dtype=m.float32)
-    noise[full.index] = m.asarray(sigma2, dtype=m.float32)[full.shell]
-    noise = noise.reshape(box, box // 2 + 1)
+    noise = noise_image(sigma2, box)
     vol = _project_plausible(resample_volume(m.asarray(start, dtype=m.float32), box), p.start_resolution_A,
                              apix_w, sphere)
     running: Reconstructor | None = None
@@ -156,7 +141,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
         pix = pixel_set(box, min(n * apix / res * 1.1, box / 2 - 1))
         f, c = data.images(idx), data.ctf(idx)
         flat_f, flat_c = f.reshape(len(idx), -1)[:, pix.index], c.reshape(len(idx), -1)[:, pix.index]
-        w = pix.mult / m.asarray(sigma2, dtype=m.float32)[pix.shell]
+        w = pix.mult / sigma_at(sigma2, pix)
         proj = Projector(vol)
         grid = GridProjections.make(proj, grid_rots @ random_perturbation(rng, p.step_deg / 2), pix.kx, pix.ky)
         cand, _ = global_level(grid, flat_f * (w * flat_c), w * flat_c * flat_c, np.ones(len(idx)), shifts,
