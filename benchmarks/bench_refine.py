@@ -34,7 +34,7 @@ from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.projection import Projector
 from cryolive.refinement.pixels import pixel_set
-from cryolive.refinement.refine import RefineParams, refine
+from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.rotations.euler import angular_distance, axis_angle_to_matrix
@@ -148,10 +148,11 @@ def run_case(name: str, data: Path, ref: np.ndarray, symmetry: str, params: Refi
     t_true = np.load(data / "truth" / "truth.npz")
     res_true_pose = true_pose_resolution(stack, truth, symmetry)
     t0 = time.perf_counter()
-    iters, result = drain(refine(stack, ref, params), lambda it: print(
+    steps, result = drain(refine(stack, ref, params), lambda it: print(
         f"  [{name}] iteration {it.iteration} {it.search} {it.n_particles} particles: "
         f"GSFSC {it.resolution_A:.2f} Å, {it.timings['total_s']:.0f} s (E step {_rate(it, 'search_s'):.0f}, "
-        f"M step {_rate(it, 'insert_s'):.0f} particles/s)", flush=True))
+        f"M step {_rate(it, 'insert_s'):.0f} particles/s)", flush=True) if isinstance(it, RefineIteration) else None)
+    iters = [it for it in steps if isinstance(it, RefineIteration)]
     full = [it for it in iters if it.n_particles == len(stack)] or iters
     rates = {"search": float(np.median([_rate(it, "search_s") for it in full if it.search == "global"] or [np.nan])),
              "insert": float(np.median([_rate(it, "insert_s") for it in full]))}

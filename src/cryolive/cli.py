@@ -90,7 +90,12 @@ def cmd_refine(a: argparse.Namespace) -> int:
                      max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
                      coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift,
                      sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps)
-    def show(it) -> None:  # noqa: ANN001 - RefineIteration
+    def show(it) -> None:  # noqa: ANN001 - RefineStep
+        if not hasattr(it, "iteration"):  # an ab-initio step
+            if it.step % 10 == 0 or it.step == it.n_steps:
+                print(f"ab-initio step {it.step:3d}/{it.n_steps}  {it.resolution_A:5.1f} Å  {it.seconds:.2f} s",
+                      flush=True)
+            return
         print(f"iteration {it.iteration:2d} {it.search:6s} {it.n_particles:6d} particles  "
               f"GSFSC {it.resolution_A:6.2f} Å  (unmasked {it.resolution_unmasked_A:6.2f} Å)  "
               f"{it.timings['total_s']:.1f} s", flush=True)

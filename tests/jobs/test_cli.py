@@ -145,8 +145,11 @@ def test_refine_passes_sgd_steps_to_the_job(tmp_path, capsys):
     args = ["refine", str(sample_path("particles.star")), "--ref", str(sample_path("reference.mrc")),
             "--out", str(tmp_path), "--max-iter", "1", "--sgd-steps", "3", "--coarse-step", "15"]
     assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "ab-initio step   3/3" in printed and "iteration  1" in printed
     job = tmp_path / "job_refine_001"
     assert json.loads((job / "params.json").read_text())["sgd_steps"] == 3
+    assert (job / "ab_initio.mrc").exists()
     assert "first 3 ab-initio minibatch steps" in (job / "log.txt").read_text()
     assert main(args[:-4] + ["--coarse-step", "15"]) == 0  # the default: no ab-initio steps
     assert json.loads((tmp_path / "job_refine_002" / "params.json").read_text())["sgd_steps"] == 0

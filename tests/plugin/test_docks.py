@@ -352,6 +352,28 @@ def test_refinement_stop_within_one_iteration(make_napari_viewer, qtbot, tmp_pat
     assert w.start_btn.isEnabled()
 
 
+def test_ab_initio_steps_are_shown_live_and_stop_between_steps(make_napari_viewer, qtbot, tmp_path):
+    """With ab-initio steps the map layer follows each step before iteration 1, and Stop ends the job within a
+    step: nothing of the refinement iterations starts."""
+    viewer = make_napari_viewer()
+    viewer.open_sample("cryolive", "sample_map")
+    w = _refine_dock(viewer, tmp_path, dataclasses.replace(TINY, sgd_steps=200))
+    with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        w.start()
+        qtbot.waitUntil(lambda: len(w.sgd_steps_shown) >= 2, timeout=RUN_TIMEOUT_MS)
+        layer = viewer.layers["refinement map"]
+        assert layer.metadata["title"].startswith("ab-initio step ")
+        assert layer.data.shape == (BOX,) * 3 and np.isfinite(layer.data).all() and layer.data.max() > 0
+        assert "ab-initio step" in w.status_label.text() and "of 200" in w.status_label.text()
+        w.stop_btn.click()
+    assert finished.args == ["stopped"]
+    assert w.iterations_shown == [] and w.sgd_steps_shown == sorted(w.sgd_steps_shown)
+    status = json.loads((w.job_dir / "status.json").read_text())
+    assert status["state"] == "stopped" and status["last_iteration"] == 0
+    assert w.sgd_steps_shown[-1] <= status["ab_initio_steps"] < 200
+    assert "stopped after ab-initio step" in w.log.toPlainText()
+
+
 def test_cancel_from_activity_dock_stops_the_job(make_napari_viewer, qtbot, tmp_path):
     """napari's activity dock cancels with ``worker.quit()``: the job folder must still say "stopped"."""
     viewer = make_napari_viewer()

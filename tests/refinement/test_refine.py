@@ -98,8 +98,11 @@ def test_wrong_start_converges_with_sgd(small_data):
     truth, apix = read_map(small_data / "truth" / "truth_map.mrc")
     n = truth.shape[0]
     wrong = np.asarray(lowpass(phantom_volumes(SimulationParams(box=n, pixel_size=apix, seed=12))[0], 30.0, apix))
-    its, result = drain(refine(stack, wrong, RefineParams(initial_lowpass_A=30.0, sgd_steps=100, max_iter=6,
-                                                          global_iters=2, seed=1)))
+    steps, result = drain(refine(stack, wrong, RefineParams(initial_lowpass_A=30.0, sgd_steps=100, max_iter=6,
+                                                            global_iters=2, seed=1)))
+    # the stream: the 100 ab-initio steps, then one result per iteration
+    assert [s.step for s in steps[:100]] == list(range(1, 101))
+    assert [it.iteration for it in steps[100:]] == list(range(1, len(steps) - 99))
     avg = 0.5 * (result.final.half_a + result.final.half_b)
     al = align_maps(avg, truth, apix, resolution_A=10.0, step_deg=20.0)
     res = resolution_at(fsc(apply_alignment(avg, al, apix), truth), n, apix, 0.5)

@@ -10,7 +10,8 @@ import pytest
 from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
 from cryolive.jobs.refine import refine_job
-from cryolive.refinement.refine import RefineParams, refine
+from cryolive.refinement.refine import RefineIteration, RefineParams, refine
+from cryolive.refinement.sgd import SGDStep
 from cryolive.sample import sample_path
 
 FAST = dict(max_iter=2, global_iters=1, coarse_step_deg=15.0, levels=2, minibatch_iters=0, batch_size=500)
@@ -28,6 +29,32 @@ def test_stop_mid_run_leaves_a_consistent_folder(tmp_path):
     assert "STOPPED" in (job / "log.txt").read_text()
     assert (job / "iterations.csv").read_text().count("\n") == 2  # header + one iteration
     assert not list(job.glob(".*tmp*"))
+
+
+def test_ab_initio_steps_stream_before_the_iterations_and_stop(tmp_path):
+    """With ``sgd_steps`` the job yields one SGDStep per ab-initio step (numbered, at a coarsening-to-finer
+    resolution) before iteration 1, writes the ab-initio map, and a stop during those steps leaves a folder that
+    says how far it got."""
+    args = (str(sample_path("particles.star")), str(sample_path("reference.mrc")))
+    params = RefineParams(**{**FAST, "max_iter": 1, "sgd_steps": 4, "sgd_batch_size": 100})
+    steps, result = drain(refine_job(*args, str(tmp_path), params))
+    sgd = [s for s in steps if isinstance(s, SGDStep)]
+    assert [s.step for s in sgd] == [1, 2, 3, 4] and all(s.n_steps == 4 for s in sgd)
+    assert sgd[0].resolution_A > sgd[-1].resolution_A  # the resolution anneals upwards
+    assert isinstance(steps[-1], RefineIteration) and steps[4:] == [steps[-1]] and result.final.iteration == 1
+    job = tmp_path / "job_refine_001"
+    ab, apix = read_map(job / "ab_initio.mrc")
+    assert ab.shape == result.final.map.shape and np.isfinite(ab).all() and ab.max() > 0
+    log = (job / "log.txt").read_text()
+    assert "ab-initio step 4/4" in log and "wrote ab_initio.mrc" in log
+
+    gen = refine_job(*args, str(tmp_path), params)
+    assert next(gen).step == 1 and next(gen).step == 2
+    gen.close()  # Stop during the ab-initio steps
+    job = tmp_path / "job_refine_002"
+    status = json.loads((job / "status.json").read_text())
+    assert status["state"] == "stopped" and status["ab_initio_steps"] == 2 and status["last_iteration"] == 0
+    assert "STOPPED" in (job / "log.txt").read_text() and not (job / "ab_initio.mrc").exists()
 
 
 @pytest.mark.slow

@@ -1,7 +1,8 @@
 """Homogeneous refinement as a job: the :func:`cryolive.refinement.refine.refine` generator plus a job folder.
 
-``refine_job`` yields the same :class:`RefineIteration` objects as the core generator (so the CLI, tests and
-napari consume one stream) and writes ``<out>/job_refine_<nnn>/``:
+``refine_job`` yields the same objects as the core generator (an :class:`SGDStep` per ab-initio step when asked
+for, then a :class:`RefineIteration` per iteration; the CLI, tests and napari consume one stream) and writes
+``<out>/job_refine_<nnn>/``:
 
     particles.star          poses (RELION Euler angles), origins in Å, half sets, per-particle scale folded into
                             rlnCtfScalefactor (RELION applies it with the CTF); RELION reads it
@@ -13,6 +14,7 @@ napari consume one stream) and writes ``<out>/job_refine_<nnn>/``:
     fsc.csv, fsc.png        FSC curves of the last iteration
     iterations.csv          resolution, timings and pose statistics per iteration
     iter_<nnn>_map.mrc      per-iteration maps (with ``save_iterations``)
+    ab_initio.mrc           the map the ab-initio steps ended with, the refinement's start (with ``sgd_steps``)
     params.json, log.txt, status.json
 """
 
@@ -25,11 +27,13 @@ from collections.abc import Generator
 import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
+from cryolive.image.resample import resample_volume
 from cryolive.io import InputError, read_map, read_particles, write_map, write_star
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
-from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, refine
+from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, RefineStep, refine
+from cryolive.refinement.sgd import SGDStep
 from cryolive.resolution.sharpen import sharpen
 
 
@@ -47,8 +51,9 @@ def check_reference(particles_path: str, reference_path: str, box: int, pixel_si
 
 def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
                mask_path: str | None = None,
-               save_iterations: bool = False) -> Generator[RefineIteration, None, RefineResult]:
-    """Run homogeneous refinement into a new job folder, yielding each iteration; returns the result."""
+               save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
+    """Run homogeneous refinement into a new job folder, yielding each ab-initio step and iteration; returns the
+    result."""
     p = params or RefineParams()
     t0 = time.perf_counter()
     stack = read_particles(particles_path)
@@ -70,8 +75,13 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
         job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the reference "
                 f"(to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")
     history: list[dict] = []
+    sgd_done = [0]
 
-    def on_step(it: RefineIteration) -> RefineIteration:
+    def on_step(it: RefineStep) -> RefineStep:
+        if isinstance(it, SGDStep):
+            sgd_done[0] = it.step
+            _on_sgd_step(job, it, stack.box, stack.pixel_size)
+            return it
         _log_iteration(job, it)
         history.append(_summary(it))
         write_csv(job.file("iterations.csv"), history)
@@ -81,12 +91,25 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
         return it
 
     result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask), on_step,
-                                                 lambda: {"last_iteration": len(history)})
+                                                 lambda: {"last_iteration": len(history),
+                                                          "ab_initio_steps": sgd_done[0]})
     _write_outputs(job, result, stack.pixel_size)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A)
     job.close()
     return dataclasses.replace(result, history=history)
+
+
+def _on_sgd_step(job: JobFolder, step: SGDStep, box: int, apix: float) -> None:
+    """Log every 10th ab-initio step and the last; after the last, write ``ab_initio.mrc`` (particle box)."""
+    job.set_status("running", iteration=0, ab_initio_step=step.step, ab_initio_steps=step.n_steps)
+    if step.step % 10 == 0 or step.step == step.n_steps:
+        job.log(f"ab-initio step {step.step}/{step.n_steps} at {step.resolution_A:.1f} Å (posterior beta "
+                f"{step.beta:.2f}, working box {step.box}): {step.seconds:.2f} s")
+    if step.step == step.n_steps:
+        vol = to_numpy(resample_volume(step.map, box)).astype(np.float32)
+        write_map(job.file("ab_initio.mrc"), vol, apix)
+        job.log("wrote ab_initio.mrc: the refinement starts from it (low-passed); check its hand")
 
 
 def _summary(it: RefineIteration) -> dict:

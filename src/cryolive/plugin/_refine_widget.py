@@ -2,13 +2,15 @@
 
 Threading
 ---------
-``refine_job`` (a generator yielding one :class:`RefineIteration` per iteration) runs inside :func:`_refine_stream`
+``refine_job`` (a generator yielding an ``SGDStep`` per ab-initio step, if asked for, then one
+:class:`RefineIteration` per iteration) runs inside :func:`_refine_stream`
 in a napari ``GeneratorWorker`` (``create_worker`` with ``_progress``, so the activity dock shows it). The worker
 thread only computes and yields; everything that touches Qt or layers happens on the main thread in the slots:
 
 * ``yielded`` → :meth:`RefineWidget._on_yielded` stores the iteration and schedules one render with
   ``QTimer.singleShot(0, …)``; iterations that arrive while a render is pending replace it (only their maps are
-  appended to the history), so the GUI never works through a backlog.
+  appended to the history), so the GUI never works through a backlog. Ab-initio steps are drawn on the map layer
+  (resampled to the particle box) and the status line, not kept in the history.
 * Stop sets a ``threading.Event``; the stream checks it before and after each yield and then closes the job
   generator (the job folder's ``status.json`` says "stopped") and returns, so Stop takes effect when the current
   iteration ends. Results that still arrive after Stop are ignored. The activity dock's cancel (``worker.quit``)
@@ -62,6 +64,7 @@ from cryolive.plugin._common import (
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
 from cryolive.refinement.refine import RefineParams
+from cryolive.refinement.sgd import SGDStep
 
 MAP_LAYER = "refinement map"
 HISTORY_LAYER = "refinement history"
@@ -190,6 +193,7 @@ class RefineWidget(JobDockMixin, QWidget):
         self.job_dir: Path | None = None
         self.state = "idle"
         self.iterations_shown: list[int] = []
+        self.sgd_steps_shown: list[int] = []
         self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
         self._build()
         QTimer.singleShot(0, self._ensure_plots_dock)  # once this dock is in the window
@@ -396,11 +400,13 @@ class RefineWidget(JobDockMixin, QWidget):
         self._apix = float(ref_scale[-1])
         self._translate = tuple(ref_translate)
         ref_vol = np.asarray(ref_vol, dtype=np.float32)
+        self._box = ref_vol.shape[-1]
         self._history = MapHistory(ref_vol, params.max_iter + 3)
         self._pending = None
         self._steps: list = []
         self._render_scheduled = False
         self.iterations_shown = []
+        self.sgd_steps_shown = []
         self.step_cpu_s = []
         self.state = "running"
         self.log.clear()
@@ -417,7 +423,7 @@ class RefineWidget(JobDockMixin, QWidget):
 
         worker = self._new_worker(_refine_stream, particles, str(ref_path), str(out), params,
                                   mask_path and str(mask_path), self.save_iterations.isChecked(),
-                                  total=params.max_iter, desc="cryolive refinement")
+                                  total=params.sgd_steps + params.max_iter, desc="cryolive refinement")
         # let Qt lay out the new layers and plots now, as part of the click, not while the job competes for the CPU
         QApplication.processEvents()
         # a full garbage collection now: napari's heap has some 300 000 objects, and a full collection (which
@@ -458,6 +464,12 @@ class RefineWidget(JobDockMixin, QWidget):
     def _on_yielded(self, it: Any) -> None:
         if not self._accepting:
             return  # arrived after Stop: ignored
+        if isinstance(it, SGDStep):  # an ab-initio step: shown on the map layer, not kept in the history
+            self._pending = it
+            if not self._render_scheduled:
+                self._render_scheduled = True
+                QTimer.singleShot(0, self._render)
+            return
         self._history.append(it.map)
         self._pending = it  # a newer iteration replaces one not yet drawn (only its map stays, in the history)
         if not self._render_scheduled:
@@ -475,6 +487,10 @@ class RefineWidget(JobDockMixin, QWidget):
             if self.job_dir is not None:
                 self.job_label.setText(f"job folder: {self.job_dir}")
                 self._log(f"job folder {self.job_dir}")
+        if isinstance(it, SGDStep):
+            self._steps = [lambda: self._show_sgd_step(it)]
+            self._next_step()
+            return
         title = f"iteration {it.iteration} ({it.search}): {it.resolution_A:.2f} Å"
         steps = [lambda: self._show_map(it.map, title),
                  self._update_history,
@@ -485,6 +501,24 @@ class RefineWidget(JobDockMixin, QWidget):
         steps += [lambda: self.plots.show_fsc(it), lambda: self.plots.show_angular(it), lambda: self._report(it)]
         self._steps = steps
         self._next_step()
+
+    def _show_sgd_step(self, step: SGDStep) -> None:
+        """Show an ab-initio step's map (working box, resampled to the particle box) on the map layer and say
+        how far the ab-initio phase is (a log line every 10th step)."""
+        from cryolive.backend import to_numpy
+        from cryolive.image.resample import resample_volume
+
+        vol = to_numpy(resample_volume(step.map, self._box)).astype(np.float32)
+        self._show_map(vol, f"ab-initio step {step.step}/{step.n_steps} ({step.resolution_A:.1f} Å)")
+        if not self.sgd_steps_shown:
+            self.plots.fsc_title.setText("FSC: ab-initio steps first (no half maps before iteration 1)")
+        self.sgd_steps_shown.append(step.step)
+        elapsed = time.perf_counter() - self._t_start
+        self.status_label.setText(f"ab-initio step {step.step} of {step.n_steps} at {step.resolution_A:.1f} Å "
+                                  f"({elapsed:.0f} s so far); the refinement starts from its map")
+        if step.step % 10 == 0 or step.step == step.n_steps:
+            self._log(f"ab-initio step {step.step}/{step.n_steps} at {step.resolution_A:.1f} Å "
+                      f"({step.seconds:.2f} s per step)")
 
     def _report(self, it: Any) -> None:
         t = it.timings
@@ -615,8 +649,11 @@ class RefineWidget(JobDockMixin, QWidget):
             show_info(f"Refinement finished: {final.resolution_A:.2f} Å"
                       + (f" ({self.job_dir.name})" if self.job_dir else ""))
         elif state == "stopped":
-            self._log(f"stopped after iteration {payload}; the job folder says 'stopped' ({self.job_dir})")
-            self.status_label.setText(f"stopped after iteration {payload}")
+            where = (f"after iteration {payload}" if payload else
+                     f"after ab-initio step {self.sgd_steps_shown[-1] if self.sgd_steps_shown else 0}, before the "
+                     "first iteration")
+            self._log(f"stopped {where}; the job folder says 'stopped' ({self.job_dir})")
+            self.status_label.setText(f"stopped {where}")
         else:
             self._report_failure(payload, "Refinement")
         self.state = state

@@ -16,7 +16,10 @@ Each iteration (maths.md sections 4-7):
 Optionally (``sgd_steps``) the reference is first replaced by a minibatch ab-initio reconstruction started from it
 (:mod:`cryolive.refinement.sgd`), for a reference that may be wrong.
 
-The generator yields one immutable :class:`RefineIteration` per iteration and returns a :class:`RefineResult`.
+The generator yields one immutable :class:`RefineIteration` per iteration and returns a :class:`RefineResult`;
+with ``sgd_steps`` it first yields one :class:`~cryolive.refinement.sgd.SGDStep` per ab-initio step (so a viewer
+shows that phase live and a stop takes effect within one step). Consumers tell them apart by type
+(:data:`RefineStep`).
 It reads particles in batches (memory bounded by ``batch_size``), holds no Qt, and writes no files (the job
 wrapper :func:`cryolive.jobs.refine.refine_job` does).
 """
@@ -34,7 +37,6 @@ from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d, ctf_values
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
-from cryolive.jobs import drain
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.projection import Projector, Reconstructor
@@ -47,7 +49,7 @@ from cryolive.refinement.search import (
     search_poses,
     shift_phases,
 )
-from cryolive.refinement.sgd import SGDParams, sgd_reconstruct
+from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.rotations.euler import angular_distance
@@ -128,6 +130,10 @@ class RefineIteration:
     fsc_mask: np.ndarray | None = None  # the (tighter) mask the corrected FSC used
 
 
+#: what :func:`refine` yields: the ab-initio steps (only with ``sgd_steps``), then one result per iteration
+RefineStep = SGDStep | RefineIteration
+
+
 @dataclass(frozen=True)
 class RefineResult:
     """The last iteration and every particle's final pose (rotations RELION ``A``, origins in Å)."""
@@ -171,6 +177,16 @@ def _combine_below(half: Any, other: Any, res_A: float, apix: float) -> Any:
     return lowpass(avg, res_A, apix) + half - lowpass(half, res_A, apix)
 
 
+def _checked_reference(reference: Any, box: int) -> np.ndarray:
+    """The reference as NumPy float32, after checking its shape ``(box, box, box)`` and that it is finite."""
+    ref = np.asarray(to_numpy(reference), dtype=np.float32)
+    if ref.shape != (box,) * 3:
+        raise InputError(f"reference map has shape {ref.shape}, the particles' box is {box}")
+    if not np.isfinite(ref).all():
+        raise InputError("reference map holds NaN or Inf values")
+    return ref
+
+
 class _Refiner:
     """The state and steps of one refinement (used by :func:`refine`)."""
 
@@ -178,11 +194,7 @@ class _Refiner:
         m = xp()
         self.m, self.stack, self.p = m, stack, p
         self.n, self.apix = stack.box, stack.pixel_size
-        ref = np.asarray(to_numpy(reference), dtype=np.float32)
-        if ref.shape != (self.n,) * 3:
-            raise InputError(f"reference map has shape {ref.shape}, the particles' box is {self.n}")
-        if not np.isfinite(ref).all():
-            raise InputError("reference map holds NaN or Inf values")
+        ref = _checked_reference(reference, self.n)
         if p.scale_mode not in ("minimize", "reset"):
             raise ValueError("scale_mode must be 'minimize' or 'reset'")
         self.rng = np.random.default_rng(p.seed)
@@ -432,20 +444,21 @@ class _Refiner:
         return factor
 
 
-def sgd_start(particles: ParticleStack, reference: Any, p: RefineParams) -> np.ndarray:
-    """The refinement's starting map after ``p.sgd_steps`` minibatch steps from ``reference`` (see
-    :mod:`cryolive.refinement.sgd`), over all particles, to ``p.sgd_resolution_A``; the refinement then low-passes
-    it to ``p.initial_lowpass_A`` as it would the reference, so the half sets stay independent above that."""
+def sgd_start(particles: ParticleStack, reference: Any, p: RefineParams) -> Generator[SGDStep, None, np.ndarray]:
+    """Yield ``p.sgd_steps`` minibatch steps from ``reference`` (see :mod:`cryolive.refinement.sgd`), over all
+    particles, to ``p.sgd_resolution_A``; return the refinement's starting map ``(n, n, n)``. The refinement then
+    low-passes it to ``p.initial_lowpass_A`` as it would the reference, so the half sets stay independent above
+    that."""
     sp = SGDParams(steps=p.sgd_steps, batch_size=p.sgd_batch_size, final_resolution_A=p.sgd_resolution_A,
                    max_shift_px=p.max_shift_px, particle_diameter_A=p.particle_diameter_A, symmetry=p.symmetry,
                    seed=p.seed)
-    _steps, out = drain(sgd_reconstruct(particles, reference, sp))
-    return out
+    return (yield from sgd_reconstruct(particles, reference, sp))
 
 
 def refine(particles: ParticleStack, reference: Any, params: RefineParams | None = None,
-           mask: Any = None) -> Generator[RefineIteration, None, RefineResult]:
-    """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration.
+           mask: Any = None) -> Generator[RefineStep, None, RefineResult]:
+    """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration (after an
+    :class:`~cryolive.refinement.sgd.SGDStep` per ab-initio step when ``params.sgd_steps`` > 0).
 
     ``particles``: a :class:`~cryolive.io.ParticleStack` with CTFs (poses, if present, are ignored: global search);
     ``reference``: ``(n, n, n)`` map at the particles' pixel size; ``mask``: optional static mask (else a soft
@@ -453,7 +466,8 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
     """
     p = params or RefineParams()
     if p.sgd_steps > 0:
-        reference = sgd_start(particles, reference, p)
+        _checked_reference(reference, particles.box)
+        reference = yield from sgd_start(particles, reference, p)
     r = _Refiner(particles, reference, p, mask)
     n_tot = len(particles)
     history: list[dict[str, float]] = []

@@ -72,10 +72,11 @@ class SGDParams:
 
 @dataclass(frozen=True)
 class SGDStep:
-    """One minibatch step: the step number (from 1), the resolution used (Å), the posterior's inverse temperature,
-    the map (NumPy float32, working box ``box`` at ``pixel_size`` Å) and the step's time (s)."""
+    """One minibatch step: the step number (from 1) of ``n_steps``, the resolution used (Å), the posterior's inverse
+    temperature, the map (NumPy float32, working box ``box`` at ``pixel_size`` Å) and the step's time (s)."""
 
     step: int
+    n_steps: int
     resolution_A: float
     beta: float
     map: np.ndarray
@@ -158,7 +159,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
         else:
             running.blend(batch, p.rate)
         vol = _project_plausible(running.finalize(wiener_constant=p.wiener_constant), res, apix_w, sphere)
-        yield SGDStep(step, res, beta, to_numpy(vol).astype(np.float32), box, apix_w, time.perf_counter() - t0)
+        yield SGDStep(step, p.steps, res, beta, to_numpy(vol).astype(np.float32), box, apix_w, time.perf_counter() - t0)
     final = lowpass(resample_volume(vol, n), p.final_resolution_A, apix)
     return to_numpy(final).astype(np.float32)
 
