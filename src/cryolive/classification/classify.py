@@ -34,14 +34,21 @@ import numpy as np
 from cryolive.backend import to_numpy, xp
 from cryolive.classification.masks import auto_solvent_mask, compose_class_volume, mask_warnings
 from cryolive.classification.metrics import effective_classes
-from cryolive.image.ctf import ctf_values
 from cryolive.image.fourier import rfft2c
 from cryolive.image.resample import resample_rfft2, resample_volume
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import PixelSet, noise_image, pixel_set, shell_power, sigma_at, soft_window
+from cryolive.refinement.pixels import (
+    PixelSet,
+    ctf_at,
+    noise_image,
+    pixel_set,
+    shell_power,
+    soft_window,
+    whitened_terms,
+)
 from cryolive.refinement.search import (
     Candidates,
     GridProjections,
@@ -240,9 +247,7 @@ class _Classifier:
                 resample_rfft2(rfft2c(img), self.n, self.nc))
 
     def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
-        m = self.m
-        s = pix.radius / (pix.n * self.apix)
-        return ctf_values(self.stack.ctf.subset(idx), s, m.arctan2(pix.ky, pix.kx))
+        return ctf_at(self.stack.ctf.subset(idx), pix, self.apix)
 
     def _ctf_image(self, idx: np.ndarray) -> Any:
         m = self.m
@@ -364,10 +369,7 @@ class _Classifier:
         return float(min(max(r, 4.0), r_data))
 
     def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
-        x = f.reshape(f.shape[0], -1)[:, pix.index]
-        c = self._ctf_at(idx, pix)
-        w = pix.mult / sigma_at(self.sigma2, pix)
-        return x * (w * c), w * c * c
+        return whitened_terms(f, self._ctf_at(idx, pix), self.sigma2, pix)
 
     def _plan(self) -> SearchPlan:
         p = self.p

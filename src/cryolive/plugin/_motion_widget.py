@@ -33,11 +33,10 @@ from qtpy.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSpinBox,
-    QToolButton,
     QWidget,
 )
 
-from cryolive.plugin._common import scrolling_layout
+from cryolive.plugin._common import scrolling_layout, with_browse
 from cryolive.plugin._job_dock import job_stream
 
 MIC_LAYER = "motion micrograph"
@@ -161,12 +160,9 @@ class MotionWidget(QWidget):
         lay.addStretch(1)
 
     def _path_row(self, key: str, is_dir: bool) -> QWidget:
-        w = QWidget()
-        h = QHBoxLayout(w)
-        h.setContentsMargins(0, 0, 0, 0)
-        edit = QLineEdit()
-        btn = QToolButton()
-        btn.setText("…")
+        """A line edit for input ``key`` (kept in ``self.edits``) with a "…" file dialog (a folder dialog for the
+        output folder; the movies field takes a STAR file or a typed folder)."""
+        edit = self.edits[key] = QLineEdit()
 
         def pick() -> None:
             path = (QFileDialog.getExistingDirectory(self, key) if is_dir and key == "out"
@@ -174,11 +170,7 @@ class MotionWidget(QWidget):
             if path:
                 edit.setText(path)
 
-        btn.clicked.connect(pick)
-        h.addWidget(edit, 1)
-        h.addWidget(btn)
-        self.edits[key] = edit
-        return w
+        return with_browse(edit, pick)
 
     @property
     def busy(self) -> bool:

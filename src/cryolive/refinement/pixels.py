@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import backend_name, to_numpy, xp
+from cryolive.image.ctf import ctf_values
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,21 @@ def noise_image(sigma2: np.ndarray, n: int) -> Any:
     img = m.full(n * (n // 2 + 1), float(_floored(sigma2)[-1]), dtype=m.float32)
     img[full.index] = sigma_at(sigma2, full)
     return img.reshape(n, n // 2 + 1)
+
+
+def ctf_at(ctf: Any, pix: PixelSet, pixel_size: float) -> Any:
+    """CTF values ``(B, K)`` at the pixels ``pix`` for ``B`` particles' CTF parameters ``ctf``
+    (:class:`~cryolive.image.ctf.CTFParams`), on a box of ``pix.n`` pixels of ``pixel_size`` Å."""
+    m = xp()
+    return ctf_values(ctf, pix.radius / (pix.n * pixel_size), m.arctan2(pix.ky, pix.kx))
+
+
+def whitened_terms(f: Any, ctf: Any, sigma2: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
+    """Score terms of image transforms ``f`` ``(B, n, n // 2 + 1)`` at the pixels ``pix``: ``Y = w C X`` and
+    ``w C^2`` (both ``(B, K)``), with ``w = mult / sigma^2`` and ``ctf`` the CTF values ``(B, K)`` there."""
+    x = f.reshape(f.shape[0], -1)[:, pix.index]
+    w = pix.mult / sigma_at(sigma2, pix)
+    return x * (w * ctf), w * ctf * ctf
 
 
 def shell_power(f_imgs: Any, n: int) -> np.ndarray:

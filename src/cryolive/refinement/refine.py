@@ -34,13 +34,21 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import to_numpy, xp
-from cryolive.image.ctf import ctf_2d, ctf_values
+from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import PixelSet, noise_image, pixel_set, shell_power, sigma_at, soft_window
+from cryolive.refinement.pixels import (
+    PixelSet,
+    ctf_at,
+    noise_image,
+    pixel_set,
+    shell_power,
+    soft_window,
+    whitened_terms,
+)
 from cryolive.refinement.search import (
     Candidates,
     GridProjections,
@@ -155,13 +163,6 @@ class _State:
     seen: np.ndarray  # bool: has a pose from this run
 
 
-def _ctf_at(stack: ParticleStack, idx: np.ndarray, pix: PixelSet) -> Any:
-    m = xp()
-    s = pix.radius / (pix.n * stack.pixel_size)
-    theta = m.arctan2(pix.ky, pix.kx)
-    return ctf_values(stack.ctf.subset(idx), s, theta)
-
-
 def _angular_histogram(rotations: np.ndarray) -> np.ndarray:
     """Counts of viewing directions (third row of A) in 10-degree bins of (tilt 0-180, rot -180-180)."""
     d = rotations[:, 2, :]
@@ -247,10 +248,10 @@ class _Refiner:
     # ----------------------------------------------------------------------------------------------- E step
     def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
         """Score terms of images ``f`` at the pixels ``pix``: ``Y = w C X`` and ``w C^2`` (w = mult / sigma^2)."""
-        x = f.reshape(f.shape[0], -1)[:, pix.index]
-        c = _ctf_at(self.stack, idx, pix)
-        w = pix.mult / sigma_at(self.sigma2, pix)
-        return x * (w * c), w * c * c
+        return whitened_terms(f, self._ctf_at(idx, pix), self.sigma2, pix)
+
+    def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
+        return ctf_at(self.stack.ctf.subset(idx), pix, self.apix)
 
     def _plan(self) -> SearchPlan:
         p = self.p
@@ -285,7 +286,7 @@ class _Refiner:
         m = self.m
         full = pixel_set(self.n, self.n / 2)
         x = f.reshape(f.shape[0], -1)[:, full.index]
-        c = _ctf_at(self.stack, idx, full)
+        c = self._ctf_at(idx, full)
         model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
         a = m.asarray(self.state.scales[idx], dtype=m.float32)[:, None]
         res = m.abs(x - a * c * model) ** 2 * full.mult

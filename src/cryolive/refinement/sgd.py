@@ -38,7 +38,7 @@ from cryolive.image.resample import box_for_resolution, resample_rfft2, resample
 from cryolive.io import ParticleStack
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import noise_image, pixel_set, shell_power, sigma_at, soft_window
+from cryolive.refinement.pixels import noise_image, pixel_set, shell_power, soft_window, whitened_terms
 from cryolive.refinement.search import GridProjections, global_level, shift_grid
 from cryolive.resolution.filters import lowpass
 from cryolive.rotations.grids import random_perturbation, so3_grid
@@ -141,11 +141,10 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
         idx = np.sort(rng.choice(len(stack), size=min(len(stack), p.batch_size), replace=False))
         pix = pixel_set(box, min(n * apix / res * 1.1, box / 2 - 1))
         f, c = data.images(idx), data.ctf(idx)
-        flat_f, flat_c = f.reshape(len(idx), -1)[:, pix.index], c.reshape(len(idx), -1)[:, pix.index]
-        w = pix.mult / sigma_at(sigma2, pix)
+        y, c2w = whitened_terms(f, c.reshape(len(idx), -1)[:, pix.index], sigma2, pix)
         proj = Projector(vol)
         grid = GridProjections.make(proj, grid_rots @ random_perturbation(rng, p.step_deg / 2), pix.kx, pix.ky)
-        cand, _ = global_level(grid, flat_f * (w * flat_c), w * flat_c * flat_c, np.ones(len(idx)), shifts,
+        cand, _ = global_level(grid, y, c2w, np.ones(len(idx)), shifts,
                                pix.kx, pix.ky, p.top, np.inf, free_scale=True)
         ll = beta * (cand.scores - cand.scores[:, :1])
         wts = np.exp(ll)
