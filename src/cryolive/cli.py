@@ -89,7 +89,8 @@ def cmd_refine(a: argparse.Namespace) -> int:
                      marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
                      max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
                      coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift,
-                     sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps)
+                     sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps,
+                     use_input_poses=a.use_poses, relax_symmetry=a.relax_sym)
     def show(it) -> None:  # noqa: ANN001 - RefineStep
         if not hasattr(it, "iteration"):  # an ab-initio step
             if it.step % 10 == 0 or it.step == it.n_steps:
@@ -401,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("refine", help="homogeneous refinement (gold-standard EM, global pose search)")
-    s.add_argument("star", help="particles: RELION STAR or cryoSPARC .cs with CTFs (poses are ignored)")
+    s.add_argument("star", help="particles: RELION STAR or cryoSPARC .cs with CTFs (poses are ignored unless "
+                                "--use-poses)")
     s.add_argument("--ref", required=True, help="reference map (same box and pixel size as the particles)")
     s.add_argument("--out", required=True, help="parent folder of the new job folder job_refine_<nnn>")
     s.add_argument("--mask", help="static mask (else a sphere, then a dynamic mask from the half maps)")
@@ -412,6 +414,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sgd-steps", type=int, default=None,
                    help="minibatch (ab-initio) steps from the reference at low resolution before refining, so a "
                         "wrong reference still converges (default: RefineParams.sgd_steps; 0 = trust the reference)")
+    s.add_argument("--use-poses", action="store_true",
+                   help="start from the particles' own poses with local searches (a previous refinement's)")
+    s.add_argument("--relax-sym", default=None, metavar="SYM",
+                   help="pseudo-symmetry to relax (RELION's --relax_sym): local searches also try each mate of the "
+                        "pose under SYM and keep the best; the map keeps --sym")
     s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
     s.add_argument("--max-shift", type=float, default=None, help="shift search range in pixels (10%% of box)")
     s.add_argument("--max-align-res", type=float, default=None, help="never align beyond this resolution (Å)")

@@ -153,3 +153,20 @@ def test_refine_passes_sgd_steps_to_the_job(tmp_path, capsys):
     assert "first 3 ab-initio minibatch steps" in (job / "log.txt").read_text()
     assert main(args[:-4] + ["--coarse-step", "15"]) == 0  # the default: no ab-initio steps
     assert json.loads((tmp_path / "job_refine_002" / "params.json").read_text())["sgd_steps"] == 0
+
+
+def test_refine_from_input_poses_with_relaxed_symmetry(tmp_path, capsys):
+    """--use-poses starts local searches at the file's poses; --relax-sym reaches the job; a relaxed group no
+    larger than --sym is refused before any job folder is made."""
+    base = ["refine", str(sample_path("particles.star")), "--ref", str(sample_path("reference.mrc")),
+            "--out", str(tmp_path), "--max-iter", "1", "--coarse-step", "15"]
+    assert main(base + ["--use-poses", "--relax-sym", "C2"]) == 0
+    assert "iteration  1 local" in capsys.readouterr().out
+    job = tmp_path / "job_refine_001"
+    params = json.loads((job / "params.json").read_text())
+    assert params["use_input_poses"] is True and params["relax_symmetry"] == "C2"
+    log = (job / "log.txt").read_text()
+    assert "particles' own poses" in log and "symmetry C2 relaxed" in log
+    assert main(base + ["--sym", "C4", "--relax-sym", "C2"]) == 2
+    assert "larger group" in capsys.readouterr().err
+    assert not (tmp_path / "job_refine_002").exists()

@@ -352,6 +352,17 @@ def test_refinement_stop_within_one_iteration(make_napari_viewer, qtbot, tmp_pat
     assert w.start_btn.isEnabled()
 
 
+def test_refinement_dock_parameters_round_trip(make_napari_viewer, tmp_path):
+    """Every field the dock shows reaches RefineParams and back (input poses and relaxed symmetry included)."""
+    viewer = make_napari_viewer()
+    w = _refine_dock(viewer, tmp_path)
+    p = dataclasses.replace(TINY, symmetry="C2", sgd_steps=7, use_input_poses=True, relax_symmetry="D2", seed=3)
+    w.set_params(p)
+    assert w.params() == p
+    w.set_params(TINY)
+    assert w.params() == TINY and w.relax_sym.currentText() == "none"
+
+
 def test_ab_initio_steps_are_shown_live_and_stop_between_steps(make_napari_viewer, qtbot, tmp_path):
     """With ab-initio steps the map layer follows each step before iteration 1, and Stop ends the job within a
     step: nothing of the refinement iterations starts."""

@@ -32,7 +32,14 @@ from cryolive.io import InputError, read_map, read_particles, write_map, write_s
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
-from cryolive.refinement.refine import RefineIteration, RefineParams, RefineResult, RefineStep, refine
+from cryolive.refinement.refine import (
+    RefineIteration,
+    RefineParams,
+    RefineResult,
+    RefineStep,
+    check_inputs,
+    refine,
+)
 from cryolive.refinement.sgd import SGDStep
 from cryolive.resolution.sharpen import sharpen
 
@@ -63,6 +70,7 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
         mask = check_reference(particles_path, mask_path, stack.box, stack.pixel_size)
         if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
             raise InputError(f"{mask_path}: a mask must lie in [0, 1] (found {mask.min():.3g} .. {mask.max():.3g})")
+    check_inputs(stack, p)
     job = JobFolder.create(out, "refine")
     job.write_params({"particles": particles_path, "reference": reference_path, "mask": mask_path,
                       **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
@@ -71,6 +79,11 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
             f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
             f"low-passed to {p.initial_lowpass_A} Å")
+    if p.use_input_poses:
+        job.log(f"starting from the particles' own poses ({particles_path}): local searches from iteration 1")
+    if p.relax_symmetry:
+        job.log(f"symmetry {p.relax_symmetry} relaxed: local searches try every {p.relax_symmetry} mate of each pose "
+                f"and keep the best; the map is reconstructed in {p.symmetry}")
     if p.sgd_steps > 0:
         job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the reference "
                 f"(to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")

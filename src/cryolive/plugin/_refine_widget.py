@@ -248,6 +248,18 @@ class RefineWidget(JobDockMixin, QWidget):
         self.sgd_steps.setToolTip("minibatch (ab-initio) steps from the reference at low resolution before the "
                                   "refinement: lets it converge from a wrong starting map (~0.5 s per step)")
         form.addRow("Ab-initio steps", self.sgd_steps)
+        self.use_poses = QCheckBox("start from the particles' poses")
+        self.use_poses.setToolTip("local searches from iteration 1 around the poses in the particles file (a "
+                                  "previous refinement's), as cryoSPARC's local refinement")
+        self.use_poses.setChecked(_DEFAULTS.use_input_poses)
+        form.addRow(self.use_poses)
+        self.relax_sym = QComboBox()
+        self.relax_sym.setEditable(True)
+        self.relax_sym.addItems(["none", *SYMMETRIES[1:]])
+        self.relax_sym.setToolTip("pseudo-symmetry to relax (RELION's --relax_sym): local searches also try each "
+                                  "mate of a particle's pose under this group and keep the best; the map keeps "
+                                  "the symmetry above")
+        form.addRow("Relax symmetry", self.relax_sym)
 
         more = QCollapsible("More parameters")
         more_w = QWidget()
@@ -343,6 +355,7 @@ class RefineWidget(JobDockMixin, QWidget):
     def params(self) -> RefineParams:
         """The RefineParams the dock's fields describe (other fields keep their defaults)."""
         sym = self.sym.currentText().strip().upper() or "C1"
+        relax = self.relax_sym.currentText().strip().upper()
         return dataclasses.replace(
             _DEFAULTS, symmetry=sym, initial_lowpass_A=float(self.lowpass.value()), max_iter=int(self.max_iter.value()),
             global_iters=int(self.global_iters.value()), sgd_steps=int(self.sgd_steps.value()),
@@ -352,7 +365,8 @@ class RefineWidget(JobDockMixin, QWidget):
             max_align_resolution_A=float(self.max_align.value()) or None,
             minibatch_iters=int(self.minibatch.value()), scale_mode=self.scale_mode.currentText(),
             marginalize=self.marginalize.isChecked(), batch_size=int(self.batch_size.value()),
-            seed=int(self.seed.value()))
+            seed=int(self.seed.value()), use_input_poses=self.use_poses.isChecked(),
+            relax_symmetry=None if relax in ("", "NONE", "C1") else relax)
 
     def set_params(self, p: RefineParams) -> None:
         """Fill the fields from a RefineParams (e.g. small settings for a quick look)."""
@@ -371,6 +385,8 @@ class RefineWidget(JobDockMixin, QWidget):
         self.marginalize.setChecked(p.marginalize)
         self.batch_size.setValue(p.batch_size)
         self.seed.setValue(p.seed)
+        self.use_poses.setChecked(p.use_input_poses)
+        self.relax_sym.setCurrentText(p.relax_symmetry or "none")
 
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:

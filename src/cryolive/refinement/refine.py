@@ -62,6 +62,7 @@ from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.rotations.euler import angular_distance
 from cryolive.rotations.grids import random_perturbation, so3_grid
+from cryolive.rotations.symmetry import canonical_symmetry_name, point_group_order, symmetry_operators
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,13 @@ class RefineParams:
     extra_final_passes: int = 1
     stop_tolerance: float = 0.01
     global_iters: int = 3
+    # start from the particles' own poses (a previous refinement's) with local searches from iteration 1, as
+    # cryoSPARC's local refinement / RELION's continued auto-refine; off: poses in the input are ignored
+    use_input_poses: bool = False
+    # pseudo-symmetry to relax (RELION's --relax_sym, cryoSPARC's symmetry relaxation by maximisation): the map is
+    # reconstructed with ``symmetry``, but every local search also tries each mate of the previous pose under this
+    # larger group and keeps the best, so particles aligned to the wrong copy of a near-symmetric map can move
+    relax_symmetry: str | None = None
     # draw global poses from the coarse posterior in the global iterations before the last (stochastic EM).
     # Off by default: on the CI data it left 4.3 % of the particles > 20° off against 1.5 %, and it did not make a
     # wrong starting map converge; it does keep a blob-like start from piling particles onto a few views
@@ -178,6 +186,40 @@ def _combine_below(half: Any, other: Any, res_A: float, apix: float) -> Any:
     return lowpass(avg, res_A, apix) + half - lowpass(half, res_A, apix)
 
 
+def _initial_state(stack: ParticleStack, use_input_poses: bool) -> _State:
+    """Every particle's pose before iteration 1: identity (no pose yet) or, with ``use_input_poses``, the stack's
+    own rotations and origins (Å in the stack, pixels in the state)."""
+    n = len(stack)
+    if not use_input_poses:
+        return _State(np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 2)), np.ones(n), np.zeros(n, bool))
+    if stack.rotations is None:
+        raise InputError(f"{stack.source}: no poses (rlnAngleRot/Tilt/Psi) to start from; run a refinement with a "
+                         "global search first, or do not ask for the input poses")
+    shifts = np.zeros((n, 2)) if stack.shifts is None else stack.shifts / stack.pixel_size
+    return _State(stack.rotations.astype(np.float64).copy(), shifts.astype(np.float64), np.ones(n),
+                  np.ones(n, bool))
+
+
+def _relaxed_mates(symmetry: str, relax: str | None) -> np.ndarray | None:
+    """Operators ``(G, 3, 3)`` of the pseudo-symmetry ``relax`` (None: no relaxation), checked to be a larger group
+    than the enforced ``symmetry``."""
+    if relax is None or canonical_symmetry_name(relax) == "C1":
+        return None
+    if point_group_order(relax) <= point_group_order(symmetry):
+        raise ValueError(f"relax_symmetry {relax} must be a larger group than the enforced symmetry {symmetry}")
+    return symmetry_operators(relax)
+
+
+def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
+    """Raise (InputError / ValueError, naming the problem) before any work if ``p`` cannot run on ``stack``: a scale
+    mode that does not exist, a relaxed symmetry no larger than the enforced one, input poses asked for but absent."""
+    if p.scale_mode not in ("minimize", "reset"):
+        raise ValueError("scale_mode must be 'minimize' or 'reset'")
+    _relaxed_mates(p.symmetry, p.relax_symmetry)
+    if p.use_input_poses:
+        _initial_state(stack, True)
+
+
 def _checked_reference(reference: Any, box: int) -> np.ndarray:
     """The reference as NumPy float32, after checking its shape ``(box, box, box)`` and that it is finite."""
     ref = np.asarray(to_numpy(reference), dtype=np.float32)
@@ -196,13 +238,11 @@ class _Refiner:
         self.m, self.stack, self.p = m, stack, p
         self.n, self.apix = stack.box, stack.pixel_size
         ref = _checked_reference(reference, self.n)
-        if p.scale_mode not in ("minimize", "reset"):
-            raise ValueError("scale_mode must be 'minimize' or 'reset'")
         self.rng = np.random.default_rng(p.seed)
         self.half = half_sets(stack, p.seed)
-        n_tot = len(stack)
-        self.state = _State(np.tile(np.eye(3), (n_tot, 1, 1)), np.zeros((n_tot, 2)), np.ones(n_tot),
-                            np.zeros(n_tot, bool))
+        self.state = _initial_state(stack, p.use_input_poses)
+        self.global_iters = 0 if p.use_input_poses else p.global_iters
+        self.relax_ops = _relaxed_mates(p.symmetry, p.relax_symmetry)
         self.window = soft_window(self.n, p.window_inner, p.window_outer)
         self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
         self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
@@ -268,7 +308,8 @@ class _Refiner:
             radii = radii[-(plan.levels - max(plan.levels - 1, 1) + 1):]
         counts = [pix.count_within(r) for r in radii[:-1]] + [len(pix)]
         return search_poses(plan, proj, grid, y, c2w, self.state.scales[idx], pix.kx, pix.ky, counts, previous,
-                            free_scale, radii, rng=self.rng if sample and not local else None)
+                            free_scale, radii, rng=self.rng if sample and not local else None,
+                            mates=self.relax_ops if local else None)
 
     def _update_scales(self, proj: Projector, f: Any, idx: np.ndarray, pix: PixelSet, rot: np.ndarray,
                        sh: np.ndarray) -> None:
@@ -461,11 +502,13 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
     """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration (after an
     :class:`~cryolive.refinement.sgd.SGDStep` per ab-initio step when ``params.sgd_steps`` > 0).
 
-    ``particles``: a :class:`~cryolive.io.ParticleStack` with CTFs (poses, if present, are ignored: global search);
+    ``particles``: a :class:`~cryolive.io.ParticleStack` with CTFs (poses, if present, are ignored: global search;
+    with ``params.use_input_poses`` the search is local around them from the first iteration);
     ``reference``: ``(n, n, n)`` map at the particles' pixel size; ``mask``: optional static mask (else a soft
     sphere, then a dynamic mask from the half maps). Returns a :class:`RefineResult`.
     """
     p = params or RefineParams()
+    check_inputs(particles, p)
     if p.sgd_steps > 0:
         _checked_reference(reference, particles.box)
         reference = yield from sgd_start(particles, reference, p)
@@ -480,7 +523,7 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
     for it in range(1, p.max_iter + 1):
         minibatch = it <= p.minibatch_iters and mb_size < n_tot
         subset = (np.sort(r.rng.choice(n_tot, size=mb_size, replace=False)) if minibatch else np.arange(n_tot))
-        local = it > p.global_iters and bool(r.state.seen[subset].all())
+        local = it > r.global_iters and bool(r.state.seen[subset].all())
         # global iterations before the last one draw poses from the posterior (stochastic EM); the last global one
         # and the local ones take the best pose
         sample = p.stochastic_global and not local and it < p.global_iters
@@ -509,7 +552,7 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
                 best_res, stalls = r.resolution, 0
             else:
                 stalls += 1
-            if stalls >= 1 and it > p.global_iters:
+            if stalls >= 1 and it > r.global_iters:
                 final_left = p.extra_final_passes
                 if final_left <= 0:
                     break

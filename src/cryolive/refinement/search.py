@@ -219,7 +219,8 @@ class SearchPlan:
 def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None, y: Any, c2w: Any, scale: Any,
                  kx: Any, ky: Any, counts: list[int], previous: tuple[np.ndarray, np.ndarray] | None = None,
                  free_scale: bool = False, radii: list[float] | None = None,
-                 rng: np.random.Generator | None = None) -> tuple[Candidates, int]:
+                 rng: np.random.Generator | None = None,
+                 mates: np.ndarray | None = None) -> tuple[Candidates, int]:
     """Coarse-to-fine search of images ``y (B, K)`` (whitened, see the module docstring) against one projector.
 
     Global (``previous`` None): level 0 scores ``grid`` x a shift grid, then levels 1..L refine locally.
@@ -227,6 +228,11 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
     the previous pose. ``counts[i]`` is how many pixels (a prefix of ``kx, ky``) level ``i`` of the run scores and
     ``radii[i]`` its Fourier radius (pixels), both for the levels the run visits. Returns the candidates
     (best first) and how many the bound pruned.
+
+    Symmetry relaxation (``mates``: operators ``(G, 3, 3)`` of a pseudo-symmetry, acting on the right of RELION's
+    ``A`` as the reconstruction's symmetry operators do): a local search starts from every mate ``A_prev S_g`` of
+    the previous pose, not only ``A_prev``, and its first level keeps the best of them (maximisation over the mates,
+    RELION's ``--relax_sym``); this costs ``G`` times the first local level.
 
     Stochastic global search (``rng`` given): level 0 draws one rotation per image from its posterior over the
     grid instead of taking the best, and the finer levels refine that one basin. While the map is wrong or blurred
@@ -248,7 +254,9 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
         counts, radii = counts[1:], radii[1:]
     else:
         rot, sh = previous
-        cand = Candidates(rot[:, None], sh[:, None], np.zeros((len(rot), 1)))
+        ops = np.eye(3)[None] if mates is None else np.asarray(mates)
+        cand = Candidates(rot[:, None] @ ops[None], np.repeat(sh[:, None], len(ops), axis=1),
+                          np.zeros((len(rot), len(ops))))
         levels = range(max(p.levels - 1, 1), p.levels + 1)
         keeps = [2] * (len(levels) - 1) + [1]
     for lv, k, radius, keep in zip(levels, counts, radii, keeps, strict=True):

@@ -76,12 +76,17 @@ def _new_stack(stack_path: Path, p: SimulationParams, truth: Any, star_dir: Path
                          shifts=truth.shifts_A, half_set=truth.half_set, source=star_dir / "particles.star")
 
 
-def simulate_dataset(out: str | os.PathLike, p: SimulationParams, progress: Progress | None = None) -> Path:
-    """Simulate ``p.n`` particles into the new folder ``out`` (see the module docstring); returns ``out``."""
+def simulate_dataset(out: str | os.PathLike, p: SimulationParams, progress: Progress | None = None,
+                     volumes: list[np.ndarray] | None = None) -> Path:
+    """Simulate ``p.n`` particles into the new folder ``out`` (see the module docstring); returns ``out``.
+
+    ``volumes``: the true maps of the states (``(box,)*3`` at ``p.pixel_size``), instead of the phantom's."""
     out = Path(out)
+    if volumes is not None and any(np.shape(v) != (p.box,) * 3 for v in volumes):
+        raise ValueError(f"volumes must be ({p.box},)*3 maps, got {[np.shape(v) for v in volumes]}")
     _check_out_dir(out)
     t0 = time.perf_counter()
-    vols = phantom_volumes(p)
+    vols = phantom_volumes(p) if volumes is None else [np.asarray(v, dtype=np.float32) for v in volumes]
     truth0 = draw_truth(p.n, p.pixel_size, n_states=p.n_states, max_shift_px=p.max_shift_px,
                         defocus_range_A=(p.defocus_min_A, p.defocus_max_A), scale_sd=p.scale_sd, seed=p.seed)
     sd = noise_sd_for_snr([Projector(v) for v in vols], truth0, p.snr)
