@@ -202,12 +202,16 @@ def _initial_state(stack: ParticleStack, use_input_poses: bool) -> _State:
 
 def _relaxed_mates(symmetry: str, relax: str | None) -> np.ndarray | None:
     """Operators ``(G, 3, 3)`` of the pseudo-symmetry ``relax`` (None: no relaxation), checked to be a larger group
-    than the enforced ``symmetry``."""
+    than the enforced ``symmetry`` that contains it (C1 in C2, C2 in D2 or C4; not C3 in D2)."""
     if relax is None or canonical_symmetry_name(relax) == "C1":
         return None
-    if point_group_order(relax) <= point_group_order(symmetry):
-        raise ValueError(f"relax_symmetry {relax} must be a larger group than the enforced symmetry {symmetry}")
-    return symmetry_operators(relax)
+    ops = symmetry_operators(relax)
+    enforced = symmetry_operators(symmetry)
+    contained = all(np.abs(ops - s).max(axis=(1, 2)).min() < 1e-6 for s in enforced)
+    if point_group_order(relax) <= point_group_order(symmetry) or not contained:
+        raise ValueError(f"relax_symmetry {relax} must be a larger group than the enforced symmetry {symmetry}, "
+                         f"containing it")
+    return ops
 
 
 def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
