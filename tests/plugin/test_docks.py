@@ -359,8 +359,9 @@ def test_refinement_dock_parameters_round_trip(make_napari_viewer, tmp_path):
     p = dataclasses.replace(TINY, symmetry="C2", sgd_steps=7, use_input_poses=True, relax_symmetry="D2", seed=3)
     w.set_params(p)
     assert w.params() == p
+    assert not w.global_iters.isEnabled()  # local searches from iteration 1: no global iterations to set
     w.set_params(TINY)
-    assert w.params() == TINY and w.relax_sym.currentText() == "none"
+    assert w.params() == TINY and w.relax_sym.currentText() == "none" and w.global_iters.isEnabled()
 
 
 def test_ab_initio_steps_are_shown_live_and_stop_between_steps(make_napari_viewer, qtbot, tmp_path):

@@ -244,14 +244,17 @@ class RefineWidget(JobDockMixin, QWidget):
         self.global_iters.setToolTip("iterations with a global pose search before local refinement")
         form.addRow("Global iterations", self.global_iters)
         self.sgd_steps = QSpinBox(minimum=0, maximum=5000, value=_DEFAULTS.sgd_steps)
-        self.sgd_steps.setSpecialValueText("off (trust the reference)")
+        self.sgd_steps.setSpecialValueText("off")
         self.sgd_steps.setToolTip("minibatch (ab-initio) steps from the reference at low resolution before the "
-                                  "refinement: lets it converge from a wrong starting map (~0.5 s per step)")
+                                  "refinement: lets it converge from a wrong starting map (~0.5 s per step); "
+                                  "off (0) trusts the reference")
         form.addRow("Ab-initio steps", self.sgd_steps)
         self.use_poses = QCheckBox("start from the particles' poses")
         self.use_poses.setToolTip("local searches from iteration 1 around the poses in the particles file (a "
                                   "previous refinement's), as cryoSPARC's local refinement")
         self.use_poses.setChecked(_DEFAULTS.use_input_poses)
+        # local searches from iteration 1: the global iterations do not apply
+        self.use_poses.toggled.connect(lambda on: self.global_iters.setEnabled(not on))
         form.addRow(self.use_poses)
         self.relax_sym = QComboBox()
         self.relax_sym.setEditable(True)
