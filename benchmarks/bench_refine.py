@@ -203,6 +203,8 @@ def main() -> None:
     ap.add_argument("--snr", type=float, default=0.05)
     ap.add_argument("--max-iter", type=int, default=10)
     ap.add_argument("--cases", nargs="+", default=["truth", "wrong", "sym"])
+    ap.add_argument("--levels", type=int, default=RefineParams.levels,
+                    help="search levels below the coarse grid (finest step 7.5° / 2^levels)")
     ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     work = Path(a.workdir or tempfile.mkdtemp(prefix="cryolive_bench_"))
@@ -217,12 +219,13 @@ def main() -> None:
         if "truth" in a.cases:
             ref = np.asarray(lowpass(truth, 25.0, a.apix))
             rows.append(run_case("truth start (25 Å)", data, ref, "C1",
-                                 RefineParams(initial_lowpass_A=25.0, max_iter=a.max_iter)))
+                                 RefineParams(initial_lowpass_A=25.0, max_iter=a.max_iter, levels=a.levels)))
         if "wrong" in a.cases:
             other = phantom_volumes(SimulationParams(box=a.box, pixel_size=a.apix, seed=12))[0]
             ref = np.asarray(lowpass(other, 30.0, a.apix))
             rows.append(run_case("wrong start (30 Å), 100 ab-initio steps", data, ref, "C1",
-                                 RefineParams(initial_lowpass_A=30.0, max_iter=a.max_iter, sgd_steps=100)))
+                                 RefineParams(initial_lowpass_A=30.0, max_iter=a.max_iter, sgd_steps=100,
+                                              levels=a.levels)))
     if "sym" in a.cases:
         data = work / "d2"
         n_sym = max(a.n // 5, 1000)
@@ -233,7 +236,8 @@ def main() -> None:
         ref = np.asarray(lowpass(truth, 25.0, a.apix))
         for sym in ("D2", "C1"):
             rows.append(run_case(f"D2 phantom, refined in {sym}", data, ref, sym,
-                                 RefineParams(initial_lowpass_A=25.0, max_iter=a.max_iter, symmetry=sym), "D2"))
+                                 RefineParams(initial_lowpass_A=25.0, max_iter=a.max_iter, symmetry=sym,
+                                              levels=a.levels), "D2"))
     print()
     print("| case | particles | iterations | true-pose FSC0.5 vs truth (Å) | refined FSC0.5 vs truth (Å) | ratio "
           "| GSFSC 0.143 unmasked (Å) | GSFSC 0.143 masked / FSC0.5 vs truth in that mask (Å) "
