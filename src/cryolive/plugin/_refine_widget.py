@@ -483,13 +483,8 @@ class RefineWidget(JobDockMixin, QWidget):
     def _on_yielded(self, it: Any) -> None:
         if not self._accepting:
             return  # arrived after Stop: ignored
-        if isinstance(it, SGDStep):  # an ab-initio step: shown on the map layer, not kept in the history
-            self._pending = it
-            if not self._render_scheduled:
-                self._render_scheduled = True
-                QTimer.singleShot(0, self._render)
-            return
-        self._history.append(it.map)
+        if not isinstance(it, SGDStep):  # ab-initio steps are shown on the map layer, not kept in the history
+            self._history.append(it.map)
         self._pending = it  # a newer iteration replaces one not yet drawn (only its map stays, in the history)
         if not self._render_scheduled:
             self._render_scheduled = True
