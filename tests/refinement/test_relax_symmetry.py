@@ -91,6 +91,8 @@ def test_input_poses_are_required_and_relaxation_must_be_a_larger_group(pseudo_c
     ref = np.zeros((BOX,) * 3, np.float32)
     with pytest.raises(InputError, match="no poses"):
         next(refine(stack._replace(rotations=None), ref, RefineParams(use_input_poses=True)))
+    with pytest.raises(ValueError, match="cannot be combined"):
+        next(refine(stack, ref, RefineParams(use_input_poses=True, sgd_steps=5)))
     for enforced, relax in (("C4", "C2"), ("C3", "D2")):  # smaller; larger but not containing C3
         with pytest.raises(ValueError, match="larger group"):
             next(refine(stack, ref, RefineParams(symmetry=enforced, relax_symmetry=relax)))

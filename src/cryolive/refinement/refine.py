@@ -216,11 +216,15 @@ def _relaxed_mates(symmetry: str, relax: str | None) -> np.ndarray | None:
 
 def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
     """Raise (InputError / ValueError, naming the problem) before any work if ``p`` cannot run on ``stack``: a scale
-    mode that does not exist, a relaxed symmetry no larger than the enforced one, input poses asked for but absent."""
+    mode that does not exist, a relaxed symmetry no larger than the enforced one, input poses asked for but absent
+    or together with ab-initio steps."""
     if p.scale_mode not in ("minimize", "reset"):
         raise ValueError("scale_mode must be 'minimize' or 'reset'")
     _relaxed_mates(p.symmetry, p.relax_symmetry)
     if p.use_input_poses:
+        if p.sgd_steps > 0:
+            raise ValueError("ab-initio steps (sgd_steps) rebuild the map without poses: they cannot be combined "
+                             "with starting from the particles' poses (use_input_poses)")
         _initial_state(stack, True)
 
 
