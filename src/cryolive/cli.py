@@ -84,6 +84,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 def cmd_refine(a: argparse.Namespace) -> int:
     from cryolive.jobs.refine import refine_job
     from cryolive.refinement.refine import RefineParams
+    from cryolive.refinement.sgd import SGDStep
 
     p = RefineParams(symmetry=a.sym, initial_lowpass_A=a.lowpass, max_iter=a.max_iter, seed=a.seed,
                      marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
@@ -92,8 +93,8 @@ def cmd_refine(a: argparse.Namespace) -> int:
                      sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps,
                      use_input_poses=a.use_poses, relax_symmetry=a.relax_sym)
     def show(it) -> None:  # noqa: ANN001 - RefineStep
-        if not hasattr(it, "iteration"):  # an ab-initio step
-            if it.step % 10 == 0 or it.step == it.n_steps:
+        if isinstance(it, SGDStep):
+            if it.milestone:
                 print(f"ab-initio step {it.step:3d}/{it.n_steps}  {it.resolution_A:5.1f} Å  {it.seconds:.2f} s",
                       flush=True)
             return

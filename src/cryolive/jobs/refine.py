@@ -27,7 +27,6 @@ from collections.abc import Generator
 import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
-from cryolive.image.resample import resample_volume
 from cryolive.io import InputError, read_map, read_particles, write_map, write_star
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
@@ -116,12 +115,11 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
 def _on_sgd_step(job: JobFolder, step: SGDStep, box: int, apix: float) -> None:
     """Log every 10th ab-initio step and the last; after the last, write ``ab_initio.mrc`` (particle box)."""
     job.set_status("running", iteration=0, ab_initio_step=step.step, ab_initio_steps=step.n_steps)
-    if step.step % 10 == 0 or step.step == step.n_steps:
+    if step.milestone:
         job.log(f"ab-initio step {step.step}/{step.n_steps} at {step.resolution_A:.1f} Å (posterior beta "
                 f"{step.beta:.2f}, working box {step.box}): {step.seconds:.2f} s")
     if step.step == step.n_steps:
-        vol = to_numpy(resample_volume(step.map, box)).astype(np.float32)
-        write_map(job.file("ab_initio.mrc"), vol, apix)
+        write_map(job.file("ab_initio.mrc"), step.map_in_box(box), apix)
         job.log("wrote ab_initio.mrc: the refinement starts from it (low-passed); check its hand")
 
 

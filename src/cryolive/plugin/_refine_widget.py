@@ -519,18 +519,15 @@ class RefineWidget(JobDockMixin, QWidget):
     def _show_sgd_step(self, step: SGDStep) -> None:
         """Show an ab-initio step's map (working box, resampled to the particle box) on the map layer and say
         how far the ab-initio phase is (a log line every 10th step)."""
-        from cryolive.backend import to_numpy
-        from cryolive.image.resample import resample_volume
-
-        vol = to_numpy(resample_volume(step.map, self._box)).astype(np.float32)
-        self._show_map(vol, f"ab-initio step {step.step}/{step.n_steps} ({step.resolution_A:.1f} Å)")
+        title = f"ab-initio step {step.step}/{step.n_steps} ({step.resolution_A:.1f} Å)"
+        self._show_map(step.map_in_box(self._box), title)
         if not self.sgd_steps_shown:
             self.plots.fsc_title.setText("FSC: ab-initio steps first (no half maps before iteration 1)")
         self.sgd_steps_shown.append(step.step)
         elapsed = time.perf_counter() - self._t_start
         self.status_label.setText(f"ab-initio step {step.step} of {step.n_steps} at {step.resolution_A:.1f} Å "
                                   f"({elapsed:.0f} s so far); the refinement starts from its map")
-        if step.step % 10 == 0 or step.step == step.n_steps:
+        if step.milestone:
             self._log(f"ab-initio step {step.step}/{step.n_steps} at {step.resolution_A:.1f} Å "
                       f"({step.seconds:.2f} s per step)")
 

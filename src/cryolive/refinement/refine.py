@@ -186,15 +186,20 @@ def _combine_below(half: Any, other: Any, res_A: float, apix: float) -> Any:
     return lowpass(avg, res_A, apix) + half - lowpass(half, res_A, apix)
 
 
+def _require_poses(stack: ParticleStack) -> None:
+    """Raise an InputError naming the file when ``stack`` has no poses to start from."""
+    if stack.rotations is None:
+        raise InputError(f"{stack.source}: no poses (rlnAngleRot/Tilt/Psi) to start from; run a refinement with a "
+                         "global search first, or do not ask for the input poses")
+
+
 def _initial_state(stack: ParticleStack, use_input_poses: bool) -> _State:
     """Every particle's pose before iteration 1: identity (no pose yet) or, with ``use_input_poses``, the stack's
     own rotations and origins (Å in the stack, pixels in the state)."""
     n = len(stack)
     if not use_input_poses:
         return _State(np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 2)), np.ones(n), np.zeros(n, bool))
-    if stack.rotations is None:
-        raise InputError(f"{stack.source}: no poses (rlnAngleRot/Tilt/Psi) to start from; run a refinement with a "
-                         "global search first, or do not ask for the input poses")
+    _require_poses(stack)
     shifts = np.zeros((n, 2)) if stack.shifts is None else stack.shifts / stack.pixel_size
     return _State(stack.rotations.astype(np.float64).copy(), shifts.astype(np.float64), np.ones(n),
                   np.ones(n, bool))
@@ -225,7 +230,7 @@ def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
         if p.sgd_steps > 0:
             raise ValueError("ab-initio steps (sgd_steps) rebuild the map without poses: they cannot be combined "
                              "with starting from the particles' poses (use_input_poses)")
-        _initial_state(stack, True)
+        _require_poses(stack)
 
 
 def _checked_reference(reference: Any, box: int) -> np.ndarray:

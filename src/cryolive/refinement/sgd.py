@@ -84,6 +84,15 @@ class SGDStep:
     pixel_size: float
     seconds: float
 
+    @property
+    def milestone(self) -> bool:
+        """Whether a log reports this step: every 10th and the last."""
+        return self.step % 10 == 0 or self.step == self.n_steps
+
+    def map_in_box(self, n: int) -> np.ndarray:
+        """The step's map resampled (Fourier crop/pad) to the particles' box ``n``: NumPy float32 ``(n, n, n)``."""
+        return to_numpy(resample_volume(self.map, n)).astype(np.float32)
+
 
 def _schedule(p: SGDParams, step: int) -> tuple[float, float]:
     """Resolution (Å, linear in 1/resolution) and inverse temperature at ``step`` (1-based)."""
