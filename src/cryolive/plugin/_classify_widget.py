@@ -307,29 +307,12 @@ class ClassifyWidget(JobDockMixin, QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.plots = ClassPlotsWidget()
-        self._plots_dock: Any = None
-        self._worker: Any = None
-        self._handle = JobHandle()
-        self._accepting = False
-        self._pending: Any = None
-        self._render_scheduled = False
-        self._steps: list = []
-        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step
-        self._own: dict[str, Image] = {}  # the layers this dock made: "class k" and "diff"
-        self._input_layers: dict[str, str] = {}
-        self._out: Path | None = None
-        self._known_jobs: set[Path] = set()
-        self._t_start = 0.0
+        self._init_run_state(napari_viewer, ClassPlotsWidget())  # self._own: "class k" and "diff"
         self._warned: set[str] = set()
         self._compare: tuple[int, int] | None = None
         self._saved_view: dict | None = None  # visibility and grid before a comparison
-        self.job_dir: Path | None = None
-        self.state = "idle"
         self.n_classes = 0
         self.size_history: list[np.ndarray] = []  # every iteration's class sizes (one bar each)
-        self.iterations_shown: list[int] = []
         self.layer_updates: dict[int, int] = {}  # class (1-based) -> times its layer's data was set this run
         self.class_counts: np.ndarray | None = None  # particles per class (1-based index - 1) at the end
         self.warnings: list[str] = []

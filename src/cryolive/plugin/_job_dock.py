@@ -1,11 +1,11 @@
 """Run control shared by the docks that stream a job (Refinement, Classification; Motion uses job_stream).
 
-A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) calls :meth:`~JobDockMixin._add_run_controls`
-(Start/Pause/Stop, ``status_label``, ``job_label``) and :meth:`~JobDockMixin._new_worker` (a worker over its stream
-with a :class:`JobHandle`), and provides ``_accepting``, ``_steps``, ``_pending``, ``_render_scheduled``,
-``_render()``, ``_on_yielded``, ``_on_returned``, ``_out``, ``_known_jobs``, ``_input_layers``, ``state``,
-``step_cpu_s``, ``particles_edit``/``out_edit``, ``log`` (a text area), ``plots`` with ``_plots_dock``, ``viewer``
-and the ``runFinished`` signal; and sets ``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the
+A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) calls :meth:`~JobDockMixin._init_run_state` first
+in ``__init__`` (``viewer``, ``plots``, the worker and job state, ``state`` "idle"), then
+:meth:`~JobDockMixin._add_run_controls` (Start/Pause/Stop, ``status_label``, ``job_label``) and
+:meth:`~JobDockMixin._new_worker` (a worker over its stream with a :class:`JobHandle`); it provides ``_render()``,
+``_on_yielded``, ``_on_returned``, ``particles_edit``/``out_edit``, ``log`` (a text area) and the ``runFinished``
+signal; and sets ``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the
 name of its plots dock). The mixin holds Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the
 end of a run, failure reports and the plots dock.
 """
@@ -18,10 +18,11 @@ from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
+from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QBoxLayout, QFileDialog, QHBoxLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QBoxLayout, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 #: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
 #: other timers (the viewer's) would wait
@@ -86,6 +87,27 @@ class JobDockMixin:
 
     JOB_GLOBS: tuple[str, ...] = ()
     PLOTS_DOCK: str = ""
+
+    def _init_run_state(self, viewer: Any, plots: QWidget) -> None:
+        """The state every streaming dock starts with: no worker, no job, nothing drawn, ``state`` "idle"."""
+        self.viewer = viewer
+        self.plots = plots
+        self._plots_dock: Any = None
+        self._worker: Any = None
+        self._handle = JobHandle()
+        self._accepting = False
+        self._pending: Any = None
+        self._render_scheduled = False
+        self._steps: list = []
+        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
+        self._own: dict[str, Image] = {}  # the layers this dock made, by their intended name
+        self._input_layers: dict[str, str] = {}
+        self._out: Path | None = None
+        self._known_jobs: set[Path] = set()
+        self._t_start = 0.0
+        self.job_dir: Path | None = None
+        self.state = "idle"
+        self.iterations_shown: list[int] = []
 
     def _add_run_controls(self, root: QBoxLayout) -> None:
         """Start / Pause / Stop, the status line and the job-folder line, added to ``root``."""

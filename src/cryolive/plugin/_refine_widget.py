@@ -172,29 +172,12 @@ class RefineWidget(JobDockMixin, QWidget):
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.viewer = napari_viewer
-        self.plots = RefinePlotsWidget()
-        self._plots_dock: Any = None
-        self._worker: Any = None
-        self._handle = JobHandle()
-        self._accepting = False
-        self._pending: Any = None
-        self._render_scheduled = False
-        self._steps: list = []
-        self._own: dict[str, Image] = {}  # the layers this dock made, by their intended name
-        self._input_layers: dict[str, str] = {}
+        self._init_run_state(napari_viewer, RefinePlotsWidget())
         self._history_stale = False
         self._history: MapHistory | None = None
         self._apix = 1.0
         self._translate: tuple = (0.0, 0.0, 0.0)
-        self._out: Path | None = None
-        self._known_jobs: set[Path] = set()
-        self._t_start = 0.0
-        self.job_dir: Path | None = None
-        self.state = "idle"
-        self.iterations_shown: list[int] = []
         self.sgd_steps_shown: list[int] = []
-        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
         self._build()
         QTimer.singleShot(0, self._ensure_plots_dock)  # once this dock is in the window
 
