@@ -92,6 +92,14 @@ def device_label() -> str:
     return f"GPU (CuPy: {name})"
 
 
+def array_module(a: Any) -> ModuleType:
+    """The module that owns array ``a``: CuPy for a CuPy array, else NumPy (so host arrays stay on the host,
+    whichever backend is chosen). For helpers that transform data where it lies (e.g. the centred FFTs)."""
+    if type(a).__module__.startswith("cupy"):
+        return xp() if backend_name() == "cupy" else __import__("cupy")
+    return np
+
+
 def asarray(a: Any, dtype: Any = None) -> Any:
     """Move ``a`` to the current backend (no copy when already there)."""
     return xp().asarray(a, dtype=dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cryolive.backend import to_numpy
+from cryolive.backend import asarray, to_numpy
 from cryolive.image.fourier import fftnc, radial_index_3d
 from cryolive.projection import Projector, Reconstructor
 from cryolive.rotations.euler import euler_to_matrix
@@ -58,7 +58,8 @@ def test_origin_shift_convention(xp_backend, gaussian_phantom):
 
 
 def _fsc(a, b):
-    fa, fb = to_numpy(fftnc(a)), to_numpy(fftnc(b))
+    """FSC of two NumPy volumes (computed on the backend in use)."""
+    fa, fb = to_numpy(fftnc(asarray(a))), to_numpy(fftnc(asarray(b)))
     r = to_numpy(radial_index_3d(a.shape[0])).ravel()
     num = np.bincount(r, (fa * fb.conj()).real.ravel())
     den = np.sqrt(np.bincount(r, (abs(fa) ** 2).ravel()) * np.bincount(r, (abs(fb) ** 2).ravel()))

@@ -7,6 +7,8 @@ Conventions
 * "Centred" transforms move the centre pixel to index 0 first (``ifftshift``), so a centred, symmetric object has
   a real transform and phases do not alternate. 2D images use ``rfft2`` layout: ``[..., ky, kx]`` with
   ``ky`` in ``fftfreq`` order and ``kx = 0 .. n // 2``.
+* The transforms run where their input lies (NumPy for host arrays, CuPy for device arrays: see
+  :func:`cryolive.backend.array_module`); the grids are made on the chosen backend.
 * Frequencies are in **cycles per pixel** (``[-0.5, 0.5)``); divide by the pixel size (Å) for 1/Å.
 * Shifting an image by ``t = (tx, ty)`` pixels (content moves towards +x, +y) multiplies its transform by
   ``exp(-2 pi i (kx tx + ky ty))``.
@@ -16,30 +18,30 @@ from __future__ import annotations
 
 from typing import Any
 
-from cryolive.backend import xp
+from cryolive.backend import array_module, xp
 
 
 def rfft2c(img: Any) -> Any:
     """Centred real FFT of images ``(..., n, n)`` -> ``(..., n, n // 2 + 1)`` complex."""
-    m = xp()
+    m = array_module(img)
     return m.fft.rfft2(m.fft.ifftshift(img, axes=(-2, -1)), axes=(-2, -1))
 
 
 def irfft2c(f: Any, n: int) -> Any:
     """Inverse of :func:`rfft2c` for images of box ``n``."""
-    m = xp()
+    m = array_module(f)
     return m.fft.fftshift(m.fft.irfft2(f, s=(n, n), axes=(-2, -1)), axes=(-2, -1))
 
 
 def fftnc(vol: Any) -> Any:
     """Centred full 3D FFT, output also centred (zero frequency at index ``n // 2``)."""
-    m = xp()
+    m = array_module(vol)
     return m.fft.fftshift(m.fft.fftn(m.fft.ifftshift(vol)))
 
 
 def ifftnc(f: Any) -> Any:
     """Inverse of :func:`fftnc` (real part not taken)."""
-    m = xp()
+    m = array_module(f)
     return m.fft.fftshift(m.fft.ifftn(m.fft.ifftshift(f)))
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryolive.backend import to_numpy
 from cryolive.image.fourier import irfft2c, rfft_freqs_2d
 
 
 def align_frames(fx: np.ndarray, traj: np.ndarray) -> np.ndarray:
     """Frame transforms ``(N, F, n, n//2+1)`` shifted by ``-traj`` ``(N, F, 2)`` px (undo each displacement)."""
     n = fx.shape[-2]
-    ky, kx = rfft_freqs_2d(n)
+    ky, kx = (to_numpy(g) for g in rfft_freqs_2d(n))  # motion computes on the host
     ph = np.exp(2j * np.pi * (kx[None, None] * traj[..., 0, None, None] + ky[None, None] * traj[..., 1, None, None]))
     return fx * ph.astype(np.complex64)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryolive.backend import to_numpy
 from cryolive.image.fourier import radial_index_2d
 from cryolive.io import InputError
 
@@ -25,7 +26,7 @@ class FCCAccumulator:
 
     def __init__(self, n_frames: int, box: int) -> None:
         self.box = box
-        self.shells = np.minimum(radial_index_2d(box), box // 2 + 1).ravel()
+        self.shells = np.minimum(to_numpy(radial_index_2d(box)), box // 2 + 1).ravel()
         size = box // 2 + 2
         self.num = np.zeros((n_frames, size))
         self.xx = np.zeros((n_frames, size))
@@ -125,5 +126,5 @@ def fit_dose_model(fcc: np.ndarray, box: int, pixel_size: float, n_iter: int = 3
 
 def weight_image(weights: np.ndarray, box: int) -> np.ndarray:
     """Per-shell weights ``(F, box//2+1)`` expanded to rfft pixels ``(F, box, box//2+1)``."""
-    shells = np.minimum(radial_index_2d(box), box // 2)
+    shells = np.minimum(to_numpy(radial_index_2d(box)), box // 2)
     return weights[:, shells]

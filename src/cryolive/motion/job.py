@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryolive.backend import to_numpy
 from cryolive.image.fourier import rfft_freqs_2d
 from cryolive.io import InputError, ParticleStack, StackWriter
 from cryolive.motion.correct import align_frames, corrected_particles
@@ -157,7 +158,7 @@ class _Context:
             origins = origins - move * stack.pixel_size
         self.xy, self.origins = xy, origins
         n = stack.box
-        ky, kx = rfft_freqs_2d(n)
+        ky, kx = (to_numpy(g) for g in rfft_freqs_2d(n))  # motion computes on the host
         self.radius = np.sqrt(kx * kx + ky * ky)
         self.cut = 0.5 * np.sqrt(p.fit_fraction)
         self.timings: dict[str, float] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cryolive.backend import to_numpy
 from cryolive.image.fourier import radial_index_2d, rfft2c
 
 
@@ -35,6 +36,6 @@ def noise_power(fx: np.ndarray) -> np.ndarray:
     n = fx.shape[-2]
     f_count = fx.shape[1]
     var = (np.abs(fx - fx.mean(axis=1, keepdims=True)) ** 2).sum(axis=1).mean(axis=0) / max(f_count - 1, 1)
-    shells = radial_index_2d(n)
+    shells = to_numpy(radial_index_2d(n))  # motion computes on the host
     per_shell = np.bincount(shells.ravel(), var.ravel()) / np.maximum(np.bincount(shells.ravel()), 1)
     return np.maximum(per_shell[shells], 1e-12 * max(float(per_shell.max()), 1e-30))
