@@ -9,6 +9,10 @@ own and opposite half map), :mod:`.patches` (per-frame particle patches and thei
 Conventions: a trajectory ``d[i, f] = (dx, dy)`` (pixels) is the displacement of particle ``i``'s content in frame
 ``f`` relative to where the reference puts it (the pick coordinate minus the origin, RELION convention); the
 corrected frame is the frame shifted by ``-d``.
+
+Backends: the reference projections run on the chosen backend (:mod:`.references` hands them back as NumPy);
+everything else (patches, trajectory fits, dose weights, corrected particles) computes on the host with NumPy,
+whichever backend is chosen.
 """
 
 from cryolive.motion.hyper import Hyper
