@@ -54,6 +54,7 @@ from cryolive.refinement.search import (
     GridProjections,
     SearchPlan,
     local_level,
+    origin_range_px,
     score_poses,
     search_poses,
     shift_phases,
@@ -180,10 +181,7 @@ def _blend(old: Reconstructor | None, new: Reconstructor, eta: float, scale: flo
         new.numerator *= scale
         new.denominator *= scale
         return new
-    old.numerator *= 1.0 - eta
-    old.denominator *= 1.0 - eta
-    old.numerator += (eta * scale) * new.numerator
-    old.denominator += (eta * scale) * new.denominator
+    old.blend(new, eta, scale)
     return old
 
 
@@ -217,7 +215,7 @@ class _Classifier:
         self.rot_in, self.sh_in = rot0, sh0  # the input poses: centre of the local-search prior
         self.poses_frozen = False
         self.window = soft_window(self.n, p.window_inner, p.window_outer)
-        self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
+        self.max_shift = origin_range_px(self.n, p.max_shift_px)
         self.warnings: list[str] = []
         self.posteriors = np.full((n_tot, k), 1.0 / k)
         self.assigned = np.full(n_tot, -1)

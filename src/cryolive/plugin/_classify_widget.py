@@ -550,12 +550,8 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
         self.job_dir = None
         self.n_classes = params.n_classes
-        self._pending = None
-        self._steps = []
-        self.step_cpu_s = []
-        self._render_scheduled = False
+        self._reset_display()
         self.size_history = []
-        self.iterations_shown = []
         self.layer_updates = {}
         self.class_counts = None
         self.warnings = []

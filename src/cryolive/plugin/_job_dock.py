@@ -96,10 +96,6 @@ class JobDockMixin:
         self._worker: Any = None
         self._handle = JobHandle()
         self._accepting = False
-        self._pending: Any = None
-        self._render_scheduled = False
-        self._steps: list = []
-        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
         self._own: dict[str, Image] = {}  # the layers this dock made, by their intended name
         self._input_layers: dict[str, str] = {}
         self._out: Path | None = None
@@ -107,6 +103,14 @@ class JobDockMixin:
         self._t_start = 0.0
         self.job_dir: Path | None = None
         self.state = "idle"
+        self._reset_display()
+
+    def _reset_display(self) -> None:
+        """Nothing pending, scheduled or shown yet (at construction and at the start of each run)."""
+        self._pending: Any = None
+        self._render_scheduled = False
+        self._steps: list = []
+        self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
         self.iterations_shown: list[int] = []
 
     def _add_run_controls(self, root: QBoxLayout) -> None:

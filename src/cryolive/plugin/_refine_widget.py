@@ -404,12 +404,8 @@ class RefineWidget(JobDockMixin, QWidget):
         ref_vol = np.asarray(ref_vol, dtype=np.float32)
         self._box = ref_vol.shape[-1]
         self._history = MapHistory(ref_vol, params.max_iter + 3)
-        self._pending = None
-        self._steps: list = []
-        self._render_scheduled = False
-        self.iterations_shown = []
+        self._reset_display()
         self.sgd_steps_shown = []
-        self.step_cpu_s = []
         self.state = "running"
         self.log.clear()
         self._log(f"refinement of {particles} against {ref_path}" + (f" with mask {mask_path}" if mask_path else "")

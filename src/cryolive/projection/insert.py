@@ -102,16 +102,17 @@ class Reconstructor:
         self.denominator += other.denominator
         self.n_images += other.n_images
 
-    def blend(self, other: Reconstructor, rate: float) -> None:
-        """Running average of the accumulators: ``self <- (1 - rate) self + rate other`` (same box and padding);
-        ``n_images`` becomes the effective count ``(1 - rate) n_self + rate n_other``."""
+    def blend(self, other: Reconstructor, rate: float, weight: float = 1.0) -> None:
+        """Running average of the accumulators (online EM): ``self <- (1 - rate) self + rate weight other`` (same
+        box and padding); ``weight`` scales ``other`` first (e.g. N / minibatch size, when a minibatch stands for
+        the whole set). ``n_images`` becomes the effective count ``(1 - rate) n_self + rate weight n_other``."""
         if (other.box, other.pad) != (self.box, self.pad):
             raise ValueError("cannot blend reconstructors of different box or padding")
         self.numerator *= 1.0 - rate
-        self.numerator += rate * other.numerator
+        self.numerator += (rate * weight) * other.numerator
         self.denominator *= 1.0 - rate
-        self.denominator += rate * other.denominator
-        self.n_images = int(round((1.0 - rate) * self.n_images + rate * other.n_images))
+        self.denominator += (rate * weight) * other.denominator
+        self.n_images = int(round((1.0 - rate) * self.n_images + rate * weight * other.n_images))
 
     def copy(self) -> Reconstructor:
         """A deep copy of the accumulators."""

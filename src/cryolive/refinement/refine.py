@@ -53,6 +53,7 @@ from cryolive.refinement.search import (
     Candidates,
     GridProjections,
     SearchPlan,
+    origin_range_px,
     score_poses,
     search_poses,
     shift_phases,
@@ -257,7 +258,7 @@ class _Refiner:
         self.global_iters = 0 if p.use_input_poses else p.global_iters
         self.relax_ops = _relaxed_mates(p.symmetry, p.relax_symmetry)
         self.window = soft_window(self.n, p.window_inner, p.window_outer)
-        self.max_shift = p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * self.n))
+        self.max_shift = origin_range_px(self.n, p.max_shift_px)
         self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
         self.mask = (self.static_mask if self.static_mask is not None else
                      soft_sphere(self.n, 0.45 * self.n * self.apix, self.apix, 0.05 * self.n * self.apix))

@@ -52,6 +52,12 @@ def shift_phases(kx: Any, ky: Any, shifts: np.ndarray) -> Any:
     return m.exp(-2j * np.pi * (s[..., 0:1] * kx + s[..., 1:2] * ky)).astype(m.complex64)
 
 
+def origin_range_px(box: int, max_shift_px: float | None) -> float:
+    """The largest origin searched (pixels of a box-``box`` image): ``max_shift_px`` when given, else 10 % of the
+    box and at least 3 px."""
+    return max_shift_px if max_shift_px is not None else max(3.0, round(0.1 * box))
+
+
 def shift_grid(max_shift: float, step: float) -> np.ndarray:
     """Origins ``(T, 2)`` px on a square grid of ``step`` within a disc of radius ``max_shift`` (0 included)."""
     k = int(np.floor(max_shift / step + 1e-9))

@@ -39,7 +39,7 @@ from cryolive.io import ParticleStack
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import noise_image, pixel_set, shell_power, soft_window, whitened_terms
-from cryolive.refinement.search import GridProjections, global_level, shift_grid
+from cryolive.refinement.search import GridProjections, global_level, origin_range_px, shift_grid
 from cryolive.resolution.filters import lowpass
 from cryolive.rotations.grids import random_perturbation, so3_grid
 
@@ -135,7 +135,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
     data = _Minibatch(stack, box)
     diameter = p.particle_diameter_A or 0.7 * n * apix
     sphere = soft_sphere(box, 0.5 * diameter, apix_w, 0.1 * n * apix)
-    max_shift = (p.max_shift_px if p.max_shift_px is not None else max(3.0, round(0.1 * n))) * box / n
+    max_shift = origin_range_px(n, p.max_shift_px) * box / n
     shifts = shift_grid(max_shift, max(0.5, max_shift / 4))
     sample = np.sort(rng.choice(len(stack), size=min(len(stack), 500), replace=False))
     sigma2 = np.maximum(shell_power(data.images(sample), box), 1e-30)
