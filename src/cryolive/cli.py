@@ -58,6 +58,7 @@ def cmd_project(a: argparse.Namespace) -> int:
 def cmd_reconstruct(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import read_particles, write_map
+    from cryolive.io.particles import check_image_statistics
     from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
     from cryolive.resolution.fsc import gold_standard_fsc
 
@@ -65,12 +66,13 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     if out.exists() and not a.overwrite:
         raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
     stack = read_particles(a.star)
+    check_image_statistics(stack)
     half = half_sets(stack, a.seed)
     recs = None
     for done, batch_recs in backproject_halves(stack, half, a.sym, a.batch_size):
         recs = batch_recs
         _progress(done, len(stack), 1.0, "reconstruct")
-    half_a, half_b, full = finalize_halves(*recs)
+    half_a, half_b, full = finalize_halves(*recs, prior=False)
     write_map(out, to_numpy(full), stack.pixel_size, overwrite=a.overwrite)
     if a.halves:
         for name, v in (("half_A", half_a), ("half_B", half_b)):
@@ -203,11 +205,13 @@ def cmd_hetero(a: argparse.Namespace) -> int:
 
 
 def cmd_fsc(a: argparse.Namespace) -> int:
-    from cryolive.io import InputError, read_map
+    from cryolive.io import InputError, check_map_content, check_mask_values, read_map
     from cryolive.resolution.fsc import gold_standard_fsc
 
     va, pa = read_map(a.map_a)
     vb, pb = read_map(a.map_b)
+    check_map_content(va, a.map_a)
+    check_map_content(vb, a.map_b)
     if va.shape != vb.shape:
         raise InputError(f"{a.map_b}: box {vb.shape} differs from {a.map_a} {va.shape}")
     if abs(pa - pb) > 0.01 * pa:
@@ -217,6 +221,7 @@ def cmd_fsc(a: argparse.Namespace) -> int:
         mask, _ = read_map(a.mask)
         if mask.shape != va.shape:
             raise InputError(f"{a.mask}: mask box {mask.shape} differs from the maps' {va.shape}")
+        check_mask_values(mask, a.mask)
     res = gold_standard_fsc(va, vb, pa, mask=mask)
     kind = "masked, phase-randomisation corrected" if mask is not None else "unmasked"
     print(f"FSC ({kind}): {res.res_0143:.2f} Å at 0.143, {res.res_05:.2f} Å at 0.5 (pixel {pa:.4g} Å)")

@@ -14,7 +14,18 @@ from typing import Any
 
 from cryolive.io.cryosparc import read_cs, write_cs
 from cryolive.io.errors import InputError
-from cryolive.io.mrc import MrcStack, StackWriter, open_stack, read_map, write_map, write_stack
+from cryolive.io.mrc import (
+    MrcStack,
+    StackWriter,
+    check_map_content,
+    check_mask_values,
+    open_stack,
+    read_map,
+    read_matching_map,
+    read_matching_mask,
+    write_map,
+    write_stack,
+)
 from cryolive.io.particles import ParticleStack
 from cryolive.io.star import read_star, write_star
 
@@ -46,9 +57,13 @@ __all__ = [
     "MrcStack",
     "ParticleStack",
     "StackWriter",
+    "check_map_content",
+    "check_mask_values",
     "open_stack",
     "read_cs",
     "read_map",
+    "read_matching_map",
+    "read_matching_mask",
     "read_particles",
     "read_star",
     "write_cs",

@@ -125,6 +125,59 @@ def write_map(path: PathLike, data: Any, pixel_size: float, overwrite: bool = Fa
     commit(tmp, dest, overwrite)
 
 
+def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> None:
+    """Refuse a map that carries no structure: all zeros, or one constant value (InputError naming ``path``).
+
+    A refinement or classification started from such a map aligns particles to nothing and reports a
+    resolution out of noise (an all-zero reference used to report 8.98 Å where the truth said 45 Å).
+    """
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo == hi == 0.0:
+        raise InputError(f"{path}: the {what} is all zeros")
+    if hi - lo <= 1e-6 * max(abs(lo), abs(hi)):
+        raise InputError(f"{path}: the {what} is constant ({lo:.6g} everywhere)")
+
+
+def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: PathLike,
+                      what: str = "reference map") -> np.ndarray:
+    """Read a map that must match particles ``(box, pixel size within 1 %)`` and carry structure.
+
+    InputError naming ``path`` for a box or voxel size that differs from the particles' (``particles`` is
+    named too), NaN/Inf (see :func:`read_map`), an all-zero or constant map (:func:`check_map_content`).
+    """
+    vol, apix = read_map(path)
+    if vol.shape[0] != box:
+        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}; "
+                         "resample the map first")
+    if abs(apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
+                         f"{pixel_size:.4f} Å ({particles})")
+    check_map_content(vol, path, what)
+    return vol
+
+
+def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> None:
+    """A mask must lie in ``[0, 1]`` and select something (InputError naming ``path`` otherwise)."""
+    lo, hi = float(mask.min()), float(mask.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise InputError(f"{path}: a {what} must lie in [0, 1] (found {lo:.3g} .. {hi:.3g})")
+    if hi < 1e-3:
+        raise InputError(f"{path}: the {what} is all zeros: it selects no voxel")
+
+
+def read_matching_mask(path: PathLike, box: int, pixel_size: float, particles: PathLike,
+                       what: str = "mask") -> np.ndarray:
+    """:func:`read_matching_map` for a mask: values in ``[0, 1]``, not all zero (a constant 1 is allowed)."""
+    vol, apix = read_map(path)
+    if vol.shape[0] != box:
+        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}")
+    if abs(apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
+                         f"{pixel_size:.4f} Å ({particles})")
+    check_mask_values(vol, path, what)
+    return vol
+
+
 def _check_pixel_size(path: PathLike, pixel_size: float) -> None:
     if not (isinstance(pixel_size, int | float | np.floating | np.integer) and np.isfinite(pixel_size)
             and pixel_size > 0):

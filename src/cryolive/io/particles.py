@@ -252,14 +252,42 @@ def _float_array(values: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     return arr
 
 
+def check_image_statistics(stack: ParticleStack, n_sample: int = 256, seed: int = 0) -> None:
+    """Refuse particle images that cannot be cryo-EM particles before any work (InputError naming the file).
+
+    Reads up to ``n_sample`` images spread over the set and refuses: images that are all zero or one constant
+    value (an empty or blank stack), and unnormalised images whose mean lies more than 10 standard deviations
+    from zero (e.g. raw integer counts: RELION's preprocessing normalises the background to mean 0, s.d. 1).
+    Single blank images among good ones (empty picks) are allowed: they carry no weight in a reconstruction.
+    """
+    n = len(stack)
+    if n == 0:
+        raise InputError(f"{stack.source}: the particle set is empty")
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(n, size=min(n, n_sample), replace=False))
+    imgs = stack.images(idx).astype(np.float64)
+    sd = imgs.std(axis=(1, 2))
+    if not (sd > 0).any():
+        what = "all zeros" if not imgs.any() else f"constant ({imgs.flat[0]:.6g})"
+        raise InputError(f"{stack.source}: the particle images are {what} ({len(idx)} of {n} images checked)")
+    mean = float(np.median(imgs.mean(axis=(1, 2))))
+    typical_sd = float(np.median(sd[sd > 0]))
+    if abs(mean) > 10.0 * typical_sd:
+        raise InputError(f"{stack.source}: the particle images are not normalised (median image mean {mean:.4g}, "
+                         f"standard deviation {typical_sd:.4g}); normalise them first (background mean 0, "
+                         "s.d. 1, as relion_preprocess --norm does)")
+
+
 def search_dirs(source: Path, project_dir: str | os.PathLike | None, extra: Sequence[Path] = ()) -> list[Path]:
     """Folders where relative image paths are looked up, in order: the file's folder, ``project_dir``,
-    ``extra`` and the current working directory (duplicates removed)."""
+    ``extra``, the current working directory, then the folders above the file's (a job's STAR names its images
+    relative to the project folder it was written from, as RELION does; duplicates removed)."""
     dirs = [source.parent]
     if project_dir is not None:
         dirs.append(Path(project_dir))
     dirs.extend(extra)
     dirs.append(Path.cwd())
+    dirs.extend(Path(os.path.abspath(source)).parent.parents)
     out: list[Path] = []
     seen: set[str] = set()
     for d in dirs:
@@ -395,19 +423,24 @@ def mixed_value_check(source: Path, values: np.ndarray, groups: np.ndarray, what
     return common
 
 
-def relative_name(path: Path, out_dir: Path) -> str:
-    """``path`` relative to ``out_dir`` when possible (else absolute), with forward slashes."""
+def relative_name(path: Path, out_dir: Path, climb: bool = True) -> str:
+    """``path`` relative to ``out_dir`` when possible (else absolute), with forward slashes.
+
+    ``climb=False``: a path that would start with ``..`` (outside ``out_dir``) is written absolute instead.
+    """
     try:
         rel = os.path.relpath(path, out_dir)
     except ValueError:  # different drives on Windows
         return path.as_posix()
+    if not climb and (rel == os.pardir or rel.startswith(os.pardir + os.sep)):
+        return Path(os.path.abspath(path)).as_posix()
     return Path(rel).as_posix()
 
 
-def image_file_names(stack: ParticleStack, out_dir: Path) -> list[str]:
-    """Per stack file, the name to write into a particle file in ``out_dir``: relative to ``out_dir`` (or
-    absolute) when the stack exists, else the name as read (a metadata-only set keeps its names unchanged)."""
-    return [relative_name(p, out_dir) if p.exists() else name
+def image_file_names(stack: ParticleStack, out_dir: Path, climb: bool = True) -> list[str]:
+    """Per stack file, the name to write into a particle file: relative to ``out_dir`` (or absolute, see
+    :func:`relative_name`) when the stack exists, else the name as read (a metadata-only set keeps its names)."""
+    return [relative_name(p, out_dir, climb) if p.exists() else name
             for p, name in zip(stack.stack_paths, stack.stack_names, strict=True)]
 
 

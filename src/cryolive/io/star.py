@@ -358,12 +358,14 @@ def write_star(stack: ParticleStack, path: PathLike, overwrite: bool = False, *,
     ``rlnClassNumber`` (when set), ``rlnOpticsGroup``; values that did not change are written exactly as read.
     Optics groups are renumbered 1..K over the groups in use (a 3.0 or .cs input gets groups made from unique
     voltage / Cs / amplitude contrast / pixel size). ``rlnImageName`` is ``%06d@path`` with the path relative
-    to the STAR file's folder (or ``relative_to``) when the stack exists, else the name as read.
+    to the *project folder* RELION runs in: ``relative_to``, by default the current working directory (not the
+    STAR file's folder), as RELION resolves image names. A stack outside that folder is named by its absolute
+    path; a stack that does not exist keeps the name as read.
     FileExistsError if ``path`` exists and ``overwrite`` is False.
     """
     dest = check_destination(path, overwrite)
-    out_dir = Path(os.path.abspath(relative_to if relative_to is not None else dest.parent))
-    optics, parts = star_tables(stack, out_dir)
+    project = Path(os.path.abspath(relative_to if relative_to is not None else Path.cwd()))
+    optics, parts = star_tables(stack, project)
     text = ("\n# version 30001\n\n" + _format_block("optics", optics) + "\n\n# version 30001\n\n"
             + _format_block("particles", parts) + "\n")
     with atomic_path(dest, overwrite) as tmp:
@@ -371,8 +373,8 @@ def write_star(stack: ParticleStack, path: PathLike, overwrite: bool = False, *,
 
 
 def star_tables(stack: ParticleStack, out_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The ``(data_optics, data_particles)`` tables :func:`write_star` writes (image paths relative to
-    ``out_dir``)."""
+    """The ``(data_optics, data_particles)`` tables :func:`write_star` writes (image paths relative to the
+    project folder ``out_dir``, absolute outside it)."""
     n = len(stack)
     ctf = stack.ctf
     table = stack.table
@@ -421,7 +423,7 @@ def star_tables(stack: ParticleStack, out_dir: Path) -> tuple[pd.DataFrame, pd.D
             optics[label] = optics[label].astype(np.int64)
 
     # particles
-    names = np.asarray(image_file_names(stack, out_dir), dtype=object)
+    names = np.asarray(image_file_names(stack, out_dir, climb=False), dtype=object)
     numbers = pd.Series(stack.stack_index + 1).map("{:06d}".format)
     parts["rlnImageName"] = (numbers + "@" + pd.Series(names[stack.stack_file_id])).to_numpy()
     parts["rlnOpticsGroup"] = new_group

@@ -27,30 +27,21 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label
 from cryolive.classification.classify import ClassifyParams, ClassifyResult, ClassIteration, classify
-from cryolive.io import InputError, read_map, read_particles, read_star, write_map, write_star
+from cryolive.io import (
+    InputError,
+    read_matching_map,
+    read_matching_mask,
+    read_particles,
+    read_star,
+    write_map,
+    write_star,
+)
+from cryolive.io.particles import check_image_statistics
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 
 
-def _read_matching(path: str, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray:
-    """A map that must match the particles' box and pixel size (1 %); InputError naming the file otherwise."""
-    vol, apix = read_map(path)
-    if vol.shape != (box,) * 3:
-        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}")
-    if abs(apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
-                         f"{pixel_size:.4f} Å ({particles})")
-    if not np.isfinite(vol).all():
-        raise InputError(f"{path}: {what} holds NaN or Inf values")
-    return vol
-
-
 def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
-    if not path:
-        return None
-    mask = _read_matching(path, box, pixel_size, particles, what)
-    if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
-        raise InputError(f"{path}: a {what} must lie in [0, 1] (found {mask.min():.3g} .. {mask.max():.3g})")
-    return mask
+    return None if not path else read_matching_mask(path, box, pixel_size, particles, what)
 
 
 def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
@@ -63,14 +54,15 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     p = params or ClassifyParams()
     t0 = time.perf_counter()
     stack = read_particles(particles_path)
+    check_image_statistics(stack)
     box, apix = stack.box, stack.pixel_size
     start_maps = None
     if starts:
-        start_maps = [_read_matching(s, box, apix, particles_path, "starting map") for s in starts]
+        start_maps = [read_matching_map(s, box, apix, particles_path, "starting map") for s in starts]
         p = dataclasses.replace(p, n_classes=len(start_maps))
     solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
     focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
-    cons = _read_matching(consensus, box, apix, particles_path, "consensus map") if consensus else None
+    cons = read_matching_map(consensus, box, apix, particles_path, "consensus map") if consensus else None
     if p.mode != "hetero" and stack.rotations is None:
         raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
                          "run a refinement first, or use heterogeneous refinement")

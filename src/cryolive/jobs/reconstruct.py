@@ -1,10 +1,11 @@
 """Reconstruction with known poses as a streaming job, and the half-map pipeline it is built from.
 
 :func:`backproject_halves` inserts particles (batch by batch from disk) into two half-set reconstructors;
-:func:`finalize_halves` turns them into half maps and a full map with an FSC-derived Wiener prior (RELION's
-tau2): a first pass with a small constant gives the FSC, SSNR = FSC/(1-FSC) per half set, then the half maps
-are remade with that prior and the full map with SSNR x 2. :func:`reconstruct_job` is the job the CLI, napari and
-``make demo`` run: it yields a :class:`ReconstructProgress` after every batch and returns a
+:func:`finalize_halves` turns them into half maps and a full map: unregularised for a known-pose reconstruction
+(as ``relion_reconstruct``), or with an FSC-derived Wiener prior (RELION's tau2) for the references of a
+refinement: a first pass with a small constant gives the FSC, SSNR = FSC/(1-FSC) per half set, then the half maps
+are remade with that prior and the full map with RELION's full-set SSNR. :func:`reconstruct_job` is the job the
+CLI, napari and ``make demo`` run: it yields a :class:`ReconstructProgress` after every batch and returns a
 :class:`ReconstructResult` after writing the job folder (half maps, map, sharpened map, mask, FSC CSV + plot).
 """
 
@@ -22,11 +23,12 @@ from cryolive.backend import backend_name, device_label, to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack, read_particles, write_map
+from cryolive.io.particles import check_image_statistics
 from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import threshold_mask
 from cryolive.projection import Reconstructor
 from cryolive.resolution.filters import fsc_filter, lowpass
-from cryolive.resolution.fsc import FSCResult, fsc, gold_standard_fsc, resolution_at, ssnr_from_fsc
+from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fsc, resolution_at, ssnr_from_fsc
 from cryolive.resolution.sharpen import guinier_bfactor, sharpen
 
 
@@ -110,22 +112,33 @@ def backproject_halves(stack: ParticleStack, half: np.ndarray, symmetry: str = "
         yield done, recs
 
 
-def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2) -> tuple[Any, Any, Any]:
-    """Half maps and full map (backend arrays) with a Wiener prior from the half-map FSC.
+def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2,
+                    prior: bool = True) -> tuple[Any, Any, Any]:
+    """Half maps and full map (backend arrays), with or without a Wiener prior from the half-map FSC.
 
-    Pass 1 uses a small constant; each further pass uses SSNR_half = FSC/(1-FSC) of the previous half maps
-    for each half and 2 x SSNR_half for the full map (the sum of both accumulators).
+    ``prior=False`` (known-pose reconstruction, like ``relion_reconstruct``): all three maps are the plain
+    ratio ``num / den`` with a tiny constant. ``prior=True`` (references inside refinement, like RELION's
+    auto-refine): pass 1 uses a small constant; each further pass remakes the half maps with
+    ``SSNR_half = FSC / (1 - FSC)`` of the previous half maps, and the full map (the sum of both accumulators) is
+    made with RELION's full-set conversion ``SSNR = F / (1 - F)``, ``F = sqrt(2 FSC / (1 + FSC))``.
     """
     half_a, half_b = rec_a.finalize(), rec_b.finalize()
-    for _ in range(max(passes - 1, 0)):
-        curve = fsc(half_a, half_b)
-        ssnr_half = ssnr_from_fsc(curve, full_set=False)
-        half_a, half_b = rec_a.finalize(ssnr=ssnr_half), rec_b.finalize(ssnr=ssnr_half)
-    curve = fsc(half_a, half_b)
     both = rec_a.copy()
     both.add(rec_b)
-    full = both.finalize(ssnr=ssnr_from_fsc(curve, full_set=True))
+    if not prior:
+        return half_a, half_b, both.finalize()
+    for _ in range(max(passes - 1, 0)):
+        half_a, half_b = regularised_halves(rec_a, rec_b, half_a, half_b)
+    curve = fsc(half_a, half_b)
+    full = both.finalize(ssnr=ssnr_from_fsc(fsc_weight(curve), full_set=False))
     return half_a, half_b, full
+
+
+def regularised_halves(rec_a: Reconstructor, rec_b: Reconstructor, half_a: Any, half_b: Any) -> tuple[Any, Any]:
+    """The half maps remade with the Wiener prior ``SSNR_half = FSC / (1 - FSC)`` of ``half_a``, ``half_b`` (RELION's
+    tau2 from the FSC)."""
+    ssnr_half = ssnr_from_fsc(fsc(half_a, half_b), full_set=False)
+    return rec_a.finalize(ssnr=ssnr_half), rec_b.finalize(ssnr=ssnr_half)
 
 
 def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | None:
@@ -147,6 +160,7 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
     """
     t0 = time.perf_counter()
     stack = read_particles(params.particles)
+    check_image_statistics(stack)
     job = JobFolder.create(params.out, "reconstruct")
     job.write_params({**asdict(params), "backend": backend_name(), "n_particles": len(stack),
                       "pixel_size_A": stack.pixel_size, "box": stack.box})
@@ -177,12 +191,11 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
 def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, rec_a: Reconstructor,
             rec_b: Reconstructor, t0: float, t_insert: float) -> ReconstructResult:
     apix = stack.pixel_size
-    half_a, half_b, full = finalize_halves(rec_a, rec_b)
+    half_a, half_b, full = finalize_halves(rec_a, rec_b, prior=False)
     if params.mask:
-        from cryolive.io import read_map
+        from cryolive.io import read_matching_mask
 
-        mask_np, _ = read_map(params.mask)
-        mask = xp().asarray(mask_np)
+        mask = xp().asarray(read_matching_mask(params.mask, stack.box, apix, params.particles, "mask"))
     else:
         mask = threshold_mask(lowpass(full, params.mask_lowpass_A, apix), params.mask_threshold,
                               params.mask_dilate_A, params.mask_soft_A, apix)

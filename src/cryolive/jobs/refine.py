@@ -27,7 +27,8 @@ from collections.abc import Generator
 import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
-from cryolive.io import InputError, read_map, read_particles, write_map, write_star
+from cryolive.io import read_matching_map, read_matching_mask, read_particles, write_map, write_star
+from cryolive.io.particles import check_image_statistics
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
@@ -44,15 +45,9 @@ from cryolive.resolution.sharpen import sharpen
 
 
 def check_reference(particles_path: str, reference_path: str, box: int, pixel_size: float) -> np.ndarray:
-    """Read the reference and check it against the particles (box, pixel size within 1 %)."""
-    ref, ref_apix = read_map(reference_path)
-    if ref.shape[0] != box:
-        raise InputError(f"{reference_path}: box {ref.shape[0]} differs from the particles' box {box} "
-                         f"({particles_path}); resample the map first")
-    if abs(ref_apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(f"{reference_path}: voxel size {ref_apix:.4f} Å differs from the particles' pixel size "
-                         f"{pixel_size:.4f} Å ({particles_path})")
-    return ref
+    """Read the reference and check it against the particles (box, pixel size within 1 %, not zero or
+    constant)."""
+    return read_matching_map(reference_path, box, pixel_size, particles_path, "reference map")
 
 
 def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
@@ -63,12 +58,11 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     p = params or RefineParams()
     t0 = time.perf_counter()
     stack = read_particles(particles_path)
+    check_image_statistics(stack)
     ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
     mask = None
     if mask_path:
-        mask = check_reference(particles_path, mask_path, stack.box, stack.pixel_size)
-        if mask.min() < -1e-3 or mask.max() > 1 + 1e-3:
-            raise InputError(f"{mask_path}: a mask must lie in [0, 1] (found {mask.min():.3g} .. {mask.max():.3g})")
+        mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
     check_inputs(stack, p)
     job = JobFolder.create(out, "refine")
     job.write_params({"particles": particles_path, "reference": reference_path, "mask": mask_path,

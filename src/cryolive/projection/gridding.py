@@ -46,6 +46,30 @@ def gridding_correction(big: int, n: int | None = None) -> Any:
     return s2[:, None, None] * s2[None, :, None] * s2[None, None, :]
 
 
+def soft_mask_outside_sphere(vol: Any, width_px: float = 3.0) -> Any:
+    """Blend the corners of a cubic volume ``(n, n, n)`` beyond the inscribed sphere into their mean (RELION's
+    ``softMaskOutsideMap``).
+
+    Voxels within ``n / 2`` pixels of the centre voxel are kept; beyond ``n / 2 + width_px`` they take the mean
+    of the region outside the sphere (weighted by the mask); in between a raised cosine blends the two. A
+    reconstruction has no data there, only noise lifted by the gridding correction (up to ~1.9x in amplitude at
+    the corners of a 2x-padded grid), so a map and its FSC are cleaner without it.
+    """
+    from cryolive.image.fourier import centered_grid_3d
+
+    m = xp()
+    n = vol.shape[0]
+    r = centered_grid_3d(n)
+    radius = n / 2.0
+    edge = m.clip((r - radius) / float(width_px), 0.0, 1.0)
+    outside = (0.5 - 0.5 * m.cos(m.pi * edge)).astype(m.float32)
+    total = float(outside.sum())
+    if total <= 0:
+        return vol
+    background = (vol * outside).sum() / total
+    return vol * (1.0 - outside) + background * outside
+
+
 def trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]:
     """Flat indices and weights of the 8 grid neighbours of ``points``.
 

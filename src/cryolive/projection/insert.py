@@ -7,7 +7,10 @@ trilinear weights into a numerator (complex) and a denominator (real) on the pad
 half of each slice is inserted; Friedel symmetry ``V^(-k) = conj V^(k)`` is imposed once in :meth:`finalize`
 (the ``kx = 0`` column, which holds both ``ky`` and ``-ky``, is inserted with weight 1/2).
 Accumulators add across batches (and across machines: :meth:`add`). With a symmetry group each image is inserted
-once per operator. ``finalize`` divides, transforms back, divides by the gridding correction and crops.
+once per operator. ``finalize`` divides, transforms back, crops, divides by the gridding correction (the
+trilinear kernel's ``sinc^2``) and blends the corners outside the inscribed sphere into their mean, as RELION
+does: the corners hold no data, only noise that the correction lifts, and left in they cost ~7 % in the FSC with
+the truth.
 """
 
 from __future__ import annotations
@@ -18,7 +21,13 @@ import numpy as np
 
 from cryolive.backend import scatter_add, xp
 from cryolive.image.fourier import ifftnc, rfft_freqs_2d, shift_phase
-from cryolive.projection.gridding import crop_volume, gridding_correction, slice_points, trilinear_corners
+from cryolive.projection.gridding import (
+    crop_volume,
+    gridding_correction,
+    slice_points,
+    soft_mask_outside_sphere,
+    trilinear_corners,
+)
 
 
 def _flip(vol: Any) -> Any:
@@ -157,7 +166,7 @@ class Reconstructor:
         ft = m.where(inside, num / (den + reg), 0).astype(m.complex64)
         vol = ifftnc(ft).real.astype(m.float32)
         vol = crop_volume(vol, self.box) / gridding_correction(big, self.box)
-        return vol.astype(m.float32)
+        return soft_mask_outside_sphere(vol).astype(m.float32)
 
 
 def _symmetry_ops(name: str) -> list[np.ndarray]:

@@ -37,7 +37,7 @@ from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
-from cryolive.jobs.reconstruct import finalize_halves, half_sets
+from cryolive.jobs.reconstruct import half_sets, regularised_halves
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import (
@@ -414,7 +414,10 @@ class _Refiner:
         if p.scale_mode == "minimize":  # the map carries the absolute scale: keep the median particle scale at 1
             self.state.scales[subset] /= float(np.median(self.state.scales[subset]))
         tr = time.perf_counter()
-        half_a, half_b, _ = finalize_halves(recs[0], recs[1])
+        # the half maps, their FSC and the output map are plain num / den (what relion_reconstruct makes from the
+        # written STAR); the references are the half maps remade with the FSC's Wiener prior (RELION's tau2)
+        half_a, half_b = recs[0].finalize(), recs[1].finalize()
+        reg_a, reg_b = regularised_halves(recs[0], recs[1], half_a, half_b)
         avg = 0.5 * (half_a + half_b)
         self._update_mask(avg)
         fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.fsc_mask, seed=p.seed + it)
@@ -425,7 +428,7 @@ class _Refiner:
         self.align_resolution = float(resolution_at(fsc.fsc_unmasked, self.n, self.apix, 0.143))
         full_map = fsc_filter(avg, fsc.fsc)
         refs = []
-        for h, o in ((half_a, half_b), (half_b, half_a)):
+        for h, o in ((reg_a, reg_b), (reg_b, reg_a)):
             filt = fsc_filter(h, fsc.fsc_unmasked)
             refs.append(_combine_below(filt, fsc_filter(o, fsc.fsc_unmasked), p.split_resolution_A, self.apix)
                         * self.ref_mask)
@@ -535,7 +538,9 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
     mb_size = p.minibatch_size or min(n_tot, max(1000, n_tot // 4))
     last: RefineIteration | None = None
     for it in range(1, p.max_iter + 1):
-        minibatch = it <= p.minibatch_iters and mb_size < n_tot
+        # minibatches speed up the first global iterations; local refinement from the file's poses and the last
+        # iteration always use every particle (the maps and poses written are those of the whole set)
+        minibatch = (it <= p.minibatch_iters and mb_size < n_tot and not p.use_input_poses and it < p.max_iter)
         subset = (np.sort(r.rng.choice(n_tot, size=mb_size, replace=False)) if minibatch else np.arange(n_tot))
         local = it > r.global_iters and bool(r.state.seen[subset].all())
         # global iterations before the last one draw poses from the posterior (stochastic EM); the last global one

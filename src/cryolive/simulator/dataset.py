@@ -102,7 +102,7 @@ def simulate_dataset(out: str | os.PathLike, p: SimulationParams, progress: Prog
             w[idx[0]:idx[-1] + 1] = imgs
             if progress:
                 progress(int(idx[-1]) + 1, p.n, time.perf_counter() - t0)
-    write_star(_new_stack(out / "particles.mrcs", p, truth, out), out / "particles.star")
+    write_star(_new_stack(out / "particles.mrcs", p, truth, out), out / "particles.star", relative_to=out)
     np.savez(out / "truth" / "truth.npz", rotations=truth.rotations, shifts_A=truth.shifts_A, states=truth.states,
              scales=truth.scales, half_set=truth.half_set, noise_sd=truth.noise_sd,
              defocus_u=truth.ctf.defocus_u, defocus_v=truth.ctf.defocus_v)

@@ -209,7 +209,7 @@ def simulate_movies(out: str | os.PathLike, p: MovieSimParams) -> Path:
                           stack_file_id=np.zeros(n, int), stack_index=np.arange(n), rotations=truth.rotations,
                           shifts=truth.shifts_A, half_set=truth.half_set, table=table,
                           source=out / "particles.star")
-    write_star(stack, out / "particles.star")
+    write_star(stack, out / "particles.star", relative_to=out)
     write_map(out / "half_A.mrc", vol, p.pixel_size)
     write_map(out / "half_B.mrc", vol, p.pixel_size)
     write_map(out / "truth_map.mrc", vol, p.pixel_size)
