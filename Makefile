@@ -6,10 +6,12 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cryolive-installed
-# What Qt 6 + napari need to draw under Xvfb on a bare Debian (see ../shared/design/headless-and-gpu.md).
+# What Qt 6 + napari need to draw under Xvfb on a bare Debian, and RELION (the tests compare with it).
 DEBS := xvfb xauth libgl1 libgl1-mesa-dri libegl1 libglib2.0-0 libfontconfig1 libdbus-1-3 \
         libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-render-util0 \
-        libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0
+        libxcb-shape0 libxcb-xinerama0 libxcb-xkb1 libxcb-cursor0 \
+        relion openmpi-bin
+# relion: RELION 3.1 (relion_project, relion_reconstruct, relion_refine_mpi), the yardstick the tests compare with
 
 .PHONY: demo test lint gui system-deps venv bench clean-demo sample-data
 

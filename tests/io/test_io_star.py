@@ -261,9 +261,16 @@ def test_stack_paths_relative_to_project_dir_or_cwd(relion31_copy, tmp_path, mon
     sub = tmp_path / "in" / "Refine3D" / "job001"
     sub.mkdir(parents=True)
     (sub / "run_data.star").write_text(relion31_copy.read_text().replace("@relion31.mrcs", "@in/relion31.mrcs"))
+    # a job's STAR names images relative to the project folder above it: found from the folders above the file
+    s = quiet(read_star, sub / "run_data.star")
+    assert os.path.samefile(s.stack_paths[0], relion31_copy.parent / "relion31.mrcs")
+    elsewhere = tmp_path.parent / f"{tmp_path.name}_other" / "run_data.star"  # not below the project
+    elsewhere.parent.mkdir()
+    elsewhere.write_text((sub / "run_data.star").read_text())
+    monkeypatch.chdir(sub)
     with pytest.raises(InputError, match=r"(?s)run_data\.star: 1 image stack file\(s\) not found.*tried"):
-        read_star(sub / "run_data.star")
-    s = quiet(read_star, sub / "run_data.star", project_dir=tmp_path)
+        read_star(elsewhere)
+    s = quiet(read_star, elsewhere, project_dir=tmp_path)
     assert os.path.samefile(s.stack_paths[0], relion31_copy.parent / "relion31.mrcs")
     monkeypatch.chdir(tmp_path)
     s = quiet(read_star, sub / "run_data.star")

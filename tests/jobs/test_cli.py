@@ -129,10 +129,11 @@ def test_missing_input_names_the_file(tmp_path, capsys):
 
 
 def test_demo_refines_the_sample_and_reports_against_the_truth(tmp_path, capsys):
-    # one (minibatch) iteration here; `make demo` runs the full default refinement
+    # one iteration here (the last iteration always uses every particle, never a minibatch); `make demo` runs the
+    # full default refinement
     assert main(["demo", "--out", str(tmp_path), "--max-iter", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "iteration 1 (global, 1000 particles" in printed
+    assert "iteration 1 (global, 2000 particles" in printed
     assert "the true map gives" in printed and "median angular error" in printed
     job = tmp_path / "job_refine_001"
     for name in ("map.mrc", "map_sharp.mrc", "half_A.mrc", "half_B.mrc", "fsc.png", "particles.star", "log.txt"):

@@ -19,8 +19,8 @@ pytestmark = needs_relion
 def _cryolive_map(star, symmetry: str) -> np.ndarray:
     stack = read_particles(star)
     recs = None
-    for _, recs in backproject_halves(stack, half_sets(stack), symmetry, 500):
-        pass
+    for _done, batch_recs in backproject_halves(stack, half_sets(stack), symmetry, 500):
+        recs = batch_recs
     return to_numpy(finalize_halves(*recs, prior=False)[2])
 
 

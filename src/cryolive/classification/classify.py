@@ -10,8 +10,11 @@ One engine, three E steps:
 * ``mode="hetero"`` (heterogeneous refinement): every class runs the refinement's coarse-to-fine pose search
   (global, or local around the input poses with ``hetero_search="local"``); volumes live in a class box
   (default ``min(box, 128)``): particles are resampled in Fourier space (the same as scaling the rotation during
-  insertion). A class FSC here is a plain half-map comparison (the halves are aligned to one shared class map, so
-  they are not independent), read at 0.5.
+  insertion). The halves are aligned to one shared class map there, so they are not independent.
+
+Class FSCs (every mode) compare the class's half maps inside the region the class decides (solvent x focus mask),
+corrected for the mask by phase randomisation, read at 0.5: the consensus shared outside the focus mask never
+enters them.
 
 Posteriors ``Γ_ik ∝ π_k exp(β LL_ik)`` with ``β = 1 − s`` and the class-similarity ``s`` annealed linearly to 0
 over the first ``anneal_iters`` iterations (a deterministic-annealing temperature: with ``s`` near 1 particles are
@@ -60,7 +63,7 @@ from cryolive.refinement.search import (
     shift_phases,
 )
 from cryolive.resolution.filters import fsc_filter, lowpass
-from cryolive.resolution.fsc import fsc, resolution_at
+from cryolive.resolution.fsc import fsc, gold_standard_fsc, resolution_at
 from cryolive.rotations.grids import local_offsets, so3_grid
 
 MODES = ("fixed", "local", "hetero")
@@ -120,7 +123,7 @@ class ClassIteration:
     n_particles: int
     class_maps: np.ndarray  # (K, m, m, m): each class's reconstruction, FSC-filtered, solvent-masked
     class_sizes: np.ndarray  # (K,) fraction of particles (sum of posteriors / N)
-    class_resolution_A: np.ndarray  # (K,) class FSC at 0.5 (plain half-map comparison of the composed volumes)
+    class_resolution_A: np.ndarray  # (K,) class FSC at 0.5 (class half maps inside solvent x focus, corrected)
     class_fsc: np.ndarray  # (K, shells)
     mean_ess: float  # mean effective number of classes per particle (1 = certain)
     changed_fraction: float  # particles whose most probable class changed this iteration
@@ -277,6 +280,7 @@ class _Classifier:
     def _init_masks(self, solvent: Any, focus: Any, consensus: Any, starts: list[Any] | None = None) -> None:
         m, p = self.m, self.p
         self.consensus = self.consensus_halves = None
+        self._cons_filt: Any = None
         if p.mode != "hetero":
             if consensus is None:
                 ra, rb = self._reconstruct(np.arange(len(self.stack)))
@@ -338,16 +342,29 @@ class _Classifier:
         self.refs, self.fsc_curves = refs, curves
 
     def _compose_filtered(self, full: Any, ha: Any, hb: Any) -> tuple[Any, np.ndarray]:
-        """The E-step volume ``S (F V_k + (1 − F) V̄)`` filtered by the FSC of its composed half maps."""
-        if self.consensus_halves is not None:
-            cons_a, cons_b = self.consensus_halves
-        else:
-            cons_a = cons_b = self.consensus
-        ca = compose_class_volume(ha, cons_a, self.solvent, self.focus)
-        cb = compose_class_volume(hb, cons_b, self.solvent, self.focus)
-        curve = fsc(ca, cb)
-        vol = compose_class_volume(full, self.consensus, self.solvent, self.focus)
-        return fsc_filter(vol, curve) * self.solvent, np.asarray(curve)
+        """The E-step volume ``S (F V_k + (1 − F) V̄)`` and the class FSC.
+
+        The class FSC compares the class's own half maps inside the region the class decides, ``S F`` (``S``
+        without a focus mask), corrected for the mask by phase randomisation: outside the focus the composed
+        volumes share the consensus, and an FSC taken there would read the consensus's resolution (Nyquist on a
+        large data set), not the class's. The class part is filtered by that FSC, the consensus part by the
+        consensus's own half-map FSC.
+        """
+        region = self.solvent if self.focus is None else self.solvent * self.focus
+        curve = np.asarray(gold_standard_fsc(ha, hb, self.apix, mask=region, seed=self.p.seed).fsc)
+        cls = fsc_filter(full, curve)
+        if self.focus is None:
+            return cls * self.solvent, curve
+        return compose_class_volume(cls, self._consensus_filtered(), self.solvent, self.focus), curve
+
+    def _consensus_filtered(self) -> Any:
+        """The consensus map filtered by its half maps' FSC (as given when it came from a file)."""
+        if self._cons_filt is None:
+            if self.consensus_halves is not None:
+                self._cons_filt = fsc_filter(self.consensus, fsc(*self.consensus_halves))
+            else:
+                self._cons_filt = self.consensus
+        return self._cons_filt
 
     # ---------------------------------------------------------------------------------------------- E step
     def _align_radius(self) -> float:

@@ -74,6 +74,41 @@ def _top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
+def _diverse_top_k(scores: np.ndarray, rotations: np.ndarray, k: int, min_sep_deg: float,
+                   pool: int = 64) -> np.ndarray:
+    """Indices ``(B, k)`` of up to ``k`` high scores per row whose rotations are at least ``min_sep_deg`` apart.
+
+    Greedy non-maximum suppression over the ``pool`` best of each row: take the best, drop every pooled rotation
+    within ``min_sep_deg`` of it, repeat. The coarse level of a global search keeps one candidate per basin, so the
+    basins of a pseudo-symmetric particle's mates (turns of 180° for a near-D2 particle) both reach the finer
+    levels, where the resolution can tell them apart; plain top-k keeps the grid neighbours of the best basin.
+    Rows with fewer than ``k`` separated rotations in the pool are filled with the best remaining ones.
+    ``scores``: ``(B, G)``; ``rotations``: ``(G, 3, 3)``.
+    """
+    if min_sep_deg <= 0 or k <= 1:
+        return _top_k(scores, k)
+    b = scores.shape[0]
+    cand = _top_k(scores, pool)  # (B, P) best first
+    rots = rotations[cand]  # (B, P, 3, 3)
+    # cos of the angle between pooled rotations: trace(R_i R_j^T) = 1 + 2 cos(theta)
+    tr = np.einsum("bpij,bqij->bpq", rots, rots)
+    close = tr > 1.0 + 2.0 * np.cos(np.deg2rad(min_sep_deg))
+    alive = np.ones(cand.shape, bool)
+    picked = np.zeros((b, k), np.int64)
+    rows = np.arange(b)
+    for t in range(k):
+        first = np.argmax(alive, axis=1)  # best alive (pool is sorted); 0 when none is alive
+        none_left = ~alive[rows, first]
+        picked[:, t] = first
+        alive &= ~close[rows, first]
+        alive[rows, first] = False
+        if none_left.any():  # fill: the best pooled entry not yet picked
+            taken = np.zeros(cand.shape, bool)
+            np.put_along_axis(taken, picked[:, :t + 1], True, 1)
+            picked[none_left, t] = np.argmax(~taken[none_left], axis=1)
+    return np.take_along_axis(cand, picked, 1)
+
+
 @dataclass(frozen=True)
 class GridProjections:
     """Projections of a fixed rotation grid at the first ``K`` pixels of a pixel set (reused for every batch)."""
@@ -93,8 +128,10 @@ class GridProjections:
 
 def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np.ndarray, kx: Any, ky: Any,
                  keep: int, bound_sigma: float, free_scale: bool = False,
-                 max_elems: int = 20_000_000, rng: np.random.Generator | None = None) -> tuple[Candidates, int]:
-    """Score every grid rotation x every shift for images ``y (B, K)``; keep the best ``keep`` per image.
+                 max_elems: int = 20_000_000, rng: np.random.Generator | None = None,
+                 min_separation_deg: float = 0.0) -> tuple[Candidates, int]:
+    """Score every grid rotation x every shift for images ``y (B, K)``; keep the best ``keep`` per image, at least
+    ``min_separation_deg`` apart (distinct basins, see :func:`_diverse_top_k`).
 
     ``c2w (B, K)`` = w C^2; ``scale (B,)`` per-particle scales. With ``free_scale`` the score is maximised over the
     scale (``cross^2 / 2 norm`` for positive cross), used for the first, greyscale-unknown pass. With ``rng`` the
@@ -127,7 +164,7 @@ def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np
             ll = a * cmax - 0.5 * a * a * norm
         llg = to_numpy(ll)
         if rng is None:
-            idx = _top_k(llg, keep)
+            idx = _diverse_top_k(llg, grid.rotations, keep, min_separation_deg)
         else:
             idx = np.argmax(llg - np.log(-np.log(rng.uniform(1e-12, 1.0, llg.shape))), axis=1)[:, None]
         bi = np.arange(bc)[:, None]
@@ -171,13 +208,19 @@ def local_level(proj: Projector, y: Any, c2w: Any, scale: Any, cand: Candidates,
     ll = to_numpy(a * cross - 0.5 * a * a * norm[:, :, None])
     ll[~np.repeat(c_live, o, axis=1)] = -np.inf
     u = shift_offsets.shape[0]
-    flat = ll.reshape(b, -1)
-    idx = _top_k(flat, keep)
-    j, uu = idx // u, idx % u
+    # each candidate keeps its own best (rotation, shift): the candidates stay in their own basins, so a
+    # pseudo-symmetric mate found at a coarser level is still compared at this level's resolution instead of
+    # being crowded out by the neighbours of the leading basin
+    per_cand = ll.reshape(b, mm, o * u)
+    inner = np.argmax(per_cand, axis=2)  # (B, M)
+    best = np.take_along_axis(per_cand, inner[..., None], 2)[..., 0]
+    top = _top_k(best, keep)  # (B, keep) candidate indices
+    flat_idx = top * (o * u) + np.take_along_axis(inner, top, 1)
+    j, uu = flat_idx // u, flat_idx % u
     bi = np.arange(b)[:, None]
     new_rot = rots[bi, j]
     new_sh = c_sh[bi, j // o] + shift_offsets[uu]
-    return Candidates(new_rot, new_sh, np.take_along_axis(flat, idx, 1))
+    return Candidates(new_rot, new_sh, np.take_along_axis(best, top, 1))
 
 
 def score_poses(proj: Projector, y: Any, c2w: Any, rotations: np.ndarray, shifts: np.ndarray, kx: Any,
@@ -252,7 +295,8 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
         k0 = counts[0]
         sstep = p.shift_step(radii[0])
         cand, pruned = global_level(grid, y[:, :k0], c2w[:, :k0], scale, shift_grid(p.max_shift_px, sstep),
-                                    kx[:k0], ky[:k0], p.candidates, p.bound_sigma, free_scale, rng=rng)
+                                    kx[:k0], ky[:k0], p.candidates, p.bound_sigma, free_scale, rng=rng,
+                                    min_separation_deg=3.0 * p.coarse_step_deg)
         levels = range(1, p.levels + 1)
         keeps = list(np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:])
         if rng is not None:

@@ -148,3 +148,25 @@ def render(ph: Phantom, box: int, pixel_size: float, sigma_A: float = 1.6) -> np
     filt = m.exp(-2 * np.pi**2 * (sigma_A / pixel_size) ** 2 * kk) / m.maximum(sinc2, 0.05)
     vol = ifftnc(fftnc(grid.reshape(box, box, box)) * filt).real
     return to_numpy(vol).astype(np.float32)
+
+
+def elongated_pseudo_symmetric(box: int, pixel_size: float, seed: int = 0, symmetry: str = "D2",
+                               stretch: float = 1.6, extra_fraction: float = 0.12) -> Phantom:
+    """An elongated, *nearly* symmetric phantom: the hard case for a global pose search at low resolution.
+
+    A ``symmetry`` phantom (n-fold axis along z) is stretched by ``stretch`` along z and narrowed by
+    ``1 / sqrt(stretch)`` across (so its extent stays about the same), then one extra compact domain of about
+    ``extra_fraction`` of the mass is added off the axes, which breaks the symmetry: at low resolution the
+    particle looks symmetric and its mates (turns of 180° for D2) score almost alike.
+    """
+    base = make_phantom(box, pixel_size, n_domains=3, fill=0.5, seed=seed, symmetry=symmetry)
+    xyz = base.xyz * np.array([1.0 / np.sqrt(stretch), 1.0 / np.sqrt(stretch), stretch])
+    rng = np.random.default_rng(seed + 1000)
+    extent = np.abs(xyz).max(axis=0)
+    center = np.array([0.55 * extent[0], -0.2 * extent[1], 0.45 * extent[2]])
+    n_extra = max(10, int(extra_fraction * len(xyz)))
+    radius = max(4.0, (n_extra * 60.0 * 3 / (4 * np.pi)) ** (1 / 3))
+    extra = _chain(rng, n_extra, center, radius)
+    return Phantom(xyz=np.concatenate([xyz, extra]),
+                   amplitude=np.concatenate([base.amplitude, rng.uniform(0.8, 1.2, n_extra)]),
+                   domain=np.concatenate([base.domain, np.full(n_extra, base.domain.max() + 1)]))
