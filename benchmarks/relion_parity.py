@@ -5,6 +5,8 @@ machine:
 
 * ``reconstruct``: known-pose reconstruction, cryolive (:func:`finalize_halves` without prior) against
   ``relion_reconstruct --ctf``: FSC with the true map at 0.5 and 0.143, wall time.
+* ``NAME:BOX:SNR:junk`` cases refine a copy with 20 % junk added (:func:`add_junk`: blank and carbon-edge
+  images, a second particle in the box, duplicate picks); pose errors are measured on the real particles.
 * ``refine`` (with ``--refine``): homogeneous refinement without poses from the true map low-passed to 25 Å,
   cryolive (default parameters) against ``mpirun -n 3 relion_refine_mpi --auto_refine`` (same start): FSC with the
   truth at 0.5, the ratio to the true-pose ``relion_reconstruct`` map, the reported GSFSC (0.143) beside the
@@ -102,6 +104,76 @@ def _flexible_case(folder: Path, vols: list[np.ndarray], apix: float, snr: float
     return RelionDataset(folder, star, folder / "truth.mrc", None, None, st.half_set, float("nan"), apix, box)
 
 
+def add_junk(ds, fraction: float = 0.2, seed: int = 7):
+    """A copy of a case with ``fraction`` junk added (made once): blank noise images, carbon edges (a soft step
+    of random direction and contrast 3x the particles'), two particles in one box (a second particle 0.45 box
+    away) and duplicate picks (the same image listed twice). Every row gets a micrograph name and coordinates
+    (50 particles a micrograph) so that duplicates are recognisable as such. Returns the new data set and the
+    number of good particles (the first rows)."""
+    import mrcfile
+    import starfile
+
+    from cryolive.simulator.relion import RelionDataset
+
+    folder = ds.folder.parent / f"{ds.folder.name}_junk"
+    star = folder / "particles.star"
+    good = read_particles(ds.star, require_images=False)
+    n_good = len(good)
+    if not star.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        blocks = starfile.read(ds.star, always_dict=True)
+        parts = blocks["particles"].copy()
+        with mrcfile.mmap(ds.folder / "particles.mrcs", mode="r") as m:
+            imgs = np.asarray(m.data, np.float32)
+        n, box = imgs.shape[0], imgs.shape[1]
+        noise_sd = float(np.median(imgs.std(axis=(1, 2))))
+        n_junk = int(round(fraction * n / (1 - fraction)))
+        kinds = rng.integers(0, 4, n_junk)
+        junk, rows = [], []
+        yy, xx = np.mgrid[:box, :box] - box // 2
+        for kind in kinds:
+            src = int(rng.integers(n))
+            row = parts.iloc[src].copy()
+            if kind == 0:  # blank
+                img = rng.normal(0, noise_sd, (box, box))
+            elif kind == 1:  # carbon edge
+                ang = rng.uniform(0, 2 * np.pi)
+                d = xx * np.cos(ang) + yy * np.sin(ang) - rng.uniform(-box / 4, box / 4)
+                img = 3.0 * noise_sd * np.sqrt(0.05) / (1 + np.exp(-d / 2.0)) + rng.normal(0, noise_sd, (box, box))
+            elif kind == 2:  # a neighbour in the box
+                other = imgs[int(rng.integers(n))]
+                shift = (np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)]) * 0.45 * box).astype(int)
+                img = (imgs[src] + np.roll(other, tuple(shift), axis=(0, 1))) / np.sqrt(2)
+            else:  # duplicate pick: the same image again
+                img = imgs[src]
+                row["rlnImageName"] = f"{src + 1:06d}@particles.mrcs"
+            junk.append(img.astype(np.float32))
+            rows.append((row, kind, src))
+        allimg = np.concatenate([imgs, np.stack(junk)])
+        with mrcfile.new(folder / "particles.mrcs", overwrite=True) as m:
+            m.set_data(allimg)
+            m.voxel_size = ds.pixel_size
+        jparts = __import__("pandas").DataFrame([r for r, _, _ in rows]).reset_index(drop=True)
+        for i, (_, kind, _) in enumerate(rows):
+            if kind != 3:
+                jparts.loc[i, "rlnImageName"] = f"{n + i + 1:06d}@particles.mrcs"
+        allp = __import__("pandas").concat([parts, jparts], ignore_index=True)
+        mic = np.arange(len(allp)) // 50
+        xy = rng.uniform(0, 4000, (len(allp), 2))
+        for i, (_, kind, src) in enumerate(rows):  # a duplicate sits where its original was picked
+            if kind == 3:
+                mic[n + i], xy[n + i] = mic[src], xy[src] + rng.normal(0, 2, 2)
+        allp["rlnMicrographName"] = [f"mic_{k:04d}.mrc" for k in mic]
+        allp["rlnCoordinateX"], allp["rlnCoordinateY"] = xy[:, 0], xy[:, 1]
+        allp = allp.drop(columns=[c for c in ("rlnRandomSubset",) if c in allp.columns])
+        starfile.write({"optics": blocks["optics"], "particles": allp}, star, overwrite=True)
+        write_map(folder / "truth.mrc", read_map(ds.truth_map)[0], ds.pixel_size, overwrite=True)
+    st = read_particles(star, require_images=False)
+    return RelionDataset(folder, star, folder / "truth.mrc", None, None, st.half_set, float("nan"),
+                         ds.pixel_size, ds.box), n_good
+
+
 def _res(vol: np.ndarray, truth: np.ndarray, apix: float, level: float) -> float:
     return resolution_at(fsc(vol, truth), truth.shape[0], apix, level)
 
@@ -114,10 +186,13 @@ def cryolive_reconstruct(star: Path, symmetry: str) -> np.ndarray:
     return to_numpy(finalize_halves(*recs, prior=False)[2])
 
 
-def pose_errors(star_found: Path, star_true: Path, symmetry: str) -> tuple[float, float]:
-    """Median angular error (deg, minimised over the symmetry's mates) and fraction > 20 deg."""
+def pose_errors(star_found: Path, star_true: Path, symmetry: str, n_good: int | None = None) -> tuple[float, float]:
+    """Median angular error (deg, minimised over the symmetry's mates) and fraction > 20 deg, over the first
+    ``n_good`` particles (the real ones; all by default)."""
     found = read_particles(star_found, require_images=False)
     true = read_particles(star_true, require_images=False)
+    if n_good is not None:
+        found, true = found.subset(np.arange(n_good)), true.subset(np.arange(n_good))
     best = np.full(len(found), np.inf)
     for op in symmetry_operators(symmetry):
         best = np.minimum(best, np.degrees(angular_distance(found.rotations @ op, true.rotations)))
@@ -138,7 +213,8 @@ def run_reconstruct(ds, symmetry: str, rows: list[dict]) -> float:
     return _res(theirs, truth, ds.pixel_size, 0.5)
 
 
-def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion: bool) -> None:
+def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion: bool,
+               n_good: int | None = None) -> None:
     truth = read_map(ds.truth_map)[0]
     apix = ds.pixel_size
     jobs = ds.folder / "cryolive_jobs"
@@ -154,7 +230,7 @@ def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion
     job = sorted(jobs.glob("job_refine_*"))[-1]
     fin = result.final
     avg = 0.5 * (fin.half_a + fin.half_b)
-    med, far = pose_errors(job / "particles.star", ds.star, symmetry)
+    med, far = pose_errors(job / "particles.star", ds.star, symmetry, n_good)
     res = _res(avg, truth, apix, 0.5)
     rows.append({"step": "refine", "who": "cryolive", "fsc05": res, "ratio": res / true_pose_res,
                  "gsfsc": float(fin.resolution_unmasked_A), "gsfsc_masked": float(fin.resolution_A),
@@ -166,7 +242,7 @@ def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion
                          diameter_A=0.8 * truth.shape[0] * apix, symmetry=symmetry, initial_lowpass_A=25.0)
     t_theirs = time.perf_counter() - t0
     vol = read_map(Path(f"{root}_class001.mrc"))[0]
-    med, far = pose_errors(Path(f"{root}_data.star"), ds.star, symmetry)
+    med, far = pose_errors(Path(f"{root}_data.star"), ds.star, symmetry, n_good)
     gs = _relion_final_resolution(Path(f"{root}_model.star"))
     res = _res(vol, truth, apix, 0.5)
     rows.append({"step": "refine", "who": "RELION", "fsc05": res, "ratio": res / true_pose_res, "gsfsc": gs,
@@ -197,13 +273,16 @@ def main() -> None:
             f"{'GSmask':>6s} {'med°':>6s} {'>20°':>6s} {'time s':>8s}")
     print(head)
     for case in a.cases:
-        name, box, snr = case.split(":")
+        name, box, snr, *extra = case.split(":")
         ds = make_case(work, name, int(box), float(snr), a.n)
         sym = SYMMETRY[name]
         rows: list[dict] = []
         true_pose = run_reconstruct(ds, sym, rows)
+        n_good = None
+        if "junk" in extra:  # the true-pose yardstick stays the clean set's; refine on the set with 20 % junk
+            ds, n_good = add_junk(ds)
         if a.refine:
-            run_refine(ds, sym, rows, true_pose, relion=not a.skip_relion_refine)
+            run_refine(ds, sym, rows, true_pose, relion=not a.skip_relion_refine, n_good=n_good)
         for r in rows:
             def f(key: str, fmt: str = "7.2f", r: dict = r) -> str:
                 v = r.get(key, float("nan"))
