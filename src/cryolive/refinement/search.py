@@ -301,6 +301,8 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
         keeps = list(np.linspace(p.candidates, 1, p.levels + 1).round().astype(int)[1:])
         if rng is not None:
             keeps = [1] * p.levels
+        elif p.marginal_top:  # marginalising: every basin kept at the coarse level is followed to the end
+            keeps = [max(int(k), p.marginal_top) for k in keeps]
         counts, radii = counts[1:], radii[1:]
     else:
         rot, sh = previous
