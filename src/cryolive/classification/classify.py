@@ -280,7 +280,6 @@ class _Classifier:
     def _init_masks(self, solvent: Any, focus: Any, consensus: Any, starts: list[Any] | None = None) -> None:
         m, p = self.m, self.p
         self.consensus = self.consensus_halves = None
-        self._cons_filt: Any = None
         if p.mode != "hetero":
             if consensus is None:
                 ra, rb = self._reconstruct(np.arange(len(self.stack)))
@@ -289,6 +288,10 @@ class _Classifier:
                 self.consensus = full
             else:
                 self.consensus = resample_volume(consensus, self.nc)
+        # what a focus-masked class volume shows outside its focus: the consensus filtered by its own half maps' FSC
+        # (a consensus given as a file is taken as it is)
+        self.consensus_filtered = (fsc_filter(self.consensus, fsc(*self.consensus_halves))
+                                   if self.consensus_halves is not None else self.consensus)
         self.solvent_given = solvent is not None
         self.focus = None if focus is None else m.clip(resample_volume(focus, self.nc), 0.0, 1.0)
         if solvent is not None:
@@ -355,16 +358,7 @@ class _Classifier:
         cls = fsc_filter(full, curve)
         if self.focus is None:
             return cls * self.solvent, curve
-        return compose_class_volume(cls, self._consensus_filtered(), self.solvent, self.focus), curve
-
-    def _consensus_filtered(self) -> Any:
-        """The consensus map filtered by its half maps' FSC (as given when it came from a file)."""
-        if self._cons_filt is None:
-            if self.consensus_halves is not None:
-                self._cons_filt = fsc_filter(self.consensus, fsc(*self.consensus_halves))
-            else:
-                self._cons_filt = self.consensus
-        return self._cons_filt
+        return compose_class_volume(cls, self.consensus_filtered, self.solvent, self.focus), curve
 
     # ---------------------------------------------------------------------------------------------- E step
     def _align_radius(self) -> float:

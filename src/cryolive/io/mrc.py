@@ -138,6 +138,19 @@ def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> Non
         raise InputError(f"{path}: the {what} is constant ({lo:.6g} everywhere)")
 
 
+def _read_matched(path: PathLike, box: int, pixel_size: float, particles: PathLike, what: str,
+                  hint: str = "") -> np.ndarray:
+    """:func:`read_map`, then InputError naming ``path`` (and ``particles``) unless its box is ``box`` and its voxel
+    size ``pixel_size`` within 1 %."""
+    vol, apix = read_map(path)
+    if vol.shape[0] != box:
+        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}{hint}")
+    if abs(apix - pixel_size) > 0.01 * pixel_size:
+        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
+                         f"{pixel_size:.4f} Å ({particles})")
+    return vol
+
+
 def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                       what: str = "reference map") -> np.ndarray:
     """Read a map that must match particles ``(box, pixel size within 1 %)`` and carry structure.
@@ -145,13 +158,7 @@ def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: Pa
     InputError naming ``path`` for a box or voxel size that differs from the particles' (``particles`` is
     named too), NaN/Inf (see :func:`read_map`), an all-zero or constant map (:func:`check_map_content`).
     """
-    vol, apix = read_map(path)
-    if vol.shape[0] != box:
-        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}; "
-                         "resample the map first")
-    if abs(apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
-                         f"{pixel_size:.4f} Å ({particles})")
+    vol = _read_matched(path, box, pixel_size, particles, what, "; resample the map first")
     check_map_content(vol, path, what)
     return vol
 
@@ -168,12 +175,7 @@ def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> N
 def read_matching_mask(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                        what: str = "mask") -> np.ndarray:
     """:func:`read_matching_map` for a mask: values in ``[0, 1]``, not all zero (a constant 1 is allowed)."""
-    vol, apix = read_map(path)
-    if vol.shape[0] != box:
-        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}")
-    if abs(apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
-                         f"{pixel_size:.4f} Å ({particles})")
+    vol = _read_matched(path, box, pixel_size, particles, what)
     check_mask_values(vol, path, what)
     return vol
 
