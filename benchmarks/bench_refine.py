@@ -38,16 +38,13 @@ from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.rotations.euler import angular_distance, axis_angle_to_matrix
-from cryolive.rotations.symmetry import symmetry_operators
+from cryolive.rotations.symmetry import symmetric_angular_distance
 from cryolive.simulator.dataset import SimulationParams, phantom_volumes, simulate_dataset
 
 
 def angular_errors(found: np.ndarray, truth: np.ndarray, symmetry: str = "C1") -> np.ndarray:
     """Geodesic angle (degrees) between found and true poses, minimised over symmetry-equivalent poses."""
-    best = np.full(len(found), np.inf)
-    for op in symmetry_operators(symmetry):
-        best = np.minimum(best, np.degrees(angular_distance(found @ op, truth)))
-    return best
+    return np.degrees(symmetric_angular_distance(found, truth, symmetry))
 
 
 def true_pose_resolution(stack, truth_map: np.ndarray, symmetry: str = "C1", half: np.ndarray | None = None) -> float:

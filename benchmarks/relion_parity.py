@@ -42,8 +42,7 @@ from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_
 from cryolive.jobs.refine import refine_job
 from cryolive.refinement.refine import RefineParams
 from cryolive.resolution.fsc import fsc, resolution_at
-from cryolive.rotations.euler import angular_distance
-from cryolive.rotations.symmetry import symmetry_operators
+from cryolive.rotations.symmetry import symmetric_angular_distance
 from cryolive.simulator.phantom import elongated_pseudo_symmetric, make_phantom, render, state_phantom
 from cryolive.simulator.relion import relion_reconstruct, relion_refine, relion_simulate
 
@@ -193,9 +192,7 @@ def pose_errors(star_found: Path, star_true: Path, symmetry: str, n_good: int | 
     true = read_particles(star_true, require_images=False)
     if n_good is not None:
         found, true = found.subset(np.arange(n_good)), true.subset(np.arange(n_good))
-    best = np.full(len(found), np.inf)
-    for op in symmetry_operators(symmetry):
-        best = np.minimum(best, np.degrees(angular_distance(found.rotations @ op, true.rotations)))
+    best = np.degrees(symmetric_angular_distance(found.rotations, true.rotations, symmetry))
     return float(np.median(best)), float(np.mean(best > 20.0))
 
 

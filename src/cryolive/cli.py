@@ -90,6 +90,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
 
     p = RefineParams(symmetry=a.sym, initial_lowpass_A=a.lowpass, max_iter=a.max_iter, seed=a.seed,
                      marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
+                     max_global_iters=a.max_global_iters,
                      max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
                      coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift,
                      sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps,
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lowpass", type=float, default=20.0, help="initial low-pass of the reference in Å (20)")
     s.add_argument("--max-iter", type=int, default=12, help="maximum iterations (12)")
     s.add_argument("--global-iters", type=int, default=3, help="iterations with a global search before local (3)")
+    s.add_argument("--max-global-iters", type=int, default=8,
+                   help="global search goes on after --global-iters while > 5 %% of the particles still move by "
+                        "> 20 deg, up to this many global iterations (8; equal to --global-iters: never)")
     s.add_argument("--sgd-steps", type=int, default=None,
                    help="minibatch (ab-initio) steps from the reference at low resolution before refining, so a "
                         "wrong reference still converges (default: RefineParams.sgd_steps; 0 = trust the reference)")

@@ -19,18 +19,14 @@ from cryolive.jobs.refine import refine_job
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
-from cryolive.rotations.euler import angular_distance
-from cryolive.rotations.symmetry import symmetry_operators
+from cryolive.rotations.symmetry import symmetric_angular_distance
 from cryolive.simulator.dataset import SimulationParams, phantom_volumes, simulate_dataset
 
 pytestmark = pytest.mark.slow
 
 
 def _ang_err(found, truth, symmetry="C1"):
-    best = np.full(len(found), np.inf)
-    for op in symmetry_operators(symmetry):
-        best = np.minimum(best, np.degrees(angular_distance(found @ op, truth)))
-    return best
+    return np.degrees(symmetric_angular_distance(found, truth, symmetry))
 
 
 def _true_pose_res(stack, truth, symmetry="C1"):

@@ -3,14 +3,15 @@
     V^ = sum_i w_i P_i^T (a_i C_i X^_i) / ( sum_i w_i P_i^T (a_i^2 C_i^2) + 1/tau^2(s) )
 
 Image transforms (centred, ``rfft2`` layout) are first re-centred (shifted by ``+origin``), then inserted with
-trilinear weights into a numerator (complex) and a denominator (real) on the padded grid. Only the ``kx >= 0``
-half of each slice is inserted; Friedel symmetry ``V^(-k) = conj V^(k)`` is imposed once in :meth:`finalize`
-(the ``kx = 0`` column, which holds both ``ky`` and ``-ky``, is inserted with weight 1/2).
-Accumulators add across batches (and across machines: :meth:`add`). With a symmetry group each image is inserted
-once per operator. ``finalize`` divides, transforms back, crops, divides by the gridding correction (the
-trilinear kernel's ``sinc^2``) and blends the corners outside the inscribed sphere into their mean, as RELION
-does: the corners hold no data, only noise that the correction lifts, and left in they cost ~7 % in the FSC with
-the truth.
+trilinear weights into a numerator (complex) and a denominator (real) on the padded grid. Only the ``kx >= 0`` half
+of each slice is inserted; Friedel symmetry ``V^(-k) = conj V^(k)`` is imposed once in :meth:`finalize` (the
+``kx = 0`` column, which holds both ``ky`` and ``-ky``, is inserted with weight 1/2). Accumulators add across batches
+(and across machines: :meth:`add`). With a symmetry group each image is inserted once and the accumulated grids are
+symmetrised when read (``symmetrise='grid'``, as RELION does; ``'insert'`` inserts every image once per operator
+instead: exact, and slower by the group's order). ``finalize`` divides, transforms back, crops, divides by the
+gridding correction (the trilinear kernel's ``sinc^2``) and blends the corners outside the inscribed sphere into
+their mean, as RELION does: the corners hold no data, only noise that the correction lifts, and left in they cost
+~7 % in the FSC with the truth.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from cryolive.projection.gridding import (
     soft_mask_outside_sphere,
     trilinear_corners,
 )
+from cryolive.rotations.symmetry import symmetrize_volume
 
 
 def _flip(vol: Any) -> Any:
@@ -44,12 +46,15 @@ class Reconstructor:
     box: image box ``n`` (pixels); pad: padding factor (2); symmetry: point group name (``'C1'``, ``'D2'``, ...).
     """
 
-    def __init__(self, box: int, pad: int = 2, symmetry: str = "C1") -> None:
+    def __init__(self, box: int, pad: int = 2, symmetry: str = "C1", symmetrise: str = "grid") -> None:
         m = xp()
+        if symmetrise not in ("grid", "insert"):
+            raise ValueError(f"symmetrise must be 'grid' or 'insert', not {symmetrise!r}")
         self.box = int(box)
         self.pad = int(pad)
         self.big = self.pad * self.box
         self.symmetry = symmetry
+        self.symmetrise = symmetrise
         self._ops = _symmetry_ops(symmetry)
         self.numerator = m.zeros(self.big**3, dtype=m.complex64)
         self.denominator = m.zeros(self.big**3, dtype=m.float32)
@@ -90,7 +95,7 @@ class Reconstructor:
             scale = scale / m.broadcast_to(m.asarray(noise_power, dtype=m.float32), self._kx.shape).ravel()[sel]
         data = f * (c * scale)
         c2 = m.broadcast_to(c * c * scale, f.shape)
-        for op in self._ops:
+        for op in self._ops if self.symmetrise == "insert" else self._ops[:1]:
             self._insert_slices(data, c2, rot @ op)
         self.n_images += b
 
@@ -132,11 +137,18 @@ class Reconstructor:
         return out
 
     def hermitian_accumulators(self) -> tuple[Any, Any]:
-        """Numerator and denominator ``(N, N, N)`` with Friedel symmetry imposed."""
+        """Numerator and denominator ``(N, N, N)`` with Friedel symmetry imposed, and the point group's (with
+        ``symmetrise='grid'``: ``sum_g acc(g k)``, trilinear, as RELION symmetrises its back-projector)."""
         big = self.big
         num = self.numerator.reshape(big, big, big)
         den = self.denominator.reshape(big, big, big)
-        return num + _flip(num).conj(), den + _flip(den)
+        num, den = num + _flip(num).conj(), den + _flip(den)
+        if self.symmetrise == "grid" and len(self._ops) > 1:
+            m, order = xp(), np.float32(len(self._ops))
+            num = (symmetrize_volume(num.real, self.symmetry) * order
+                   + 1j * symmetrize_volume(num.imag, self.symmetry) * order).astype(m.complex64)
+            den = symmetrize_volume(den, self.symmetry) * order
+        return num, den
 
     def finalize(self, ssnr: Any = None, wiener_constant: float | None = None) -> Any:
         """The reconstructed volume ``(n, n, n)`` float32 on the backend.

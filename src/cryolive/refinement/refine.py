@@ -61,9 +61,13 @@ from cryolive.refinement.search import (
 from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
-from cryolive.rotations.euler import angular_distance
 from cryolive.rotations.grids import random_perturbation, so3_grid
-from cryolive.rotations.symmetry import canonical_symmetry_name, point_group_order, symmetry_operators
+from cryolive.rotations.symmetry import (
+    canonical_symmetry_name,
+    point_group_order,
+    symmetric_angular_distance,
+    symmetry_operators,
+)
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,12 @@ class RefineParams:
     extra_final_passes: int = 1
     stop_tolerance: float = 0.01
     global_iters: int = 3
+    # global search goes on past ``global_iters`` while more than ``global_moved_fraction`` of the particles moved
+    # by > 20 deg (up to the symmetry) in the last global iteration, up to ``max_global_iters`` global iterations
+    # in all: on pseudo-symmetric particles each global iteration moves part of those stuck on a wrong mate
+    # (RELION likewise searches globally until its sampling is fine)
+    global_moved_fraction: float = 0.05
+    max_global_iters: int = 8
     # start from the particles' own poses (a previous refinement's) with local searches from iteration 1, as
     # cryoSPARC's local refinement / RELION's continued auto-refine; off: poses in the input are ignored
     use_input_poses: bool = False
@@ -233,6 +243,8 @@ def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
     if p.scale_mode not in ("minimize", "reset"):
         raise ValueError("scale_mode must be 'minimize' or 'reset'")
     _relaxed_mates(p.symmetry, p.relax_symmetry)
+    if not 0.0 <= p.global_moved_fraction <= 1.0:
+        raise ValueError(f"global_moved_fraction must lie in [0, 1], not {p.global_moved_fraction}")
     if p.use_input_poses:
         if p.sgd_steps > 0:
             raise ValueError("ab-initio steps (sgd_steps) rebuild the map without poses: they cannot be combined "
@@ -445,12 +457,13 @@ class _Refiner:
                         * self.ref_mask)
         self.refs = refs
         t_rec = time.perf_counter() - tr
-        change = np.degrees(angular_distance(old_rot, self.state.rotations[subset]))
+        change = np.degrees(symmetric_angular_distance(old_rot, self.state.rotations[subset], p.symmetry))
         change = change[had_pose]
         return dict(
             half_a=half_a, half_b=half_b, map=full_map, fsc=fsc, r_align=r_align,
             pose_summary={
                 "median_pose_change_deg": float(np.median(change)) if change.size else float("nan"),
+                "moved_20deg_fraction": float(np.mean(change > 20.0)) if change.size else 1.0,
                 "median_scale": float(np.median(self.state.scales[subset])),
                 "pruned_candidates": float(pruned_total),
                 "max_shift_px": float(self.max_shift),
@@ -514,6 +527,13 @@ class _Refiner:
         return factor
 
 
+def _keep_global(r: _Refiner, p: RefineParams, it: int, local: bool, moved: float) -> bool:
+    """Whether the iteration after ``it``, the last planned global one, searches globally too: the poses still
+    move (``moved`` > ``p.global_moved_fraction``) and the cap ``p.max_global_iters`` allows."""
+    return (not local and it >= r.global_iters and r.global_iters < p.max_global_iters
+            and moved > p.global_moved_fraction)
+
+
 def sgd_start(particles: ParticleStack, reference: Any, p: RefineParams) -> Generator[SGDStep, None, np.ndarray]:
     """Yield ``p.sgd_steps`` minibatch steps from ``reference`` (see :mod:`cryolive.refinement.sgd`), over all
     particles, to ``p.sgd_resolution_A``; return the refinement's starting map ``(n, n, n)``. The refinement then
@@ -572,6 +592,8 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
         history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
                         **out["pose_summary"], **out["timings"]})
         yield last
+        if _keep_global(r, p, it, local, out["pose_summary"]["moved_20deg_fraction"]):
+            r.global_iters += 1
         if final_left is not None:
             final_left -= 1
             if final_left <= 0:

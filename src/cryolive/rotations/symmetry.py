@@ -176,12 +176,15 @@ def symmetrize_volume(vol: Any, name: str) -> Any:
     map_coordinates = _map_coordinates()
     nz, ny, nx = v.shape
     cz, cy, cx = nz // 2, ny // 2, nx // 2
-    ops_b = m.asarray(ops[1:], dtype=m.float32)
     centre_zyx = m.asarray([cz, cy, cx], dtype=m.float32)[:, None]
     yy, xx = m.meshgrid(m.arange(ny, dtype=m.float32) - cy, m.arange(nx, dtype=m.float32) - cx, indexing="ij")
     out = v.copy()  # identity term
+    exact = [s for s in ops[1:] if _is_signed_permutation(s)]
+    for s in exact:  # 90 / 180 deg operators map the grid onto itself: a gather, no interpolation
+        out += _permuted_volume(v, s)
+    ops_b = m.asarray([s for s in ops[1:] if not _is_signed_permutation(s)], dtype=m.float32)
     slab = max(1, _CHUNK_VOXELS // (ny * nx))  # bounds the temporary coordinate arrays
-    for z0 in range(0, nz, slab):
+    for z0 in range(0, nz if len(ops_b) else 0, slab):
         z1 = min(nz, z0 + slab)
         zz = m.arange(z0, z1, dtype=m.float32) - cz
         shape = (z1 - z0, ny, nx)
@@ -195,6 +198,35 @@ def symmetrize_volume(vol: Any, name: str) -> Any:
     return out.astype(m.float32, copy=False)
 
 
+def _is_signed_permutation(s: np.ndarray) -> bool:
+    """Whether rotation ``s`` (3 x 3) has one entry +-1 per row and zeros elsewhere (a multiple of 90 deg about
+    the axes)."""
+    r = np.rint(s)
+    return bool(np.allclose(s, r, atol=1e-6) and (np.abs(r).sum(axis=0) == 1).all()
+                and (np.abs(r).sum(axis=1) == 1).all())
+
+
+def _permuted_volume(v: Any, s: np.ndarray) -> Any:
+    """``V(S x)`` on the grid of ``v`` (``[z, y, x]``, centre ``n // 2``) for a signed permutation ``S``: an
+    exact gather; points whose source falls outside the box are 0 (as the interpolating path's ``constant``)."""
+    m = xp()
+    shape_xyz = v.shape[::-1]
+    r = np.rint(s).astype(int)
+    axes = [m.arange(k) - k // 2 for k in shape_xyz]  # relative coordinates along x, y, z
+    src = []  # index arrays (broadcast over the output grid) into v's axes z, y, x
+    valid = None
+    for row in (2, 1, 0):  # source z, y, x coordinate = sum_j S[row, j] x_j
+        j = int(np.nonzero(r[row])[0][0])
+        coord = r[row, j] * axes[j] + shape_xyz[row] // 2
+        shape = [1, 1, 1]
+        shape[2 - j] = shape_xyz[j]
+        coord = coord.reshape(shape)
+        ok = (coord >= 0) & (coord < shape_xyz[row])
+        valid = ok if valid is None else valid & ok
+        src.append(m.clip(coord, 0, shape_xyz[row] - 1))
+    return m.where(valid, v[src[0], src[1], src[2]], 0).astype(v.dtype)
+
+
 def expand_rotations(rotations: np.ndarray, name: str) -> np.ndarray:
     """All symmetry-equivalent RELION poses: ``(N, 3, 3)`` (or ``(3, 3)``) -> ``(N * order, 3, 3)``.
 
@@ -205,3 +237,15 @@ def expand_rotations(rotations: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
     ops = symmetry_operators(name)
     return (a[:, None] @ ops[None]).reshape(-1, 3, 3)
+
+
+def symmetric_angular_distance(a: np.ndarray, b: np.ndarray, name: str) -> np.ndarray:
+    """Geodesic angle (radians) between rotations ``a`` and ``b`` (``(N, 3, 3)`` each) up to point group
+    ``name``: the smallest angle between ``a @ op`` and ``b`` over the group's operators (``a @ op`` and ``a``
+    give the same projection of a map with that symmetry). Shape ``(N,)``."""
+    from cryolive.rotations.euler import angular_distance
+
+    best = np.full(np.shape(a)[:-2], np.inf)
+    for op in symmetry_operators(name):
+        best = np.minimum(best, angular_distance(np.asarray(a) @ op, np.asarray(b)))
+    return best
