@@ -42,8 +42,10 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def cmd_project(a: argparse.Namespace) -> int:
     from cryolive.io import read_map, read_particles
+    from cryolive.jobs.jobdir import check_output_file
     from cryolive.simulator.dataset import project_to_stack
 
+    check_output_file(a.out)
     vol, apix = read_map(a.map)
     stack = read_particles(a.particles, require_images=False)
     if stack.rotations is None:
@@ -59,12 +61,11 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import read_particles, write_map
     from cryolive.io.particles import check_image_statistics
+    from cryolive.jobs.jobdir import check_output_file
     from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
     from cryolive.resolution.fsc import gold_standard_fsc
 
-    out = Path(a.out)
-    if out.exists() and not a.overwrite:
-        raise FileExistsError(f"{out} exists: choose another --out or pass --overwrite")
+    out = check_output_file(a.out, overwrite=a.overwrite)
     stack = read_particles(a.star)
     check_image_statistics(stack)
     half = half_sets(stack, a.seed)
@@ -119,7 +120,8 @@ def cmd_motion(a: argparse.Namespace) -> int:
                      target_particles=a.target_particles, fit_fraction=a.fit_fraction,
                      override_r=a.override_r, override_theta=a.override_theta, override_z_A=a.override_z,
                      crop_box=a.crop_box, recenter=a.recenter, skip_wrong_frame_count=a.skip_wrong_frames,
-                     max_prior_strength=a.max_prior_strength, seed=a.seed)
+                     max_prior_strength=a.max_prior_strength, seed=a.seed, gain=a.gain, gain_rot=a.gain_rot,
+                     gain_flip=a.gain_flip, dose_per_frame=a.dose_per_frame)
 
     def show(step) -> None:  # noqa: ANN001 - MotionStep
         print(f"{step.stage:5s} {step.done:4d}/{step.total:<4d} {step.micrograph_name}  {step.message}", flush=True)
@@ -205,6 +207,34 @@ def cmd_hetero(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_class2d(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cryolive.class2d import Class2DParams
+    from cryolive.jobs.class2d import class2d_job
+
+    p = Class2DParams(k=a.k, max_iter=a.max_iter, diameter_A=a.diameter, psi_step_deg=a.psi_step,
+                      max_shift_px=a.max_shift, batch_size=a.batch_size, seed=a.seed)
+    job_dir: list[str] = []
+
+    def show(it) -> None:  # noqa: ANN001 - Class2DIteration
+        if it.job_dir and not job_dir:
+            job_dir.append(it.job_dir)
+        n = max(int(it.sizes.sum()), 1)
+        live = np.isfinite(it.resolution_A) & (it.sizes > 0)
+        best = f"{it.resolution_A[live].min():.1f} Å" if live.any() else "-"
+        print(f"iteration {it.iteration}: changed {100 * it.changed_fraction:.1f} %, largest class "
+              f"{100 * it.sizes.max() / n:.0f} %, best resolution {best} ({it.seconds:.1f} s)", flush=True)
+
+    _, result = drain(class2d_job(a.star, a.out, p), show)
+    print(f"job folder {job_dir[0] if job_dir else Path(a.out)}")
+    for c in np.argsort(-result.sizes, kind="stable"):
+        r = result.resolution_A[c]
+        print(f"  class {c + 1}: {result.sizes[c]} particles, {r:.1f} Å" if np.isfinite(r)
+              else f"  class {c + 1}: {result.sizes[c]} particles")
+    return 0
+
+
 def cmd_fsc(a: argparse.Namespace) -> int:
     from cryolive.io import InputError, check_map_content, check_mask_values, read_map
     from cryolive.resolution.fsc import gold_standard_fsc
@@ -236,10 +266,16 @@ def cmd_fsc(a: argparse.Namespace) -> int:
 
 def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
-    from cryolive.io import read_map, write_map
+    from cryolive.io import InputError, read_map, write_map
+    from cryolive.jobs.jobdir import check_output_file
     from cryolive.masks import mask_volume_fraction, threshold_mask
     from cryolive.resolution.filters import lowpass
 
+    check_output_file(a.out)
+    if not (a.dilate >= 0 and a.soft >= 0):
+        raise InputError(f"--dilate and --soft must be at least 0 Å (got {a.dilate:g}, {a.soft:g})")
+    if a.lowpass is not None and not a.lowpass > 0:
+        raise InputError(f"--lowpass must be more than 0 Å (got {a.lowpass:g})")
     vol, apix = read_map(a.map)
     if a.lowpass:
         vol = lowpass(vol, a.lowpass, apix)
@@ -439,9 +475,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_refine)
 
-    s = sub.add_parser("motion", help="reference-based motion correction (Bayesian polishing) of MRC movies")
+    s = sub.add_parser("motion", help="reference-based motion correction (Bayesian polishing) of MRC/TIFF movies")
     s.add_argument("star", help="particles STAR with poses, CTFs, rlnMicrographName and rlnCoordinateX/Y")
-    s.add_argument("--movies", required=True, help="folder holding the movies (MRC stacks), or a STAR listing them")
+    s.add_argument("--movies", required=True,
+                   help="folder holding the movies (MRC stacks .mrc/.mrcs or multi-page TIFF .tif/.tiff; no EER), "
+                        "or a STAR listing them")
+    s.add_argument("--gain", help="gain reference (MRC or TIFF, frame-sized) multiplied into every frame")
+    s.add_argument("--gain-rot", type=int, choices=(0, 1, 2, 3), default=0,
+                   help="rotate the gain by N x 90 degrees counter-clockwise, y up (as RELION's --gain_rot)")
+    s.add_argument("--gain-flip", type=int, choices=(0, 1, 2), default=0,
+                   help="then flip the gain: 0 no, 1 upside down, 2 left-right (as RELION's --gain_flip)")
+    s.add_argument("--dose-per-frame", type=float,
+                   help="e/Å² per frame (default: rlnMicrographDoseRate of the STAR, if any); recorded with the "
+                        "dose weights")
     s.add_argument("--half-a", required=True, help="half map A (particles with rlnRandomSubset 1)")
     s.add_argument("--half-b", required=True, help="half map B (rlnRandomSubset 2)")
     s.add_argument("--mask", help="mask applied to the half maps before projecting references")
@@ -496,6 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(s)
     s.set_defaults(func=cmd_hetero)
 
+    s = sub.add_parser("class2d", help="reference-free 2D classification (maximum likelihood, RELION-like)")
+    s.add_argument("star", help="particles with CTFs (RELION STAR or cryoSPARC .cs); poses are not needed")
+    s.add_argument("--k", type=int, required=True, help="number of classes")
+    s.add_argument("--out", required=True, metavar="JOBDIR",
+                   help="parent folder of the new job folder job_class2d_<nnn>")
+    s.add_argument("--diameter", type=float, default=None, metavar="Å",
+                   help="mask diameter in Å (default: 0.9 of the box)")
+    s.add_argument("--max-iter", type=int, default=25, help="EM iterations (25)")
+    s.add_argument("--psi-step", type=float, default=10.0, help="coarse in-plane angular step in degrees (10)")
+    s.add_argument("--max-shift", type=float, default=None, help="origin search radius in pixels (10 %% of the box)")
+    s.add_argument("--batch-size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_class2d)
+
     s = sub.add_parser("fsc", help="FSC between two maps; prints the 0.143 and 0.5 resolutions in Å")
     s.add_argument("map_a")
     s.add_argument("map_b")
@@ -534,10 +594,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cryolive.io import InputError
 
     args = build_parser().parse_args(argv)
+    if isinstance(getattr(args, "out", None), str) and not args.out.strip():
+        print(f"cryolive {args.command}: error: --out is empty: name the output", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except (InputError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"cryolive {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(f"cryolive {args.command}: error: out of memory ({exc or 'allocation failed'}); choose a smaller "
+              "box, class box or --batch-size", file=sys.stderr)
+        return 2
+    except OSError as exc:  # permissions, a folder where a file was expected, a full disk...
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"cryolive {args.command}: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
 
 

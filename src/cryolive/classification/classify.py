@@ -42,6 +42,7 @@ from cryolive.image.resample import resample_rfft2, resample_volume
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import soft_sphere
+from cryolive.params import param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import (
     PixelSet,
@@ -77,22 +78,22 @@ class ClassifyParams:
     refinement (class box ``min(box, 128)``, FSC read at 0.5) where they have one.
     """
 
-    n_classes: int = 3
-    mode: str = "fixed"
-    max_iter: int = 20
-    online_em_iters: int = 2
-    minibatch_size: int | None = None
-    online_step: float = 0.5
-    class_similarity: float = 0.5
-    anneal_iters: int = 4
+    n_classes: int = param(3, ge=1, flag="--k", label="Classes")
+    mode: str = param("fixed", choices=("fixed", "local", "hetero"), label="Poses")
+    max_iter: int = param(20, ge=1, flag="--max-iter", label="Maximum iterations")
+    online_em_iters: int = param(2, ge=0, flag="--online-iters", label="Online-EM iterations")
+    minibatch_size: int | None = param(None, ge=1, flag="--minibatch", label="Minibatch size")
+    online_step: float = param(0.5, gt=0, le=1, label="Online-EM step")
+    class_similarity: float = param(0.5, ge=0, le=1, flag="--similarity", label="Class similarity")
+    anneal_iters: int = param(4, ge=0, flag="--anneal-iters", label="Annealing iterations")
     init_subset_size: int | None = None
-    init_lowpass_A: float = 20.0
-    max_resolution_A: float | None = None
+    init_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass")
+    max_resolution_A: float | None = param(None, gt=0, unit="Å", flag="--max-res", label="Align no finer than")
     solvent_threshold: float = 0.1
     solvent_lowpass_A: float = 15.0
     solvent_dilate_A: float = 6.0
     solvent_soft_A: float = 10.0
-    class_box: int | None = None
+    class_box: int | None = param(None, ge=16, unit="px", flag="--class-box", label="Class box")
     symmetry: str = "C1"
     local_step_deg: float = 1.5
     local_extent_deg: float = 3.0
@@ -100,16 +101,16 @@ class ClassifyParams:
     prior_sigma_deg: float = 2.0
     prior_sigma_px: float = 1.0
     hetero_search: str = "global"
-    coarse_step_deg: float = 7.5
-    levels: int = 3
-    candidates: int = 5
+    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step")
+    levels: int = param(3, ge=1, le=8, label="Search levels")
+    candidates: int = param(5, ge=1, label="Candidates per level")
     bound_sigma: float = 4.0
     max_shift_px: float | None = None
     convergence: float = 0.005
     min_weight: float = 1e-3
     window_inner: float = 0.85
     window_outer: float = 0.99
-    batch_size: int = 256
+    batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
     seed: int = 0
 
 

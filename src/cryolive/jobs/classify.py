@@ -37,11 +37,26 @@ from cryolive.io import (
     write_star,
 )
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
+from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, run_in_job, write_csv
+from cryolive.params import check_params
 
 
 def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
     return None if not path else read_matching_mask(path, box, pixel_size, particles, what)
+
+
+def check_classify_run(p: ClassifyParams, n_particles: int, box: int) -> None:
+    """Refuse, before any work, parameters out of range, more classes than particles, a class box larger than
+    the particles' box, and a run the memory cannot hold (each class keeps two padded half-map accumulators and
+    a projector at the class box)."""
+    check_params(p)
+    if p.n_classes > n_particles:
+        raise InputError(f"--k {p.n_classes}: more classes than particles ({n_particles})")
+    cb = p.class_box or (min(box, 128) if p.mode == "hetero" else box)
+    if cb > box:
+        raise InputError(f"--class-box {cb} is larger than the particles' box ({box} px)")
+    check_memory(p.n_classes * 320.0 * cb**3 + 400.0 * cb**3, f"{p.n_classes} classes at a box of {cb} px",
+                 "use fewer classes (--k) or a smaller --class-box")
 
 
 def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
@@ -66,8 +81,8 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     if p.mode != "hetero" and stack.rotations is None:
         raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
                          "run a refinement first, or use heterogeneous refinement")
-    if p.n_classes < 1:
-        raise ValueError("the number of classes must be at least 1")
+    check_classify_run(p, len(stack), box)
+    check_output_parent(out)
     kind = "hetero" if p.mode == "hetero" else "classify"
     job = JobFolder.create(out, kind)
     job.write_params({"particles": particles_path, "starts": list(starts or []), "solvent_mask": solvent_mask,

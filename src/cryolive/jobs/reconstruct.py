@@ -25,12 +25,13 @@ from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack, read_particles, write_map
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder
+from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent
 from cryolive.masks import threshold_mask
 from cryolive.projection import Reconstructor
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fsc, resolution_at, ssnr_from_fsc
 from cryolive.resolution.sharpen import guinier_bfactor, sharpen
+from cryolive.rotations.symmetry import canonical_symmetry_name
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,19 @@ def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | No
     return guinier_bfactor(vol, pixel_size, res_high_A=res_high, res_low_A=10.0)
 
 
+def check_reconstruct_run(params: ReconstructParams, stack: ParticleStack) -> None:
+    """Refuse, before the job folder exists: a symmetry that does not exist, a batch below 1, particles without
+    poses, an output place that cannot be written, and a box the memory cannot hold."""
+    canonical_symmetry_name(params.symmetry)
+    if params.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1 (got {params.batch_size})")
+    if stack.rotations is None:
+        raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); known-pose "
+                         "reconstruction needs them (run a refinement first)")
+    check_output_parent(params.out)
+    check_memory(400.0 * stack.box**3, f"reconstruction at a box of {stack.box} px", "downsample the particles")
+
+
 def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress, None, ReconstructResult]:
     """Run a known-pose reconstruction, yielding progress per batch; returns the result after writing it.
 
@@ -210,6 +224,7 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
     t0 = time.perf_counter()
     stack = read_particles(params.particles)
     check_image_statistics(stack)
+    check_reconstruct_run(params, stack)
     job = JobFolder.create(params.out, "reconstruct")
     job.write_params({**asdict(params), "backend": backend_name(), "n_particles": len(stack),
                       "pixel_size_A": stack.pixel_size, "box": stack.box})

@@ -29,7 +29,7 @@ import numpy as np
 from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import read_matching_map, read_matching_mask, read_particles, write_map, write_star
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
+from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
 from cryolive.refinement.refine import (
@@ -64,6 +64,9 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     if mask_path:
         mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
     check_inputs(stack, p)
+    check_output_parent(out)
+    # two half-map accumulators and two projectors, padded 2x, and the finalize temporaries
+    check_memory(700.0 * stack.box**3, f"refinement at a box of {stack.box} px", "downsample the particles")
     job = JobFolder.create(out, "refine")
     job.write_params({"particles": particles_path, "reference": reference_path, "mask": mask_path,
                       **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),

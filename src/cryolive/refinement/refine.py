@@ -39,6 +39,7 @@ from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
 from cryolive.jobs.reconstruct import half_sets, regularised_halves
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
+from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.refinement.pixels import (
     PixelSet,
@@ -78,19 +79,19 @@ class RefineParams:
     """
 
     symmetry: str = "C1"
-    initial_lowpass_A: float = 20.0
-    split_resolution_A: float = 20.0
+    initial_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass")
+    split_resolution_A: float = param(20.0, gt=0, unit="Å", label="Halves joined below")
     greyscale: bool = True
-    max_iter: int = 12
-    extra_final_passes: int = 1
-    stop_tolerance: float = 0.01
-    global_iters: int = 3
+    max_iter: int = param(12, ge=1, flag="--max-iter", label="Maximum iterations")
+    extra_final_passes: int = param(1, ge=0, label="Final passes")
+    stop_tolerance: float = param(0.01, ge=0, le=1, label="Stop tolerance")
+    global_iters: int = param(3, ge=0, flag="--global-iters", label="Global iterations")
     # global search goes on past ``global_iters`` while more than ``global_moved_fraction`` of the particles moved
     # by > 20 deg (up to the symmetry) in the last global iteration, up to ``max_global_iters`` global iterations
     # in all: on pseudo-symmetric particles each global iteration moves part of those stuck on a wrong mate
     # (RELION likewise searches globally until its sampling is fine)
-    global_moved_fraction: float = 0.05
-    max_global_iters: int = 8
+    global_moved_fraction: float = param(0.05, ge=0, le=1, label="Global while moving")
+    max_global_iters: int = param(8, ge=0, flag="--max-global-iters", label="Maximum global iterations")
     # start from the particles' own poses (a previous refinement's) with local searches from iteration 1, as
     # cryoSPARC's local refinement / RELION's continued auto-refine; off: poses in the input are ignored
     use_input_poses: bool = False
@@ -106,30 +107,31 @@ class RefineParams:
     # (:mod:`cryolive.refinement.sgd`): frees the refinement from a wrong starting map. Off (0) by default, as in
     # RELION's and cryoSPARC's refinements: from a good reference it costs ~0.5 s a step and turned the frame by
     # 3° on the CI data (the map keeps its shape but not exactly the reference's orientation)
-    sgd_steps: int = 0
-    sgd_batch_size: int = 200
-    sgd_resolution_A: float = 15.0
-    coarse_step_deg: float = 7.5
-    levels: int = 3
-    candidates: int = 5
-    particle_diameter_A: float | None = None
-    bound_sigma: float = 4.0
-    max_shift_px: float | None = None
-    max_align_resolution_A: float | None = None
+    sgd_steps: int = param(0, ge=0, flag="--sgd-steps", label="Ab-initio steps")
+    sgd_batch_size: int = param(200, ge=1, label="Ab-initio batch")
+    sgd_resolution_A: float = param(15.0, gt=0, unit="Å", label="Ab-initio resolution")
+    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step")
+    levels: int = param(3, ge=1, le=8, label="Search levels")
+    candidates: int = param(5, ge=1, label="Candidates per level")
+    particle_diameter_A: float | None = param(None, gt=0, unit="Å", label="Particle diameter")
+    bound_sigma: float = param(4.0, gt=0, label="Bound (sigma)")
+    max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift")
+    max_align_resolution_A: float | None = param(None, gt=0, unit="Å", flag="--max-align-res",
+                                                 label="Align no finer than")
     marginalize: bool = False
-    marginal_top: int = 5
+    marginal_top: int = param(5, ge=1, label="Poses marginalised")
     # global iterations insert each particle at every pose basin its search kept (up to ``candidates``, at least a
     # few grid steps apart), weighted by their posterior, as RELION marginalises: while the reference is at low
     # resolution the posterior is broad and the best pose is often a wrong one; inserting only that one builds
     # the wrong poses into both half maps, which then agree with them (on an elongated pseudo-D2 phantom 60 % of
     # the particles were > 20 deg off after the first iteration)
     marginalize_global: bool = True
-    scale_mode: str = "minimize"
-    window_inner: float = 0.85
-    window_outer: float = 0.99
-    minibatch_iters: int = 2
-    minibatch_size: int | None = None
-    dynamic_mask_threshold: float = 0.2
+    scale_mode: str = param("minimize", choices=("minimize", "reset"), flag="--scale", label="Scale")
+    window_inner: float = param(0.85, gt=0, le=1, label="Window inner radius")
+    window_outer: float = param(0.99, gt=0, le=1, label="Window outer radius")
+    minibatch_iters: int = param(2, ge=0, label="Minibatch iterations")
+    minibatch_size: int | None = param(None, ge=1, label="Minibatch size")
+    dynamic_mask_threshold: float = param(0.2, gt=0, le=1, label="Mask threshold")
     dynamic_mask_near: float = 0.6
     dynamic_mask_far: float = 1.4
     dynamic_mask_start_A: float = 12.0
@@ -137,7 +139,7 @@ class RefineParams:
     dynamic_mask_min_fraction: float = 0.02
     fsc_mask_min_near_A: float = 4.0
     fsc_mask_min_far_A: float = 9.0
-    batch_size: int = 256
+    batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
     seed: int = 0
 
 
@@ -240,11 +242,10 @@ def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
     """Raise (InputError / ValueError, naming the problem) before any work if ``p`` cannot run on ``stack``: a scale
     mode that does not exist, a relaxed symmetry no larger than the enforced one, input poses asked for but absent
     or together with ab-initio steps."""
-    if p.scale_mode not in ("minimize", "reset"):
-        raise ValueError("scale_mode must be 'minimize' or 'reset'")
+    check_params(p)
+    if p.window_inner >= p.window_outer:
+        raise InputError(f"window_inner ({p.window_inner}) must be below window_outer ({p.window_outer})")
     _relaxed_mates(p.symmetry, p.relax_symmetry)
-    if not 0.0 <= p.global_moved_fraction <= 1.0:
-        raise ValueError(f"global_moved_fraction must lie in [0, 1], not {p.global_moved_fraction}")
     if p.use_input_poses:
         if p.sgd_steps > 0:
             raise ValueError("ab-initio steps (sgd_steps) rebuild the map without poses: they cannot be combined "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -24,7 +25,8 @@ import numpy as np
 
 from cryolive.backend import to_numpy
 from cryolive.image.ctf import ctf_2d
-from cryolive.io import ParticleStack, StackWriter, write_map, write_star
+from cryolive.io import InputError, ParticleStack, StackWriter, write_map, write_star
+from cryolive.params import check_params, param
 from cryolive.projection import Projector
 from cryolive.resolution.filters import lowpass
 from cryolive.simulator.particles import draw_truth, noise_sd_for_snr, simulate_batches
@@ -37,23 +39,23 @@ Progress = Callable[[int, int, float], None]
 class SimulationParams:
     """What to simulate. Lengths in Å unless named ``_px``; ``snr`` = var(signal)/var(noise) per image."""
 
-    n: int = 2000
-    box: int = 64
-    pixel_size: float = 2.0
-    snr: float = 0.1
-    n_states: int = 1
+    n: int = param(2000, ge=1, flag="--n", label="Particles")
+    box: int = param(64, ge=16, le=1024, unit="px", flag="--box", label="Box")
+    pixel_size: float = param(2.0, gt=0, unit="Å", flag="--apix", label="Pixel size")
+    snr: float = param(0.1, gt=0, flag="--snr", label="SNR")
+    n_states: int = param(1, ge=1, le=64, flag="--states", label="States")
     seed: int = 0
     symmetry: str = "C1"
-    max_shift_px: float = 4.0
-    defocus_min_A: float = 10000.0
-    defocus_max_A: float = 30000.0
-    scale_sd: float = 0.1
+    max_shift_px: float = param(4.0, ge=0, unit="px", flag="--max-shift", label="Maximum shift")
+    defocus_min_A: float = param(10000.0, ge=0, unit="Å", flag="--defocus-min", label="Minimum defocus")
+    defocus_max_A: float = param(30000.0, ge=0, unit="Å", flag="--defocus-max", label="Maximum defocus")
+    scale_sd: float = param(0.1, ge=0, flag="--scale-sd", label="Scale spread")
     float16: bool = False
-    n_domains: int = 4
+    n_domains: int = param(4, ge=1, flag="--domains", label="Domains")
     move_deg: float = 25.0
     sigma_A: float | None = None
     reference_lowpass_A: float = 20.0
-    batch_size: int = 512
+    batch_size: int = param(512, ge=1, label="Batch size")
 
 
 def phantom_volumes(p: SimulationParams) -> list[np.ndarray]:
@@ -61,6 +63,28 @@ def phantom_volumes(p: SimulationParams) -> list[np.ndarray]:
     ph = make_phantom(p.box, p.pixel_size, n_domains=p.n_domains, seed=p.seed, symmetry=p.symmetry)
     sigma = p.sigma_A if p.sigma_A is not None else max(1.6, 0.5 * p.pixel_size)
     return [render(state_phantom(ph, k, p.move_deg), p.box, p.pixel_size, sigma) for k in range(p.n_states)]
+
+
+def check_simulation(out: Path, p: SimulationParams) -> None:
+    """Refuse, before anything is written, what cannot work: parameters out of range, an output place that is a
+    file, a folder that is not empty or not writable, and a box or particle count the memory or disk cannot
+    hold."""
+    from cryolive.jobs.jobdir import check_memory, check_output_parent
+
+    check_params(p)
+    if p.defocus_min_A > p.defocus_max_A:
+        raise InputError(f"--defocus-min ({p.defocus_min_A:g} Å) is above --defocus-max ({p.defocus_max_A:g} Å)")
+    check_output_parent(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty: choose a new output folder")
+    # the phantom's voxel coordinates and maps, the padded projector (complex64, twice the box) and a batch
+    check_memory(160.0 * p.box**3 * p.n_states, f"a box of {p.box} px", "choose a smaller --box")
+    parent = next(q for q in (out, *out.parents) if q.exists())
+    need = p.n * p.box**2 * (2 if p.float16 else 4)
+    free = shutil.disk_usage(parent).free
+    if need > free:
+        raise InputError(f"{p.n} particles of {p.box} px need {need / 2**30:.1f} GiB on disk, {parent} has "
+                         f"{free / 2**30:.1f} GiB free; choose a smaller --n or --box")
 
 
 def _check_out_dir(out: Path) -> None:
@@ -84,6 +108,7 @@ def simulate_dataset(out: str | os.PathLike, p: SimulationParams, progress: Prog
     out = Path(out)
     if volumes is not None and any(np.shape(v) != (p.box,) * 3 for v in volumes):
         raise ValueError(f"volumes must be ({p.box},)*3 maps, got {[np.shape(v) for v in volumes]}")
+    check_simulation(out, p)
     _check_out_dir(out)
     t0 = time.perf_counter()
     vols = phantom_volumes(p) if volumes is None else [np.asarray(v, dtype=np.float32) for v in volumes]
