@@ -85,6 +85,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
+    from cryolive.io import InputError
     from cryolive.jobs.refine import refine_job
     from cryolive.refinement.refine import RefineParams
     from cryolive.refinement.sgd import SGDStep
@@ -106,6 +107,15 @@ def cmd_refine(a: argparse.Namespace) -> int:
               f"GSFSC {it.resolution_A:6.2f} Å  (unmasked {it.resolution_unmasked_A:6.2f} Å)  "
               f"{it.timings['total_s']:.1f} s", flush=True)
 
+    if a.continue_job:
+        from cryolive.jobs.refine import continue_refine_job
+
+        _, result = drain(continue_refine_job(a.continue_job, save_iterations=a.save_iterations), show)
+        print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {a.continue_job}")
+        return 0
+    missing = [flag for flag, v in (("STAR", a.star), ("--ref", a.ref), ("--out", a.out)) if v is None]
+    if missing:
+        raise InputError(f"{', '.join(missing)} required (or --continue JOBDIR)")
     _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations),
                       show)
     print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {Path(a.out)}")
@@ -445,10 +455,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("refine", help="homogeneous refinement (gold-standard EM, global pose search)")
-    s.add_argument("star", help="particles: RELION STAR or cryoSPARC .cs with CTFs (poses are ignored unless "
-                                "--use-poses)")
-    s.add_argument("--ref", required=True, help="reference map (same box and pixel size as the particles)")
-    s.add_argument("--out", required=True, help="parent folder of the new job folder job_refine_<nnn>")
+    s.add_argument("star", nargs="?", help="particles: RELION STAR or cryoSPARC .cs with CTFs (poses are ignored "
+                                           "unless --use-poses)")
+    s.add_argument("--ref", help="reference map (same box and pixel size as the particles)")
+    s.add_argument("--out", help="parent folder of the new job folder job_refine_<nnn>")
+    s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
+                   help="go on with a killed or stopped refinement from its last completed iteration, in its folder "
+                        "(the other options are taken from its params.json)")
     s.add_argument("--mask", help="static mask (else a sphere, then a dynamic mask from the half maps)")
     s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
     s.add_argument("--lowpass", type=float, default=20.0, help="initial low-pass of the reference in Å (20)")
@@ -589,11 +602,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (``kill PID``, a cluster's time limit) stop a job as Ctrl-C does: the job folder says
+    ``stopped`` and keeps the last completed iteration's checkpoint (main thread only)."""
+    import signal
+    import threading
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cryolive`` command."""
     from cryolive.io import InputError
 
     args = build_parser().parse_args(argv)
+    _stop_on_sigterm()
     if isinstance(getattr(args, "out", None), str) and not args.out.strip():
         print(f"cryolive {args.command}: error: --out is empty: name the output", file=sys.stderr)
         return 2
@@ -602,6 +629,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"cryolive {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"cryolive {args.command}: stopped (the job folder keeps what was completed)", file=sys.stderr)
+        return 130
     except MemoryError as exc:
         print(f"cryolive {args.command}: error: out of memory ({exc or 'allocation failed'}); choose a smaller "
               "box, class box or --batch-size", file=sys.stderr)

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from cryolive.cli import main
 from cryolive.classification.classify import ClassifyParams
+from cryolive.cli import main
 from cryolive.io import InputError
 from cryolive.jobs.jobdir import available_memory_bytes, check_memory
 from cryolive.params import check_params, param_spec

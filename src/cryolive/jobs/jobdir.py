@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import socket
 import time
 from collections.abc import Callable, Generator
 from pathlib import Path
@@ -78,12 +79,39 @@ class JobFolder:
         self._log.write(f"[{time.perf_counter() - self._t0:8.1f} s] {message}\n")
 
     def set_status(self, state: str, **info: Any) -> None:
-        """Write ``status.json``: ``{"state": ..., **info}``."""
-        atomic_write_text(self.path / "status.json",
-                          json.dumps({"state": state, **info}, indent=2, default=_json_default) + "\n")
+        """Write ``status.json``: ``{"state": ..., **info, "pid", "host", "updated"}`` (the process that wrote
+        it and when, so that :func:`job_state` can tell a running job from one that was killed)."""
+        record = {"state": state, **info, "pid": os.getpid(), "host": socket.gethostname(), "updated": time.time()}
+        atomic_write_text(self.path / "status.json", json.dumps(record, indent=2, default=_json_default) + "\n")
 
     def close(self) -> None:
         self._log.close()
+
+
+def job_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The job folder's ``status.json`` as a dict; a job that says ``running`` but whose process is gone from this
+    machine (killed, or the machine restarted) reads ``interrupted``. A folder without a status reads
+    ``unknown``."""
+    try:
+        status = json.loads((Path(path) / "status.json").read_text())
+    except (OSError, ValueError):
+        return {"state": "unknown"}
+    if status.get("state") == "running" and status.get("host") == socket.gethostname():
+        if not _process_alive(int(status.get("pid", -1))):
+            status["state"] = "interrupted"
+    return status
+
+
+def _process_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def run_in_job(job: JobFolder, gen: Generator[Step, None, Result], on_step: Callable[[Step], Step],

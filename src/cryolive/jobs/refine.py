@@ -15,24 +15,31 @@ for, then a :class:`RefineIteration` per iteration; the CLI, tests and napari co
     iterations.csv          resolution, timings and pose statistics per iteration
     iter_<nnn>_map.mrc      per-iteration maps (with ``save_iterations``)
     ab_initio.mrc           the map the ab-initio steps ended with, the refinement's start (with ``sgd_steps``)
+    checkpoint.npz          the state after the last completed iteration (removed when the job finishes):
+                            ``cryolive refine --continue JOBDIR`` goes on from it after a kill
     params.json, log.txt, status.json
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import json
 import time
 from collections.abc import Generator
+from pathlib import Path
 
 import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
-from cryolive.io import read_matching_map, read_matching_mask, read_particles, write_map, write_star
+from cryolive.io import InputError, read_matching_map, read_matching_mask, read_particles, write_map, write_star
+from cryolive.io._atomic import atomic_path
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, run_in_job, write_csv
+from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, job_state, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.jobs.reconstruct import auto_bfactor
 from cryolive.refinement.refine import (
+    RefineCheckpoint,
     RefineIteration,
     RefineParams,
     RefineResult,
@@ -42,6 +49,8 @@ from cryolive.refinement.refine import (
 )
 from cryolive.refinement.sgd import SGDStep
 from cryolive.resolution.sharpen import sharpen
+
+CHECKPOINT = "checkpoint.npz"
 
 
 def check_reference(particles_path: str, reference_path: str, box: int, pixel_size: float) -> np.ndarray:
@@ -83,7 +92,82 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     if p.sgd_steps > 0:
         job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the reference "
                 f"(to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")
-    history: list[dict] = []
+    return (yield from _run(job, stack, ref, mask, p, t0, save_iterations))
+
+
+def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
+    """Go on with a refinement that was killed or stopped, in its own folder, from the checkpoint its last
+    completed iteration wrote (``checkpoint.npz``): the same particles, reference, mask and parameters
+    (``params.json``); the run continues exactly as it would have without the interruption. Refused, naming the
+    folder, when it is still running, finished, or has no checkpoint."""
+    folder = Path(job_dir)
+    prm = _continuable(folder)
+    p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
+    ckpt = load_checkpoint(folder / CHECKPOINT)
+    t0 = time.perf_counter()
+    stack = read_particles(prm["particles"])
+    ref = check_reference(prm["particles"], prm["reference"], stack.box, stack.pixel_size)
+    mask = None
+    if prm.get("mask"):
+        mask = read_matching_mask(prm["mask"], stack.box, stack.pixel_size, prm["particles"], "mask")
+    check_inputs(stack, p)
+    job = JobFolder(folder)
+    job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
+    job.set_status("running", iteration=ckpt.iteration)
+    history = _read_history(job.file("iterations.csv"))[:ckpt.iteration]
+    return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history))
+
+
+def _continuable(folder: Path) -> dict:
+    """``params.json`` of a refinement job folder that can be continued (InputError naming it otherwise)."""
+    if not (folder / "params.json").is_file():
+        raise InputError(f"{folder}: not a refinement job folder (no params.json)")
+    state = job_state(folder)
+    if state["state"] == "running":
+        raise InputError(f"{folder}: still running (process {state.get('pid')}); stop it first")
+    if state["state"] == "finished":
+        raise InputError(f"{folder}: finished; start a new refinement from its particles.star to go further")
+    if not (folder / CHECKPOINT).is_file():
+        raise InputError(f"{folder}: no {CHECKPOINT} (it stopped before its first iteration ended); start it again")
+    prm = json.loads((folder / "params.json").read_text())
+    if not {"particles", "reference"} <= prm.keys():
+        raise InputError(f"{folder}/params.json: not a refinement's parameters (no particles or reference)")
+    return prm
+
+
+def _read_history(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def save_checkpoint(path: Path, c: RefineCheckpoint) -> None:
+    """Write ``c`` as ``.npz`` under a temporary name, then rename over ``path``."""
+    values = {f.name: np.asarray(getattr(c, f.name)) for f in dataclasses.fields(c)}
+    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **values)
+
+
+def load_checkpoint(path: Path) -> RefineCheckpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` (InputError naming the file if it is unreadable)."""
+    try:
+        with np.load(path) as data:
+            values = {k: data[k] for k in data.files}
+        kinds = {f.name: f.type for f in dataclasses.fields(RefineCheckpoint)}
+        conv = {"int": int, "float": float, "str": str}
+        return RefineCheckpoint(**{k: conv[kinds[k]](v.item()) if kinds[k] in conv else v
+                                   for k, v in values.items()})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable refinement checkpoint ({exc})") from None
+
+
+def _run(job: JobFolder, stack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams, t0: float,
+         save_iterations: bool, resume: RefineCheckpoint | None = None,
+         history: list[dict] | None = None) -> Generator[RefineStep, None, RefineResult]:
+    """Drive :func:`refine` in ``job``: per-iteration log, ``iterations.csv``, status and checkpoint; the outputs
+    at the end."""
+    history = [] if history is None else history
     sgd_done = [0]
 
     def on_step(it: RefineStep) -> RefineStep:
@@ -96,13 +180,16 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
         write_csv(job.file("iterations.csv"), history)
         if save_iterations:
             write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
+        if it.checkpoint is not None:
+            save_checkpoint(job.file(CHECKPOINT), it.checkpoint)
         job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
         return it
 
-    result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask), on_step,
+    result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask, resume=resume), on_step,
                                                  lambda: {"last_iteration": len(history),
                                                           "ab_initio_steps": sgd_done[0]})
     _write_outputs(job, result, stack.pixel_size)
+    job.file(CHECKPOINT).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A)
     job.close()

@@ -26,6 +26,8 @@ wrapper :func:`cryolive.jobs.refine.refine_job` does).
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -163,6 +165,39 @@ class RefineIteration:
     sigma2: np.ndarray  # noise power per shell
     timings: dict[str, float] = field(default_factory=dict)
     fsc_mask: np.ndarray | None = None  # the (tighter) mask the corrected FSC used
+    checkpoint: RefineCheckpoint | None = None  # what the next iteration starts from (to continue a killed job)
+
+
+@dataclass(frozen=True)
+class RefineCheckpoint:
+    """Everything the iteration after ``iteration`` starts from: :func:`refine` with ``resume=`` this goes on
+    exactly as the uninterrupted run would have (same poses, maps and random draws).
+
+    Poses: ``rotations (N, 3, 3)`` RELION ``A``, ``shifts_px (N, 2)`` origins in pixels, ``scales (N,)``,
+    ``seen (N,)`` (has a pose from this run), ``half (N,)`` (1 / 2); ``sigma2`` noise power per shell;
+    ``ref_a``, ``ref_b``, ``mask``, ``fsc_mask`` ``(n, n, n)`` float32; resolutions in Å; the stopping state
+    (``best_resolution_A``, ``stalls``, ``final_left``: -1 while not counting down) and the random generator's
+    state as JSON.
+    """
+
+    iteration: int
+    rotations: np.ndarray
+    shifts_px: np.ndarray
+    scales: np.ndarray
+    seen: np.ndarray
+    half: np.ndarray
+    sigma2: np.ndarray
+    ref_a: np.ndarray
+    ref_b: np.ndarray
+    mask: np.ndarray
+    fsc_mask: np.ndarray
+    resolution_A: float
+    align_resolution_A: float
+    global_iters: int
+    best_resolution_A: float
+    stalls: int
+    final_left: int
+    rng_state: str
 
 
 #: what :func:`refine` yields: the ab-initio steps (only with ``sgd_steps``), then one result per iteration
@@ -546,30 +581,71 @@ def sgd_start(particles: ParticleStack, reference: Any, p: RefineParams) -> Gene
     return (yield from sgd_reconstruct(particles, reference, sp))
 
 
+def _checkpoint(r: _Refiner, it: int, best_res: float, stalls: int, final_left: int | None) -> RefineCheckpoint:
+    """A copy of the refiner's state after iteration ``it`` (NumPy arrays)."""
+    s = r.state
+    return RefineCheckpoint(
+        iteration=it, rotations=s.rotations.copy(), shifts_px=s.shifts.copy(), scales=s.scales.copy(),
+        seen=s.seen.copy(), half=r.half.copy(), sigma2=np.asarray(r.sigma2, np.float64).copy(),
+        # the maps are replaced, never changed in place, by the next iteration: no copy on the CPU
+        ref_a=np.asarray(to_numpy(r.refs[0]), np.float32), ref_b=np.asarray(to_numpy(r.refs[1]), np.float32),
+        mask=np.asarray(to_numpy(r.mask), np.float32), fsc_mask=np.asarray(to_numpy(r.fsc_mask), np.float32),
+        resolution_A=float(r.resolution), align_resolution_A=float(r.align_resolution),
+        global_iters=int(r.global_iters), best_resolution_A=float(best_res), stalls=int(stalls),
+        final_left=-1 if final_left is None else int(final_left),
+        rng_state=json.dumps(r.rng.bit_generator.state))
+
+
+def _restore(r: _Refiner, c: RefineCheckpoint) -> None:
+    """Put the refiner back in the state ``c`` was taken in (shapes checked against the particles)."""
+    n = len(r.stack)
+    if c.rotations.shape != (n, 3, 3) or c.ref_a.shape != (r.n,) * 3:
+        raise InputError(f"the checkpoint holds {len(c.rotations)} poses of box {c.ref_a.shape[0]}; the particles "
+                         f"are {n} of box {r.n}: it belongs to another data set")
+    m = r.m
+    r.state = _State(c.rotations.copy(), c.shifts_px.copy(), c.scales.copy(), c.seen.astype(bool).copy())
+    r.half = c.half.copy()
+    r.sigma2 = np.asarray(c.sigma2, np.float64).copy()
+    r.refs = [m.asarray(c.ref_a), m.asarray(c.ref_b)]
+    r.mask, r.fsc_mask = m.asarray(c.mask), m.asarray(c.fsc_mask)
+    r.resolution, r.align_resolution = c.resolution_A, c.align_resolution_A
+    r.global_iters = c.global_iters
+    r.rng.bit_generator.state = json.loads(c.rng_state)
+
+
 def refine(particles: ParticleStack, reference: Any, params: RefineParams | None = None,
-           mask: Any = None) -> Generator[RefineStep, None, RefineResult]:
+           mask: Any = None, resume: RefineCheckpoint | None = None) -> Generator[RefineStep, None, RefineResult]:
     """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration (after an
     :class:`~cryolive.refinement.sgd.SGDStep` per ab-initio step when ``params.sgd_steps`` > 0).
 
     ``particles``: a :class:`~cryolive.io.ParticleStack` with CTFs (poses, if present, are ignored: global search;
     with ``params.use_input_poses`` the search is local around them from the first iteration);
     ``reference``: ``(n, n, n)`` map at the particles' pixel size; ``mask``: optional static mask (else a soft
-    sphere, then a dynamic mask from the half maps). Returns a :class:`RefineResult`.
+    sphere, then a dynamic mask from the half maps); ``resume``: a checkpoint of an earlier run of the same
+    particles and parameters (``RefineIteration.checkpoint``): the run goes on from the iteration after it.
+    Returns a :class:`RefineResult`.
     """
     p = params or RefineParams()
     check_inputs(particles, p)
-    if p.sgd_steps > 0:
+    if p.sgd_steps > 0 and resume is None:
         _checked_reference(reference, particles.box)
         reference = yield from sgd_start(particles, reference, p)
     r = _Refiner(particles, reference, p, mask)
     n_tot = len(particles)
     history: list[dict[str, float]] = []
-    if p.greyscale:
-        r.greyscale()
     best_res, stalls, final_left = np.inf, 0, None
+    if resume is not None:
+        _restore(r, resume)
+        best_res, stalls = resume.best_resolution_A, resume.stalls
+        final_left = None if resume.final_left < 0 else resume.final_left
+    elif p.greyscale:
+        r.greyscale()
     mb_size = p.minibatch_size or min(n_tot, max(1000, n_tot // 4))
     last: RefineIteration | None = None
-    for it in range(1, p.max_iter + 1):
+    first = 1 if resume is None else resume.iteration + 1
+    if first > p.max_iter or (final_left is not None and final_left <= 0):
+        raise InputError(f"nothing to continue: the run had finished its iterations ({first - 1} of {p.max_iter})")
+    for it in range(first, p.max_iter + 1):
         # minibatches speed up the first global iterations; local refinement from the file's poses and the last
         # iteration always use every particle (the maps and poses written are those of the whole set)
         minibatch = (it <= p.minibatch_iters and mb_size < n_tot and not p.use_input_poses and it < p.max_iter)
@@ -592,23 +668,24 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
             fsc_mask=to_numpy(r.fsc_mask).astype(np.float32))
         history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
                         **out["pose_summary"], **out["timings"]})
-        yield last
         if _keep_global(r, p, it, local, out["pose_summary"]["moved_20deg_fraction"]):
             r.global_iters += 1
+        done = False
         if final_left is not None:
             final_left -= 1
-            if final_left <= 0:
-                break
-            continue
-        if not minibatch:
+            done = final_left <= 0
+        elif not minibatch:
             if r.resolution < best_res * (1 - p.stop_tolerance):
                 best_res, stalls = r.resolution, 0
             else:
                 stalls += 1
             if stalls >= 1 and it > r.global_iters:
                 final_left = p.extra_final_passes
-                if final_left <= 0:
-                    break
+                done = final_left <= 0
+        last = dataclasses.replace(last, checkpoint=_checkpoint(r, it, best_res, stalls, final_left))
+        yield last
+        if done:
+            break
     assert last is not None
     shifts_a = r.state.shifts * r.apix
     scales = r.state.scales.copy()

@@ -18,6 +18,7 @@ import numpy as np
 
 from cryolive.backend import to_numpy, xp
 from cryolive.image.fourier import fftnc, ifftnc
+from cryolive.io._atomic import atomic_path
 from cryolive.resolution._shells import (
     check_cubic,
     check_finite,
@@ -191,7 +192,7 @@ class FSCResult:
         def cell(arr: np.ndarray | None, i: int) -> str:
             return "" if arr is None else f"{float(arr[i]):.8g}"
 
-        with open(path, "w", newline="") as fh:
+        with atomic_path(path, overwrite=True) as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(
                 [
