@@ -1,6 +1,8 @@
 """Reference-based motion correction as a job: :func:`cryolive.motion.motion` plus a job folder.
 
-``motion_job`` yields the core generator's :class:`~cryolive.motion.MotionStep` objects and writes
+``motion_job`` first checks the inputs and every movie (:func:`cryolive.motion.movies.open_movie_set`: formats,
+frame counts, gain, pixel sizes, pick coordinates), so bad input is refused with one line naming the file before
+any folder is made; it then yields the core generator's :class:`~cryolive.motion.MotionStep` objects and writes
 ``<out>/job_motion_<nnn>/``:
 
     hyperparameters.json    r (1/px^2), theta (rad), z_A (Å) (+ lambda_sp, lambda_acc); reusable with --hyper
@@ -11,7 +13,8 @@
     particles.mrcs          motion-corrected dose-weighted particles (float16 with float16=True)
     particles.star          the input particles pointing at particles.mrcs (poses, CTFs kept; pixel size and box
                             changed by a Fourier crop; coordinates and origins changed by re-centring)
-    params.json, log.txt, status.json
+    params.json, log.txt, status.json  (params.json also records the movies' frame count, pixel sizes, patch
+                            size and dose per frame; log.txt the movie format and gain)
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ import numpy as np
 from cryolive.backend import backend_name
 from cryolive.io import InputError, read_map, read_particles, write_star
 from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
+from cryolive.jobs.plots import save_figure
 from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
 from cryolive.motion.dose import DoseModel, load_dose
 from cryolive.motion.hyper import load_hyper, save_hyper
+from cryolive.motion.movies import MovieSet, open_movie_set
 
 
 def _read_like(path: str, box: int, apix: float, particles: str) -> np.ndarray:
@@ -56,16 +61,22 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
     dose = load_dose(dose_path) if dose_path else None
     if dose is not None and p.final_stage != "hyper":
         _check_dose(dose, dose_path)
+    movie_set = open_movie_set(stack, movies, p.skip_wrong_frame_count, p.gain, p.gain_rot, p.gain_flip,
+                               p.dose_per_frame)  # every refusal before the job folder exists
+    if dose is not None and p.final_stage != "hyper" and len(dose.bfactors) != movie_set.n_frames:
+        raise InputError(f"{dose_path}: dose weights fitted to {len(dose.bfactors)} frames, but the movies have "
+                         f"{movie_set.n_frames}; estimate new dose weights for these movies")
     job = JobFolder.create(out, "motion")
     job.write_params({"particles": particles_path, "movies": movies, "half_a": half_a_path, "half_b": half_b_path,
                       "mask": mask_path, "hyper": hyper_path, "dose_weights": dose_path, **dataclasses.asdict(p),
                       "backend": backend_name(), "n_particles": len(stack), "pixel_size_A": stack.pixel_size,
-                      "box": stack.box})
+                      "box": stack.box, **_movie_params(movie_set)})
     job.set_status("running", stage="start")
     job.log(f"motion correction: {len(stack)} particles, box {stack.box}, {stack.pixel_size:.4g} Å/px; movies "
             f"{movies}; hyper-parameters {'from ' + hyper_path if hyper_path else 'searched'}; dose weights "
             f"{'from ' + dose_path if dose_path else 'estimated'}")
-    gen = motion(stack, movies, half_a, half_b, mask, p, hyper=hyper, dose=dose,
+    job.log(_describe_movies(movie_set, p))
+    gen = motion(stack, movie_set, half_a, half_b, mask, p, hyper=hyper, dose=dose,
                  out_stack=job.file("particles.mrcs") if p.final_stage == "final" else None)
     stage = {"last": ""}
 
@@ -84,6 +95,25 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
     job.set_status("finished", stage=p.final_stage, timings=result.timings)
     job.close()
     return result
+
+
+def _movie_params(ms: MovieSet) -> dict:
+    """What the movie checks found, for params.json."""
+    return {"n_frames": ms.n_frames, "movie_pixel_size_A": ms.pixel.movie_A, "movie_pixel_size_from":
+            ms.pixel.movie_label, "coordinate_pixel_size_A": ms.pixel.coords_A, "patch_px": ms.patch,
+            "dose_per_frame_e_A2": ms.dose_per_frame, "pre_exposure_e_A2": ms.pre_exposure,
+            "dose_from": ms.dose_source, "skipped_movies": ms.skipped}
+
+
+def _describe_movies(ms: MovieSet, p: MotionParams) -> str:
+    """One log line: movie count, format, frames, size, pixel sizes, gain and dose."""
+    info = next(iter(ms.infos.values()))
+    gain = f"gain {p.gain} (rot {p.gain_rot}, flip {p.gain_flip})" if p.gain else "no gain reference"
+    dose = (f"{ms.dose_per_frame:g} e/Å² per frame ({ms.dose_source})" if ms.dose_per_frame is not None
+            else "dose per frame unknown")
+    return (f"movies: {len(ms.paths)} {info.kind.upper()} ({info.dtype}), {ms.n_frames} frames of {info.nx} x "
+            f"{info.ny} px at {ms.pixel.movie_A:.4g} Å/px ({ms.pixel.movie_label}); coordinates at "
+            f"{ms.pixel.coords_A:.4g} Å/px; patches of {ms.patch} px; {gain}; {dose}")
 
 
 def _check_dose(dose: DoseModel, path: str) -> None:
@@ -108,6 +138,9 @@ def _write_outputs(job: JobFolder, result: MotionResult, n_particles: int) -> No
         plot_search(result.search, job.file("hyper_search.png"))
     if result.dose is not None:
         result.dose.save(job.file("dose_weights.npz"))
+        if (slope := result.dose.bfactor_per_dose()) is not None:
+            job.log(f"empirical B-factors rise by {slope:.3g} Å² per e/Å² "
+                    f"({result.dose.dose_per_frame:g} e/Å² per frame)")
         plot_dose(result.dose.weights(), job.file("dose_weights.png"))
     if result.trajectories:
         traj = np.full((n_particles, result.n_frames, 2), np.nan)
@@ -143,7 +176,7 @@ def plot_search(search: tuple, path: str | os.PathLike) -> None:
     ax.set_ylabel("cross-validation score (lower is better)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)
 
 
 def plot_dose(weights: np.ndarray, path: str | os.PathLike) -> None:
@@ -161,4 +194,4 @@ def plot_dose(weights: np.ndarray, path: str | os.PathLike) -> None:
     ax.set_ylabel("frame")
     ax.set_title("empirical dose weights")
     fig.tight_layout()
-    fig.savefig(path)
+    save_figure(fig, path)

@@ -36,7 +36,7 @@ def plot_fsc(result: FSCResult, path: str | os.PathLike, title: str = "") -> Non
     ax.set_title(title)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_class_sizes(sizes: np.ndarray, path: str | os.PathLike, title: str = "class sizes") -> None:
@@ -60,10 +60,11 @@ def plot_class_sizes(sizes: np.ndarray, path: str | os.PathLike, title: str = "c
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
-def _save(fig: object, path: str | os.PathLike) -> None:
+def save_figure(fig: object, path: str | os.PathLike) -> None:
+    """Save a matplotlib figure as PNG under a temporary name, then rename it over ``path``."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)  # type: ignore[attr-defined]

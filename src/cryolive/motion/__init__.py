@@ -1,6 +1,7 @@
 """Reference-based motion correction (Bayesian polishing, Zivanov, Nakane & Scheres 2019). Qt-free.
 
-One verb per module: :mod:`.movies` (find and read MRC movie stacks), :mod:`.references` (project each particle's
+One verb per module: :mod:`.movies` (find and check the movies; :mod:`.movie_io` reads MRC and TIFF, :mod:`.gain`
+the gain reference), :mod:`.references` (project each particle's
 own and opposite half map), :mod:`.patches` (per-frame particle patches and their transforms),
 :mod:`.trajectories` (joint per-micrograph trajectory fit with acceleration and spatial priors), :mod:`.hyper`
 (cross-validated hyper-parameter search), :mod:`.dose` (empirical dose weights from the FCC), :mod:`.correct`

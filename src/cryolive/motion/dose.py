@@ -52,12 +52,29 @@ class FCCAccumulator:
 
 @dataclass(frozen=True)
 class DoseModel:
-    """Per-frame relative B-factors ``(F,)`` Å^2, scales ``(F,)``, for particles of ``box`` px at ``pixel_size`` Å."""
+    """Per-frame relative B-factors ``(F,)`` Å^2, scales ``(F,)``, for particles of ``box`` px at ``pixel_size`` Å;
+    with the movies' ``dose_per_frame`` and ``pre_exposure`` (e/Å^2) when known (recorded, not used by the fit)."""
 
     bfactors: np.ndarray
     scales: np.ndarray
     pixel_size: float
     box: int
+    dose_per_frame: float | None = None
+    pre_exposure: float = 0.0
+
+    def exposure(self) -> np.ndarray | None:
+        """Accumulated dose at each frame's middle ``(F,)`` e/Å^2 (None when the dose per frame is unknown)."""
+        if self.dose_per_frame is None:
+            return None
+        return self.pre_exposure + self.dose_per_frame * (np.arange(len(self.bfactors)) + 0.5)
+
+    def bfactor_per_dose(self) -> float | None:
+        """Least-squares slope of the B-factors against the exposure (Å^2 per e/Å^2; None when the dose is unknown
+        or there is a single frame)."""
+        e = self.exposure()
+        if e is None or len(e) < 2:
+            return None
+        return float(np.polyfit(e, self.bfactors, 1)[0])
 
     def amplitude(self, box: int | None = None, pixel_size: float | None = None) -> np.ndarray:
         """Relative signal amplitude ``k_f exp(-B_f s^2/4)`` ``(F, box//2+1)`` (max 1) for shells of ``box`` px at
@@ -73,14 +90,18 @@ class DoseModel:
         return a / np.maximum(a.sum(axis=0, keepdims=True), 1e-30)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write ``.npz`` with ``weights``, ``bfactors``, ``scales``, ``pixel_size``, ``box``."""
+        """Write ``.npz`` with ``weights``, ``bfactors``, ``scales``, ``pixel_size``, ``box`` (and
+        ``dose_per_frame``, ``pre_exposure``, ``exposure`` e/Å^2 when the dose is known)."""
         from cryolive.io._atomic import temp_name
 
         p = Path(path)
         tmp = temp_name(p)
+        dose = ({} if self.dose_per_frame is None else
+                {"dose_per_frame": self.dose_per_frame, "pre_exposure": self.pre_exposure,
+                 "exposure": self.exposure()})
         with open(tmp, "wb") as fh:
             np.savez(fh, weights=self.weights(), bfactors=self.bfactors, scales=self.scales,
-                     pixel_size=self.pixel_size, box=self.box)
+                     pixel_size=self.pixel_size, box=self.box, **dose)
         os.replace(tmp, p)
 
 
@@ -89,8 +110,10 @@ def load_dose(path: str | os.PathLike) -> DoseModel:
     p = Path(path)
     try:
         z = np.load(p)
+        dose = float(z["dose_per_frame"]) if "dose_per_frame" in z.files else None
+        pre = float(z["pre_exposure"]) if "pre_exposure" in z.files else 0.0
         return DoseModel(np.asarray(z["bfactors"], float), np.asarray(z["scales"], float), float(z["pixel_size"]),
-                         int(z["box"]))
+                         int(z["box"]), dose, pre)
     except FileNotFoundError:
         raise InputError(f"{p}: dose-weight file not found") from None
     except (ValueError, KeyError, OSError) as exc:

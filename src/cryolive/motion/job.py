@@ -11,8 +11,11 @@ Stages (``final_stage`` stops after any of them):
    in the likelihood), then ``F sum_f w(f, s) shift(X_f, -d_f)`` written to the output stack in input order.
 
 Per micrograph the rigid track (the particle-summed correlation peak) is found first and the priors act on the
-local trajectories relative to it. Patches are cut at the integer pick coordinates (``rlnCoordinateX/Y``, px);
-with ``recenter`` the coordinates first move by ``-round(origin)`` and the origins keep the remainder.
+local trajectories relative to it. Patches are cut at the integer pick coordinates (``rlnCoordinateX/Y``, in
+pixels of the coordinates, converted to movie pixels; see :mod:`.movies`), from frames times the gain, read one at
+a time; when the movie pixel is finer than the particles' the patches are Fourier-cropped to the particle box, so
+trajectories are always in particle pixels. With ``recenter`` the coordinates first move by ``-round(origin)``
+and the origins keep the remainder.
 Every step yields a frozen :class:`MotionStep`; the generator returns a :class:`MotionResult`.
 """
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,17 +32,13 @@ import numpy as np
 from cryolive.backend import to_numpy
 from cryolive.image.fourier import rfft_freqs_2d
 from cryolive.io import InputError, ParticleStack, StackWriter
-from cryolive.motion.correct import align_frames, corrected_particles
+from cryolive.motion.correct import align_frames, corrected_particles, fourier_crop
 from cryolive.motion.dose import DoseModel, FCCAccumulator, fit_dose_model, weight_image
+from cryolive.motion.gain import apply_gain
 from cryolive.motion.hyper import SearchPoint, check_overrides, rays_for, search_step
-from cryolive.motion.movies import (
-    check_frame_counts,
-    coordinates,
-    micrograph_names,
-    read_movie,
-    resolve_movies,
-)
-from cryolive.motion.patches import extract_patches, noise_power, patch_transforms
+from cryolive.motion.movie_io import open_movie
+from cryolive.motion.movies import MovieSet, coordinates, micrograph_names, movie_positions, open_movie_set
+from cryolive.motion.patches import movie_patches, noise_power, patch_transforms
 from cryolive.motion.references import References
 from cryolive.motion.trajectories import UPSAMPLE, Hyper, cc_maps, fit_trajectories, global_track
 
@@ -48,7 +47,18 @@ STAGES = ("hyper", "dose", "final")
 
 @dataclass(frozen=True)
 class MotionParams:
-    """Job parameters. Pixels unless named ``_A``; ``r`` in 1/px^2, ``theta`` radians."""
+    """Job parameters. Pixels unless named ``_A``; ``r`` in 1/px^2, ``theta`` radians.
+
+    Movie input (see :mod:`.movies` and :mod:`.gain`):
+
+    * ``gain``: gain reference (MRC or TIFF, 2-D, the frames' size after orienting) multiplied into every frame
+      before anything else; None: the frames are used as stored.
+    * ``gain_rot``: rotate the gain by this many 90-degree steps counter-clockwise with y up (0..3, RELION's
+      ``--gain_rot``, MotionCor2's ``-RotGain``), before ``gain_flip``.
+    * ``gain_flip``: 0 none, 1 upside down, 2 left-right (RELION's ``--gain_flip``, MotionCor2's ``-FlipGain``).
+    * ``dose_per_frame``: electron dose per frame (e/Å^2); None: ``rlnMicrographDoseRate`` of the STAR when it has
+      one. Recorded with the empirical dose weights (B-factors per e/Å^2); the weights themselves are fitted.
+    """
 
     thoroughness: str = "fast"
     max_prior_strength: float = 1e4
@@ -72,6 +82,10 @@ class MotionParams:
     float16: bool = False
     seed: int = 0
     keep_search_trajectories: bool = False
+    gain: str | None = None
+    gain_rot: int = 0
+    gain_flip: int = 0
+    dose_per_frame: float | None = None
 
 
 @dataclass(frozen=True)
@@ -131,32 +145,34 @@ class _Mic:
     fit_maps: np.ndarray | None = None
     cv_maps: np.ndarray | None = None
     cv_norm: float = 1.0
+    amplitude: float = 1.0
 
 
 class _Context:
     """Shared state: particles, movies, references, recentred coordinates/origins, timings."""
 
-    def __init__(self, stack: ParticleStack, movies: str | os.PathLike, refs: References, p: MotionParams) -> None:
+    def __init__(self, stack: ParticleStack, movies: MovieSet, refs: References, p: MotionParams) -> None:
         if stack.rotations is None:
             raise InputError(f"{stack.source}: the particles have no poses; motion correction needs a refinement")
         if refs.box != stack.box:
             raise InputError(f"{stack.source}: particle box {stack.box} differs from the half maps' box {refs.box}")
-        self.stack, self.refs, self.p = stack, refs, p
+        self.stack, self.refs, self.p, self.movies = stack, refs, p, movies
         names = micrograph_names(stack)
-        paths = resolve_movies(stack, movies)
-        self.n_frames, skipped = check_frame_counts(paths, p.skip_wrong_frame_count)
-        self.skipped = sorted(skipped)
-        self.paths = {k: v for k, v in paths.items() if k not in skipped}
+        self.n_frames = movies.n_frames
+        self.skipped = list(movies.skipped)
+        self.paths = dict(movies.paths)
         self.names = names
         self.mic_list = sorted(self.paths)
         self.kept = np.nonzero(np.isin(names, self.mic_list))[0]
         origins = np.zeros((len(stack), 2)) if stack.shifts is None else stack.shifts.copy()
         xy = coordinates(stack)
         if p.recenter:
-            move = np.rint(origins / stack.pixel_size).astype(np.int64)
+            coords_A = movies.pixel.coords_A
+            move = np.rint(origins / coords_A).astype(np.int64)
             xy = xy - move
-            origins = origins - move * stack.pixel_size
+            origins = origins - move * coords_A
         self.xy, self.origins = xy, origins
+        self.movie_xy = movie_positions(xy, movies.pixel)
         n = stack.box
         ky, kx = (to_numpy(g) for g in rfft_freqs_2d(n))  # motion computes on the host
         self.radius = np.sqrt(kx * kx + ky * ky)
@@ -172,26 +188,33 @@ class _Context:
         """Read the movie, cut patches, project references, find the rigid track (low-frequency band)."""
         t0 = time.perf_counter()
         idx = np.nonzero(self.names == name)[0]
-        frames = read_movie(self.paths[name])
+        movie, gain = open_movie(self.paths[name]), self.movies.gain
+        patches, total = movie_patches(lambda f: apply_gain(movie.frame(f), gain), self.n_frames,
+                                       self.movie_xy[idx], self.movies.patch)
         t0 = self.tick("read_s", t0)
         ref_own = self.refs.project(self.stack, idx, self.origins[idx])
         ref_opp = self.refs.project(self.stack, idx, self.origins[idx], opposite=True)
         t0 = self.tick("references_s", t0)
-        fx = patch_transforms(extract_patches(frames, self.xy[idx], self.stack.box))
+        fx = patch_transforms(patches)
+        if self.movies.patch != self.stack.box:  # movie pixels finer than the particles': crop to the particle box
+            fx = fourier_crop(fx, self.movies.patch, self.stack.box)
         noise = noise_power(fx)
         t0 = self.tick("patches_s", t0)
         band = (self.radius <= self.cut) / noise
         wg = self.p.global_window_px
-        rigid = global_track(cc_maps(fx, ref_own, band, wg), wg)
+        maps = cc_maps(fx, ref_own, band, wg)
+        sign = contrast_sign(maps)
+        rigid = global_track(sign * maps, wg)
         fx = align_frames(fx, np.broadcast_to(rigid[None], (len(idx),) + rigid.shape))
+        amp = reference_amplitude(fx, ref_own, np.where(self.radius > 0, band, 0.0), sign)
+        ref_own, ref_opp = ref_own * np.float32(amp), ref_opp * np.float32(amp)
         self.tick("rigid_s", t0)
-        total = frames.sum(axis=0)
         b = max(1, int(np.ceil(max(total.shape) / 1024)))
         binned = total[: total.shape[0] // b * b, : total.shape[1] // b * b]
         binned = binned.reshape(binned.shape[0] // b, b, binned.shape[1] // b, b).mean(axis=(1, 3))
-        pos = self.xy[idx]
-        return _Mic(name, idx, pos, pos * self.stack.pixel_size, fx, ref_own, ref_opp, noise, rigid,
-                    binned.astype(np.float32), b)
+        pos = self.movie_xy[idx]
+        return _Mic(name, idx, pos, pos * self.movies.pixel.movie_A, fx, ref_own, ref_opp, noise, rigid,
+                    binned.astype(np.float32), b, amplitude=amp)
 
     def fit_weight(self, mic: _Mic, all_fcs: bool, dose: DoseModel | None) -> np.ndarray:
         """Likelihood weights ``(F or 1, n, n//2+1)``: band x damage amplitude / noise power."""
@@ -220,6 +243,30 @@ class _Context:
             if count >= target:
                 break
         return out
+
+
+def contrast_sign(maps: np.ndarray) -> float:
+    """+1 when the particles in the frames have the references' contrast, -1 when inverted (e.g. raw counts
+    against references of white particles): which extreme (summed over frames) of the particle-summed correlation
+    maps ``(N, F, S, S)`` of each frame is larger, the peak or the trough."""
+    per_frame = maps.sum(axis=0).reshape(maps.shape[1], -1)  # (F, S*S)
+    per_frame = per_frame - np.median(per_frame, axis=1, keepdims=True)  # the offset of the DC term goes
+    return 1.0 if float(per_frame.max(axis=1).sum()) >= -float(per_frame.min(axis=1).sum()) else -1.0
+
+
+def reference_amplitude(fx: np.ndarray, ref: np.ndarray, weight: np.ndarray, sign: float) -> float:
+    """Least-squares amplitude ``a`` (with its sign) of the references ``(N, n, n//2+1)`` in each aligned frame
+    ``(N, F, n, n//2+1)`` under ``weight`` ``(n, n//2+1)`` (zero at DC): ``sum Re[X conj(R)] w / (F sum |R|^2 w)``.
+    Scaling the references by ``a`` puts them on the movies' intensity scale (counts, gain, contrast), so the
+    likelihood and the priors balance whatever units the movies are in. ``|a|`` is at least 1e-3 of the data's
+    scale, with the sign ``sign`` of :func:`contrast_sign`."""
+    num = float(((fx * np.conj(ref)[:, None]).real * weight).sum())
+    den = float((np.abs(ref) ** 2 * weight).sum()) * fx.shape[1]
+    if den <= 0:
+        return sign
+    a = num / den
+    floor = 1e-3 * float(np.sqrt((np.abs(fx) ** 2 * weight).sum() / den))
+    return a if a * sign >= floor else sign * max(floor, 1e-30)
 
 
 def _step(ctx: _Context, stage: str, mic: _Mic | None, done: int, total: int, traj: np.ndarray | None,
@@ -293,16 +340,20 @@ def _dose(ctx: _Context, hyper: Hyper) -> Generator[MotionStep, None, DoseModel]
         ctx.tick("dose_s", t0)
         yield _step(ctx, "dose", mic, k + 1, len(names), traj, model, [],
                     f"dose weights from {acc.count} particles")
+    if model is not None and ctx.movies.dose_per_frame is not None:
+        model = replace(model, dose_per_frame=ctx.movies.dose_per_frame, pre_exposure=ctx.movies.pre_exposure)
     return model
 
 
-def motion(stack: ParticleStack, movies: str | os.PathLike, half_a: np.ndarray, half_b: np.ndarray,
+def motion(stack: ParticleStack, movies: str | os.PathLike | MovieSet, half_a: np.ndarray, half_b: np.ndarray,
            mask: np.ndarray | None = None, params: MotionParams | None = None, hyper: Hyper | None = None,
            dose: DoseModel | None = None, out_stack: str | os.PathLike | None = None
            ) -> Generator[MotionStep, None, MotionResult]:
     """Reference-based motion correction of ``stack`` (see the module docstring); yields steps, returns the result.
 
-    ``movies``: a folder or a STAR listing the movies; ``half_a/b``, ``mask``: ``[z, y, x]`` maps of the particles'
+    ``movies``: a folder or a STAR listing the movies, or the :class:`~cryolive.motion.movies.MovieSet` of
+    :func:`~cryolive.motion.movies.open_movie_set` (already checked; ``params``' movie fields are then not used
+    again); ``half_a/b``, ``mask``: ``[z, y, x]`` maps of the particles'
     box and pixel size; ``hyper``/``dose``: reuse a previous job's (skips that stage); ``out_stack``: the ``.mrcs``
     to write (else the images are returned in memory).
     """
@@ -313,10 +364,13 @@ def motion(stack: ParticleStack, movies: str | os.PathLike, half_a: np.ndarray, 
         raise ValueError(f"crop_box must lie in 2 .. {stack.box} (the particle box), not {p.crop_box}")
     override = check_overrides(p.override_r, p.override_theta, p.override_z_A)
     hyper = override or hyper
+    if not isinstance(movies, MovieSet):
+        movies = open_movie_set(stack, movies, p.skip_wrong_frame_count, p.gain, p.gain_rot, p.gain_flip,
+                                p.dose_per_frame)
     ctx = _Context(stack, movies, References(half_a, half_b, mask), p)
     if dose is not None and len(dose.bfactors) != ctx.n_frames:
-        raise InputError(f"{movies}: the movies have {ctx.n_frames} frames but the dose weights given were fitted "
-                         f"to {len(dose.bfactors)} frames; estimate new dose weights for these movies")
+        raise InputError(f"{movies.source}: the movies have {ctx.n_frames} frames but the dose weights given were "
+                         f"fitted to {len(dose.bfactors)} frames; estimate new dose weights for these movies")
     search: list[SearchPoint] = []
     keep: dict = {}
     t_start = time.perf_counter()
@@ -357,6 +411,7 @@ def _final(ctx: _Context, hyper: Hyper, dose: DoseModel, out_stack: str | os.Pat
             traj = ctx.fit(mic, hyper, p.use_all_fcs, dose)
             t0 = time.perf_counter()
             imgs = corrected_particles(mic.fx, traj - mic.rigid[None], weights, p.crop_box)
+            imgs *= np.float32(np.sign(mic.amplitude))  # the references' contrast (movies may be inverted)
             rows = pos_in_out[mic.idx]
             if writer is not None:
                 writer[rows] = imgs

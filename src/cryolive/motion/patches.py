@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cryolive.backend import to_numpy
@@ -13,15 +15,36 @@ def extract_patches(frames: np.ndarray, positions: np.ndarray, box: int) -> np.n
 
     ``frames``: ``(F, ny, nx)``. Pixels outside the movie are filled with each frame's mean.
     """
-    f_count, ny, nx = frames.shape
-    h = box // 2
-    pad = np.empty((f_count, ny + 2 * box, nx + 2 * box), np.float32)
-    pad[:] = frames.mean(axis=(1, 2))[:, None, None]
-    pad[:, box:box + ny, box:box + nx] = frames
-    out = np.empty((len(positions), f_count, box, box), np.float32)
-    for i, (x, y) in enumerate(positions):
-        out[i] = pad[:, y - h + box:y - h + 2 * box, x - h + box:x - h + 2 * box]
+    out = np.empty((len(positions), frames.shape[0], box, box), np.float32)
+    for f, frame in enumerate(frames):
+        out[:, f] = frame_patches(frame, positions, box)
     return out
+
+
+def frame_patches(frame: np.ndarray, positions: np.ndarray, box: int) -> np.ndarray:
+    """Patches ``(N, box, box)`` float32 of one frame ``(ny, nx)`` centred (pixel box//2) on integer positions
+    ``(N, 2)`` (x, y) px; pixels outside the frame are filled with the frame's mean."""
+    ny, nx = frame.shape
+    h = box // 2
+    pad = np.full((ny + 2 * box, nx + 2 * box), np.float32(frame.mean()), np.float32)
+    pad[box:box + ny, box:box + nx] = frame
+    out = np.empty((len(positions), box, box), np.float32)
+    for i, (x, y) in enumerate(positions):
+        out[i] = pad[y - h + box:y - h + 2 * box, x - h + box:x - h + 2 * box]
+    return out
+
+
+def movie_patches(frame_at: Callable[[int], np.ndarray], n_frames: int, positions: np.ndarray, box: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Patches ``(N, F, box, box)`` float32 and the frame sum ``(ny, nx)`` float32 of a movie read one frame at a
+    time (``frame_at(f)`` returns frame ``f`` ``(ny, nx)``, gain applied), so only one frame is held in memory."""
+    out = np.empty((len(positions), n_frames, box, box), np.float32)
+    total = None
+    for f in range(n_frames):
+        frame = frame_at(f)
+        out[:, f] = frame_patches(frame, positions, box)
+        total = frame.astype(np.float32, copy=True) if total is None else total + frame
+    return out, total
 
 
 def patch_transforms(patches: np.ndarray) -> np.ndarray:
