@@ -210,8 +210,32 @@ def run_reconstruct(ds, symmetry: str, rows: list[dict]) -> float:
     return _res(theirs, truth, ds.pixel_size, 0.5)
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["relax_symmetry=D2", "global_iters=5"]`` -> RefineParams keyword arguments (typed like the defaults)."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(RefineParams)}
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise SystemExit(f"--param {item}: RefineParams has no field {key!r}")
+        default = getattr(RefineParams(), key)
+        if value.lower() == "none":
+            out[key] = None
+        elif isinstance(default, bool):
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif isinstance(default, int):
+            out[key] = int(value)
+        elif isinstance(default, float):
+            out[key] = float(value)
+        else:
+            out[key] = value
+    return out
+
+
 def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion: bool,
-               n_good: int | None = None) -> None:
+               n_good: int | None = None, overrides: dict | None = None) -> None:
     truth = read_map(ds.truth_map)[0]
     apix = ds.pixel_size
     jobs = ds.folder / "cryolive_jobs"
@@ -220,7 +244,8 @@ def run_refine(ds, symmetry: str, rows: list[dict], true_pose_res: float, relion
     try:
         t0 = time.perf_counter()
         result = drain(refine_job("particles.star", "truth.mrc", str(jobs),
-                                  RefineParams(symmetry=symmetry, initial_lowpass_A=25.0)))[1]
+                                  RefineParams(**{"symmetry": symmetry, "initial_lowpass_A": 25.0,
+                                                  **(overrides or {})})))[1]
         t_ours = time.perf_counter() - t0
     finally:
         os.chdir(cwd)
@@ -262,6 +287,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4000)
     ap.add_argument("--refine", action="store_true", help="also run the refinements (minutes to hours)")
     ap.add_argument("--skip-relion-refine", action="store_true")
+    ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a RefineParams field of cryolive's refinement (repeatable)")
     a = ap.parse_args()
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -279,7 +306,8 @@ def main() -> None:
         if "junk" in extra:  # the true-pose yardstick stays the clean set's; refine on the set with 20 % junk
             ds, n_good = add_junk(ds)
         if a.refine:
-            run_refine(ds, sym, rows, true_pose, relion=not a.skip_relion_refine, n_good=n_good)
+            run_refine(ds, sym, rows, true_pose, relion=not a.skip_relion_refine, n_good=n_good,
+                       overrides=parse_overrides(a.param))
         for r in rows:
             def f(key: str, fmt: str = "7.2f", r: dict = r) -> str:
                 v = r.get(key, float("nan"))
