@@ -28,8 +28,8 @@ import numpy as np
 from cryolive.backend import device_label, to_numpy
 from cryolive.classification import ClassifyParams, adjusted_rand_index, classify
 from cryolive.io import read_map, read_particles
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.masks import threshold_mask
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.rotations.euler import axis_angle_to_matrix

@@ -27,9 +27,9 @@ from scipy.stats import spearmanr
 from cryolive.backend import device_label
 from cryolive.io import read_map, read_star
 from cryolive.jobs.motion import motion_job
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves
 from cryolive.motion import MotionParams
-from cryolive.motion import job as motion_core
+from cryolive.motion import polish as motion_core
+from cryolive.reconstruction import backproject_halves, finalize_halves
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.movies import MovieSimParams, load_truth, simulate_movies
 

@@ -31,8 +31,8 @@ from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.projection import Projector
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.refinement.pixels import pixel_set
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass

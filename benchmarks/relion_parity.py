@@ -38,8 +38,8 @@ import numpy as np
 from cryolive.backend import to_numpy
 from cryolive.io import read_map, read_particles, write_map
 from cryolive.jobs import drain
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.jobs.refine import refine_job
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.refinement.refine import RefineParams
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.rotations.symmetry import symmetric_angular_distance

@@ -42,7 +42,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 def cmd_project(a: argparse.Namespace) -> int:
     from cryolive.io import read_map, read_particles
-    from cryolive.jobs.jobdir import check_output_file
+    from cryolive.io.preflight import check_output_file
     from cryolive.simulator.dataset import project_to_stack
 
     check_output_file(a.out)
@@ -61,8 +61,8 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import read_particles, write_map
     from cryolive.io.particles import check_image_statistics
-    from cryolive.jobs.jobdir import check_output_file
-    from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
+    from cryolive.io.preflight import check_output_file
+    from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
     from cryolive.resolution.fsc import gold_standard_fsc
 
     out = check_output_file(a.out, overwrite=a.overwrite)
@@ -118,6 +118,11 @@ def cmd_refine(a: argparse.Namespace) -> int:
         raise InputError(f"{', '.join(missing)} required (or --continue JOBDIR)")
     _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations),
                       show)
+    from cryolive.jobs.refine import shared_band_warning
+
+    warning = shared_band_warning(result.final, p)
+    if warning:
+        print(f"WARNING: {warning}")
     print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {Path(a.out)}")
     return 0
 
@@ -277,7 +282,7 @@ def cmd_fsc(a: argparse.Namespace) -> int:
 def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import InputError, read_map, write_map
-    from cryolive.jobs.jobdir import check_output_file
+    from cryolive.io.preflight import check_output_file
     from cryolive.masks import mask_volume_fraction, threshold_mask
     from cryolive.resolution.filters import lowpass
 
@@ -377,8 +382,7 @@ def _report_demo(result) -> None:  # noqa: ANN001 - ReconstructResult
 
 def cmd_gui(a: argparse.Namespace) -> int:
     """napari with the sample map (or the given maps) and cryolive's Masks and Refinement docks."""
-    import napari
-
+    from cryolive.plugin import napari  # one line "install cryolive[gui]" when the GUI packages are missing
     from cryolive.sample import sample_path
 
     viewer = napari.Viewer()

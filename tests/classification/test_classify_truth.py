@@ -14,8 +14,8 @@ from cryolive.backend import to_numpy
 from cryolive.classification import ClassifyParams, adjusted_rand_index, classify
 from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.masks import threshold_mask
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.dataset import SimulationParams, simulate_dataset

@@ -1,4 +1,4 @@
-"""CTF values, sign convention, zeros and CTF correction (RELION convention, conventions.md)."""
+"""CTF values, sign convention, zeros and CTF correction (RELION convention, docs/conventions.md)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from cryolive.image.fourier import rfft2c
 
 
 def _hand_ctf(s, theta, du, dv, ang, kv, cs_mm, q, ps=0.0, b=0.0):
-    """The formula of conventions.md written out independently with the math module."""
+    """The formula of docs/conventions.md written out independently with the math module."""
     v = kv * 1e3
     lam = 12.2643247 / math.sqrt(v * (1 + 0.978466e-6 * v))
     df = 0.5 * (du + dv) + 0.5 * (du - dv) * math.cos(2 * (theta - ang))

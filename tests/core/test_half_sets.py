@@ -7,7 +7,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from cryolive.io import read_particles
-from cryolive.jobs.reconstruct import half_sets, neighbour_groups
+from cryolive.reconstruction import half_sets, neighbour_groups
 from cryolive.sample import sample_path
 
 

@@ -13,8 +13,8 @@ import pytest
 from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
-from cryolive.jobs.reconstruct import finalize_halves
 from cryolive.projection import Projector, Reconstructor
+from cryolive.reconstruction import finalize_halves
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.particles import draw_truth, noise_sd_for_snr, simulate_batches
 from cryolive.simulator.phantom import make_phantom, render

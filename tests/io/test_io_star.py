@@ -240,7 +240,7 @@ def test_relion_euler_matrix_euler_identity():
     back = matrix_to_euler(a)
     assert np.allclose(back[0], rot, atol=1e-9) and np.allclose(back[1], tilt, atol=1e-9)
     assert np.allclose(back[2], psi, atol=1e-9)
-    # conventions.md: A[0,0] = cψcθcφ − sψsφ and A[2,:] = (sθcφ, sθsφ, cθ)
+    # docs/conventions.md: A[0,0] = cψcθcφ − sψsφ and A[2,:] = (sθcφ, sθsφ, cθ)
     assert np.allclose(a[:, 0, 0], np.cos(psi) * np.cos(tilt) * np.cos(rot) - np.sin(psi) * np.sin(rot))
     assert np.allclose(a[:, 2], np.column_stack([np.sin(tilt) * np.cos(rot), np.sin(tilt) * np.sin(rot),
                                                  np.cos(tilt)]))

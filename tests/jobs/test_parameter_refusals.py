@@ -11,7 +11,7 @@ import pytest
 from cryolive.classification.classify import ClassifyParams
 from cryolive.cli import main
 from cryolive.io import InputError
-from cryolive.jobs.jobdir import available_memory_bytes, check_memory
+from cryolive.io.preflight import available_memory_bytes, check_memory
 from cryolive.params import check_params, param_spec
 from cryolive.refinement.refine import RefineParams
 from cryolive.sample import sample_path
@@ -66,7 +66,7 @@ def test_runs_too_large_for_the_machine(tmp_path, capsys) -> None:
     _refused(capsys, ["classify", STAR, "--k", "5000", "--out", str(tmp_path / "d")],
              "--k 5000: more classes than particles (2000)")
     _refused(capsys, ["hetero", STAR, "--ref", REF, REF, "--class-box", "4096", "--out", str(tmp_path / "e")],
-             "--class-box 4096 is larger than the particles' box")
+             "GiB of memory")
     for name in "abcde":
         assert not (tmp_path / name).exists()
     if available_memory_bytes() is not None:

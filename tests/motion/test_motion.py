@@ -17,9 +17,9 @@ from scipy.stats import spearmanr
 
 from cryolive.io import InputError, StackWriter, read_map, read_star
 from cryolive.jobs.motion import motion_job
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves
 from cryolive.motion import MotionParams, motion
 from cryolive.motion.hyper import check_overrides
+from cryolive.reconstruction import backproject_halves, finalize_halves
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.movies import MovieSimParams, load_truth, simulate_movies
 

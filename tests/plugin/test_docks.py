@@ -87,7 +87,8 @@ def test_manifest_contributes_both_docks():
     pm.discover()
     widgets = {w.display_name: w.command for w in pm.get_manifest("cryolive").contributions.widgets}
     assert widgets == {"Masks": "cryolive.masks_widget", "Refinement": "cryolive.refine_widget",
-                       "Classification": "cryolive.classify_widget", "Motion correction": "cryolive.motion_widget"}
+                       "Classification": "cryolive.classify_widget", "Motion correction": "cryolive.motion_widget",
+                       "2D classification": "cryolive.class2d_widget"}
 
 
 def test_cryolive_gui_opens_sample_map_and_docks(make_napari_viewer, monkeypatch):

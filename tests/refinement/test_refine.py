@@ -14,8 +14,8 @@ import pytest
 from cryolive.image.align3d import align_maps, apply_alignment
 from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
 from cryolive.jobs.refine import refine_job
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at

@@ -7,7 +7,7 @@ import pytest
 
 from cryolive.backend import to_numpy
 from cryolive.io import read_particles
-from cryolive.jobs.reconstruct import backproject_halves, finalize_halves, half_sets
+from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.simulator.relion import relion_reconstruct
 

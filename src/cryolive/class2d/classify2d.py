@@ -1,4 +1,5 @@
-"""Reference-free 2D classification by maximum likelihood (RELION's Class2D; maths.md section 4, the lecture).
+"""Reference-free 2D classification by maximum likelihood (RELION's Class2D; docs/maths.md,
+"The score").
 
 Model: ``X_i = CTF_i · shift(rot(A_k, psi), -o) + N_i`` with Gaussian noise of power ``sigma^2(shell)``. Every
 iteration is one EM step over the K classes, in-plane rotations ``psi`` and origins ``o``:

@@ -1,4 +1,5 @@
-"""3D classification and heterogeneous refinement as generators (maths.md sections 5-6; seeds/000, 001).
+"""3D classification and heterogeneous refinement as generators (docs/maths.md,
+"Expectation–maximisation and the gold standard"; docs/classification.md).
 
 One engine, three E steps:
 
@@ -40,10 +41,10 @@ from cryolive.classification.metrics import effective_classes
 from cryolive.image.fourier import rfft2c
 from cryolive.image.resample import resample_rfft2, resample_volume
 from cryolive.io import InputError, ParticleStack
-from cryolive.jobs.reconstruct import finalize_halves, half_sets
 from cryolive.masks import soft_sphere
 from cryolive.params import param
 from cryolive.projection import Projector, Reconstructor
+from cryolive.reconstruction.halves import finalize_halves, half_sets
 from cryolive.refinement.pixels import (
     PixelSet,
     ctf_at,

@@ -1,4 +1,4 @@
-"""Solvent and focus masks of 3D classification (maths.md section 6, seeds/000).
+"""Solvent and focus masks of 3D classification (docs/classification.md, "The composed class volume").
 
 Each class volume the E step sees is ``S · (F · V_k + (1 − F) · V̄)``: outside the focus mask ``F`` the consensus
 ``V̄`` explains the image (signal subtraction on the fly, poses fixed), inside it the class differs; the solvent mask
@@ -29,7 +29,8 @@ def auto_solvent_mask(consensus: Any, pixel_size: float, threshold: float = 0.1,
                       dilate_A: float = 6.0, soft_A: float = 10.0) -> Any:
     """Solvent mask from the consensus map: low-passed (Å), thresholded at ``threshold`` × max, dilated, softened.
 
-    Built from the consensus volume of all particles, never from (focus-masked) class volumes (seeds/000).
+    Built from the consensus volume of all particles, never from (focus-masked) class volumes: a mask
+    from those would cover only the focus region and undo the on-the-fly subtraction (docs/classification.md).
     """
     return threshold_mask(lowpass(consensus, lowpass_A, pixel_size), threshold, dilate_A, soft_A, pixel_size)
 

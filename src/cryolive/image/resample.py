@@ -3,7 +3,8 @@
 A box-``n`` image at pixel size ``p`` resampled to box ``m`` has pixel size ``p * n / m``; Fourier index ``k``
 keeps its meaning (``k / (n p)`` cycles/Å), so the same physical frequencies line up in both boxes. Cropping
 (``m < n``) drops the frequencies beyond the new Nyquist; padding (``m > n``) adds zeros beyond the old Nyquist —
-there is no information there, which is why a class FSC past the data's Nyquist is not real (seeds/001).
+there is no information there, which is why a class FSC past the data's Nyquist is not real (docs/classification.md,
+"Class box and the FSC in heterogeneous refinement").
 
 Scaling: with FFT sum conventions, images and volumes both get the factor ``(m / n)^3`` on their transforms, so the
 projection-slice theorem still holds between the resampled images and the resampled map (a central slice of the

@@ -1,6 +1,6 @@
 """File formats: MRC maps and stacks, RELION STAR and cryoSPARC .cs particle files.
 
-Units and conventions follow RELION (``conventions.md``): Å, degrees in files / radians in code, RELION Euler
+Units and conventions follow RELION (docs/conventions.md): Å, degrees in files / radians in code, RELION Euler
 matrices, origins in Å (particle centre at ``-origin`` from the box centre), maps ``[z, y, x]`` float32.
 Every bad-input problem raises :class:`InputError` naming the file; every write is atomic and refuses to
 replace an existing file unless ``overwrite=True``.

@@ -1,4 +1,8 @@
-"""Atomic writes: write to a temporary name in the destination folder, then rename into place."""
+"""Atomic writes: write to a temporary name in the destination folder, then rename into place.
+
+The one implementation: the MRC/STAR writers use :func:`atomic_path`, job folders and small text outputs
+(JSON, CSV, logs of state) :func:`atomic_write_text`; a reader never sees a half-written file.
+"""
 
 from __future__ import annotations
 
@@ -63,3 +67,16 @@ def atomic_path(path: str | os.PathLike, overwrite: bool) -> Iterator[Path]:
             tmp.unlink()
         raise
     commit(tmp, dest, overwrite)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and an atomic rename;
+    an existing file is replaced. On error the temporary file is removed and ``path`` is left as it was."""
+    dest = Path(path)
+    tmp = temp_name(dest)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, dest)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

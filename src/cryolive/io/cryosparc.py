@@ -1,6 +1,6 @@
 """cryoSPARC ``.cs`` particle files (NumPy structured arrays) <-> :class:`~cryolive.io.particles.ParticleStack`.
 
-Fields (``conventions.md``): ``blob/path`` (relative to the project folder; a leading ``>`` is stripped),
+Fields (docs/conventions.md, "Files"): ``blob/path`` (relative to the project folder; a leading ``>`` is stripped),
 ``blob/idx`` (0-based), ``blob/shape`` (box), ``blob/psize_A`` (Å); ``ctf/df1_A``, ``ctf/df2_A`` (= RELION
 DefocusU/V, Å), ``ctf/df_angle_rad``, ``ctf/phase_shift_rad`` (radians), ``ctf/accel_kv``, ``ctf/cs_mm``,
 ``ctf/amp_contrast``, ``ctf/bfactor``, ``ctf/scale``; ``alignments3D/pose`` (axis-angle, radians, the

@@ -1,6 +1,6 @@
 """One particle-set type for RELION STAR and cryoSPARC .cs files: metadata in NumPy arrays, images on demand.
 
-Conventions (``conventions.md``, RELION is the reference):
+Conventions (docs/conventions.md, RELION is the reference):
 
 * ``pixel_size`` Å, ``box`` pixels; one pixel size and box per set.
 * ``rotations`` ``(N, 3, 3)`` RELION matrices ``A = Rz(psi) Ry(tilt) Rz(rot)`` (volume -> image frame).

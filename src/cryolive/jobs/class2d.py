@@ -27,7 +27,8 @@ from cryolive.backend import backend_name, device_label
 from cryolive.class2d.classify2d import Class2DIteration, Class2DParams, Class2DResult, classify2d
 from cryolive.io import InputError, ParticleStack, read_particles, write_stack, write_star
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, check_output_parent, run_in_job, write_csv
+from cryolive.io.preflight import check_output_parent
+from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.params import check_params
 
 

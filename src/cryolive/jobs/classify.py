@@ -37,7 +37,8 @@ from cryolive.io import (
     write_star,
 )
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, run_in_job, write_csv
+from cryolive.io.preflight import check_memory, check_output_parent
+from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.params import check_params
 
 
@@ -46,15 +47,12 @@ def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, wh
 
 
 def check_classify_run(p: ClassifyParams, n_particles: int, box: int) -> None:
-    """Refuse, before any work, parameters out of range, more classes than particles, a class box larger than
-    the particles' box, and a run the memory cannot hold (each class keeps two padded half-map accumulators and
-    a projector at the class box)."""
+    """Refuse, before any work, parameters out of range, more classes than particles and a run the memory
+    cannot hold (each class keeps two padded half-map accumulators and a projector at the class box)."""
     check_params(p)
     if p.n_classes > n_particles:
         raise InputError(f"--k {p.n_classes}: more classes than particles ({n_particles})")
     cb = p.class_box or (min(box, 128) if p.mode == "hetero" else box)
-    if cb > box:
-        raise InputError(f"--class-box {cb} is larger than the particles' box ({box} px)")
     check_memory(p.n_classes * 320.0 * cb**3 + 400.0 * cb**3, f"{p.n_classes} classes at a box of {cb} px",
                  "use fewer classes (--k) or a smaller --class-box")
 

@@ -1,8 +1,9 @@
 """Job folders: ``<parent>/job_<kind>_<nnn>/`` holding ``params.json``, ``log.txt``, ``status.json`` and outputs.
 
-A job never writes outside its own new folder, and every file is written under a temporary name and renamed,
-so an interrupted job leaves complete files only. ``status.json`` says ``running``, ``finished``, ``stopped`` or
-``failed`` (with the message), and which step was the last one completed.
+A job never writes outside its own new folder, and every file is written under a temporary name and renamed
+(:func:`cryolive.io._atomic.atomic_write_text`), so an interrupted job leaves complete files only. The checks a job
+makes before it creates its folder (output place, memory) are :mod:`cryolive.io.preflight`. ``status.json`` says
+``running``, ``finished``, ``stopped`` or ``failed`` (with the message), and which step was the last one completed.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any, TypeVar
+
+from cryolive.io._atomic import atomic_write_text
 
 Step = TypeVar("Step")
 Result = TypeVar("Result")
@@ -33,14 +36,6 @@ def new_job_dir(parent: str | os.PathLike, kind: str) -> Path:
             continue
         return path
     raise RuntimeError(f"{parent}: no free job folder name left for {kind}")
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_csv(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
@@ -146,62 +141,3 @@ def _json_default(obj: Any) -> Any:
     if hasattr(obj, "tolist"):
         return obj.tolist()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def check_output_parent(parent: str | os.PathLike, flag: str = "--out") -> Path:
-    """Refuse, before any work, a place that cannot hold new job folders: an empty name, a path through an
-    existing file, or a folder that cannot be written. Returns ``Path(parent)`` (nothing is created)."""
-    from cryolive.io import InputError
-
-    text = os.fspath(parent)
-    if not text.strip():
-        raise InputError(f"{flag} is empty: name the folder that will hold the job folder")
-    path = Path(text)
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise InputError(f"{flag} {path}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {path}: {existing} is not writable")
-    return path
-
-
-def available_memory_bytes() -> int | None:
-    """Memory the system can still give this process (Linux ``MemAvailable``; None where unknown)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def check_memory(needed_bytes: float, what: str, hint: str) -> None:
-    """InputError before any work when ``what`` needs more than the available memory: ``"<what> needs about
-    12.3 GiB, 7.8 GiB are available; <hint>"``. Silent where the available memory is unknown."""
-    from cryolive.io import InputError
-
-    avail = available_memory_bytes()
-    if avail is not None and needed_bytes > avail:
-        raise InputError(f"{what} needs about {needed_bytes / 2**30:.1f} GiB of memory, "
-                         f"{avail / 2**30:.1f} GiB are available; {hint}")
-
-
-def check_output_file(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False) -> Path:
-    """Refuse, before any work, an output file that cannot be written: an empty name, an existing folder, an
-    existing file without ``overwrite``, or a folder above it that is a file or not writable."""
-    from cryolive.io import InputError
-
-    text = os.fspath(path)
-    if not text.strip():
-        raise InputError(f"{flag} is empty: name the output file")
-    out = Path(text)
-    if out.is_dir():
-        raise InputError(f"{flag} {out} is a folder; give a file name to write")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another {flag} or pass --overwrite")
-    check_output_parent(out.parent if str(out.parent) else ".", flag=flag)
-    return out

@@ -30,7 +30,8 @@ import numpy as np
 
 from cryolive.backend import backend_name
 from cryolive.io import InputError, read_map, read_particles, write_star
-from cryolive.jobs.jobdir import JobFolder, atomic_write_text, run_in_job
+from cryolive.io._atomic import atomic_write_text
+from cryolive.jobs.jobdir import JobFolder, run_in_job
 from cryolive.jobs.plots import save_figure
 from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
 from cryolive.motion.dose import DoseModel, load_dose

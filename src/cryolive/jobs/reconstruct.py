@@ -1,36 +1,31 @@
-"""Reconstruction with known poses as a streaming job, and the half-map pipeline it is built from.
+"""Reconstruction with known poses as a streaming job that writes a job folder.
 
-:func:`backproject_halves` inserts particles (batch by batch from disk) into two half-set reconstructors;
-:func:`finalize_halves` turns them into half maps and a full map: unregularised for a known-pose reconstruction
-(as ``relion_reconstruct``), or with an FSC-derived Wiener prior (RELION's tau2) for the references of a
-refinement: a first pass with a small constant gives the FSC, SSNR = FSC/(1-FSC) per half set, then the half maps
-are remade with that prior and the full map with RELION's full-set SSNR. :func:`reconstruct_job` is the job the
-CLI, napari and ``make demo`` run: it yields a :class:`ReconstructProgress` after every batch and returns a
-:class:`ReconstructResult` after writing the job folder (half maps, map, sharpened map, mask, FSC CSV + plot).
+The maths is :mod:`cryolive.reconstruction` (half sets, back-projection of the halves, half maps);
+:func:`reconstruct_job` is the job the CLI, napari and ``make demo`` run: it yields a :class:`ReconstructProgress`
+after every batch and returns a :class:`ReconstructResult` after writing the job folder (half maps, map, sharpened
+map, mask, FSC CSV + plot).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from cryolive.backend import backend_name, device_label, to_numpy, xp
-from cryolive.image.ctf import ctf_2d
-from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack, read_particles, write_map
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent
+from cryolive.io.preflight import check_memory, check_output_parent
+from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import threshold_mask
 from cryolive.projection import Reconstructor
+from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter, lowpass
-from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fsc, resolution_at, ssnr_from_fsc
-from cryolive.resolution.sharpen import guinier_bfactor, sharpen
+from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
+from cryolive.resolution.sharpen import auto_bfactor, sharpen
 from cryolive.rotations.symmetry import canonical_symmetry_name
 
 
@@ -75,129 +70,6 @@ class ReconstructResult:
     resolution: float
     bfactor: float
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
-    """Half-set labels (1/2) of the particles: the file's own, or a random split where any is missing.
-
-    The random split keeps *neighbours* together (:func:`neighbour_groups`): the same image listed twice, and picks
-    on one micrograph closer than a box, whose images share pixels and so share noise. In different half sets
-    they would correlate the half maps at every resolution and inflate the gold-standard FSC. Groups are shuffled
-    and cut where the cumulative count passes half the particles, so the halves stay balanced.
-    """
-    half = np.asarray(stack.half_set, dtype=int).copy()
-    missing = ~np.isin(half, (1, 2))
-    if missing.any():
-        rng = np.random.default_rng(seed)
-        idx = np.nonzero(missing)[0]
-        groups = neighbour_groups(stack)[idx]
-        uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-        order = rng.permutation(len(uniq))
-        ends = np.cumsum(sizes[order])
-        first_half = np.empty(len(uniq), bool)
-        first_half[order] = (ends - sizes[order] / 2.0) <= ends[-1] / 2.0
-        half[idx] = np.where(first_half[inverse], 1, 2)
-    return half
-
-
-def neighbour_groups(stack: ParticleStack) -> np.ndarray:
-    """Group label ``(N,)`` per particle: particles that share pixels get one label.
-
-    Two particles share pixels when they are the same image (same stack and index) or when they were picked on the
-    same micrograph (``rlnMicrographName``) less than one box apart (``rlnCoordinateX/Y``, taken in the particles'
-    pixels). Without micrograph names or coordinates only identical images are grouped.
-    """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
-
-    n = len(stack)
-    image_key = stack.stack_file_id.astype(np.int64) * (int(stack.stack_index.max(initial=0)) + 1) \
-        + stack.stack_index
-    _, same_image = np.unique(image_key, return_inverse=True)
-    rows, cols = [np.arange(n)], [same_image + n]  # particle -> its image node
-    table = stack.table
-    if {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) and stack.box > 0:
-        xy = np.stack([pd.to_numeric(table["rlnCoordinateX"], errors="coerce").to_numpy(float),
-                       pd.to_numeric(table["rlnCoordinateY"], errors="coerce").to_numpy(float)], axis=1)
-        mics = table["rlnMicrographName"].astype(str).to_numpy()
-        for mic in np.unique(mics):
-            sel = np.nonzero((mics == mic) & np.isfinite(xy).all(axis=1))[0]
-            if len(sel) < 2:
-                continue
-            pairs = cKDTree(xy[sel]).query_pairs(r=float(stack.box) - 1e-6, output_type="ndarray")
-            if len(pairs):
-                rows.append(sel[pairs[:, 0]])
-                cols.append(sel[pairs[:, 1]])
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    size = n + int(same_image.max(initial=0)) + 1
-    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(size, size))
-    return connected_components(graph, directed=False)[1][:n]
-
-
-def backproject_halves(stack: ParticleStack, half: np.ndarray, symmetry: str = "C1",
-                       batch_size: int = 256) -> Iterator[tuple[int, tuple[Reconstructor, Reconstructor]]]:
-    """Insert every particle of ``stack`` into the reconstructor of its half set, batch by batch.
-
-    Yields ``(n_done, (rec_A, rec_B))`` after each batch (the same two objects each time). Images are read
-    from disk in batches, so memory is bounded by ``batch_size``. Poses must be present.
-    """
-    if stack.rotations is None:
-        raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); "
-                         "a known-pose reconstruction needs them")
-    m = xp()
-    recs = (Reconstructor(stack.box, symmetry=symmetry), Reconstructor(stack.box, symmetry=symmetry))
-    shifts_px = (np.zeros((len(stack), 2)) if stack.shifts is None else stack.shifts / stack.pixel_size)
-    done = 0
-    for idx, imgs in stack.iter_batches(batch_size):
-        idx = np.asarray(idx)
-        f = rfft2c(m.asarray(imgs, dtype=m.float32))
-        ctf = ctf_2d(stack.ctf.subset(idx), stack.box, stack.pixel_size)
-        for h, rec in zip((1, 2), recs, strict=True):
-            sel = np.nonzero(half[idx] == h)[0]
-            if len(sel):
-                gsel = m.asarray(sel)
-                rec.insert(f[gsel], stack.rotations[idx[sel]], ctf=ctf[gsel], shifts=shifts_px[idx[sel]])
-        done += len(idx)
-        yield done, recs
-
-
-def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2,
-                    prior: bool = True) -> tuple[Any, Any, Any]:
-    """Half maps and full map (backend arrays), with or without a Wiener prior from the half-map FSC.
-
-    ``prior=False`` (known-pose reconstruction, like ``relion_reconstruct``): all three maps are the plain
-    ratio ``num / den`` with a tiny constant. ``prior=True`` (references inside refinement, like RELION's
-    auto-refine): pass 1 uses a small constant; each further pass remakes the half maps with
-    ``SSNR_half = FSC / (1 - FSC)`` of the previous half maps, and the full map (the sum of both accumulators) is
-    made with RELION's full-set conversion ``SSNR = F / (1 - F)``, ``F = sqrt(2 FSC / (1 + FSC))``.
-    """
-    half_a, half_b = rec_a.finalize(), rec_b.finalize()
-    both = rec_a.copy()
-    both.add(rec_b)
-    if not prior:
-        return half_a, half_b, both.finalize()
-    for _ in range(max(passes - 1, 0)):
-        half_a, half_b = regularised_halves(rec_a, rec_b, half_a, half_b)
-    curve = fsc(half_a, half_b)
-    full = both.finalize(ssnr=ssnr_from_fsc(fsc_weight(curve), full_set=False))
-    return half_a, half_b, full
-
-
-def regularised_halves(rec_a: Reconstructor, rec_b: Reconstructor, half_a: Any, half_b: Any) -> tuple[Any, Any]:
-    """The half maps remade with the Wiener prior ``SSNR_half = FSC / (1 - FSC)`` of ``half_a``, ``half_b`` (RELION's
-    tau2 from the FSC)."""
-    ssnr_half = ssnr_from_fsc(fsc(half_a, half_b), full_set=False)
-    return rec_a.finalize(ssnr=ssnr_half), rec_b.finalize(ssnr=ssnr_half)
-
-
-def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | None:
-    """Guinier B-factor (Å^2) fitted between 10 Å and the resolution (RELION's default range), or None when
-    the resolution is coarser than 8 Å: too few shells beyond 10 Å for a meaningful fit."""
-    res_high = max(resolution_A, 2.0 * pixel_size * 1.01)
-    if res_high > 8.0:
-        return None
-    return guinier_bfactor(vol, pixel_size, res_high_A=res_high, res_low_A=10.0)
 
 
 def check_reconstruct_run(params: ReconstructParams, stack: ParticleStack) -> None:

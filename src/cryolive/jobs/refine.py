@@ -35,9 +35,9 @@ from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import InputError, read_matching_map, read_matching_mask, read_particles, write_map, write_star
 from cryolive.io._atomic import atomic_path
 from cryolive.io.particles import check_image_statistics
-from cryolive.jobs.jobdir import JobFolder, check_memory, check_output_parent, job_state, run_in_job, write_csv
+from cryolive.io.preflight import check_memory, check_output_parent
+from cryolive.jobs.jobdir import JobFolder, job_state, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
-from cryolive.jobs.reconstruct import auto_bfactor
 from cryolive.refinement.refine import (
     RefineCheckpoint,
     RefineIteration,
@@ -48,7 +48,7 @@ from cryolive.refinement.refine import (
     refine,
 )
 from cryolive.refinement.sgd import SGDStep
-from cryolive.resolution.sharpen import sharpen
+from cryolive.resolution.sharpen import auto_bfactor, sharpen
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -189,11 +189,28 @@ def _run(job: JobFolder, stack, ref: np.ndarray, mask: np.ndarray | None, p: Ref
                                                  lambda: {"last_iteration": len(history),
                                                           "ab_initio_steps": sgd_done[0]})
     _write_outputs(job, result, stack.pixel_size)
+    warning = shared_band_warning(result.final, p)
+    if warning:
+        job.log(f"WARNING: {warning}")
     job.file(CHECKPOINT).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
-    job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A)
+    job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A,
+                   warnings=[warning] if warning else [])
     job.close()
     return dataclasses.replace(result, history=history)
+
+
+def shared_band_warning(it: RefineIteration, p: RefineParams) -> str | None:
+    """A warning when the unmasked GSFSC is no finer than 0.8x the resolution below which the half maps share
+    the starting reference (``min(split_resolution_A, initial_lowpass_A)``): there the FSC measures the shared
+    reference, not the data; particles of pure noise aligned to the reference report the same."""
+    shared = min(p.split_resolution_A, p.initial_lowpass_A)
+    if it.resolution_unmasked_A < 0.8 * shared:
+        return None
+    return (f"the GSFSC ({it.resolution_unmasked_A:.1f} Å unmasked) is at the resolution below which the half maps "
+            f"share their starting reference ({shared:g} Å): it does not measure the data (particles of pure "
+            "noise give the same); check the particles (2D classes) and start from a reference low-passed "
+            "further (--lowpass)")
 
 
 def _on_sgd_step(job: JobFolder, step: SGDStep, box: int, apix: float) -> None:

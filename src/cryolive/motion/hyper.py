@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cryolive.io import InputError
+from cryolive.io._atomic import atomic_write_text
 from cryolive.motion.trajectories import Hyper, activity, fit_trajectories, interp_maps
 
 __all__ = ["Hyper", "RAYS", "THOROUGHNESS", "SearchPoint", "check_overrides", "load_hyper", "rays_for",
@@ -74,7 +75,7 @@ def search_step(mics: list, hyper: Hyper, window_px: int, up: int, init: list | 
                 ) -> tuple[float, float, list[np.ndarray]]:
     """Fit every search micrograph with ``hyper``: ``(score, mean activity, local trajectories per micrograph)``.
 
-    ``mics``: objects with ``fit_maps``, ``cv_maps``, ``cv_norm``, ``positions_A`` (see :mod:`.job`); ``init``:
+    ``mics``: objects with ``fit_maps``, ``cv_maps``, ``cv_norm``, ``positions_A`` (see :mod:`.polish`); ``init``:
     starting trajectories per micrograph (the previous step of the ray) or None.
     """
     score, acts, trajs = 0.0, [], []
@@ -89,8 +90,6 @@ def search_step(mics: list, hyper: Hyper, window_px: int, up: int, init: list | 
 
 def save_hyper(path: str | os.PathLike, hyper: Hyper, extra: dict | None = None) -> None:
     """Write the hyper-parameters as JSON (``r``, ``theta``, ``z_A`` plus derived values and ``extra``)."""
-    from cryolive.jobs.jobdir import atomic_write_text
-
     atomic_write_text(path, json.dumps({**hyper.as_dict(), **(extra or {})}, indent=2) + "\n")
 
 

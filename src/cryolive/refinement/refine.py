@@ -1,6 +1,7 @@
 """Homogeneous refinement as a generator: ``refine(particles, reference, params)``.
 
-Each iteration (maths.md sections 4-7):
+Each iteration (docs/maths.md: "The score", "Pose search", "Expectation–maximisation and the gold standard",
+"Reconstruction, half maps and the Wiener prior"):
 
 1. E step, per half set against its own half map (gold standard): coarse-to-fine pose search
    (:mod:`cryolive.refinement.search`) scored with the Gaussian log-likelihood over Fourier pixels up to the
@@ -39,10 +40,10 @@ from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
-from cryolive.jobs.reconstruct import half_sets, regularised_halves
 from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
 from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
+from cryolive.reconstruction.halves import half_sets, regularised_halves
 from cryolive.refinement.pixels import (
     PixelSet,
     ctf_at,
@@ -62,7 +63,7 @@ from cryolive.refinement.search import (
     shift_phases,
 )
 from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
-from cryolive.resolution.filters import fsc_filter, lowpass
+from cryolive.resolution.filters import fsc_filter, lowpass, lowpass_below
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.rotations.grids import random_perturbation, so3_grid
 from cryolive.rotations.symmetry import (
@@ -237,7 +238,7 @@ def _angular_histogram(rotations: np.ndarray) -> np.ndarray:
 def _combine_below(half: Any, other: Any, res_A: float, apix: float) -> Any:
     """``half`` above ``res_A``, the average of both halves below it (soft edge)."""
     avg = 0.5 * (half + other)
-    return lowpass(avg, res_A, apix) + half - lowpass(half, res_A, apix)
+    return lowpass_below(avg, res_A, apix) + half - lowpass_below(half, res_A, apix)
 
 
 def _require_poses(stack: ParticleStack) -> None:
@@ -565,8 +566,9 @@ class _Refiner:
 
 def _keep_global(r: _Refiner, p: RefineParams, it: int, local: bool, moved: float) -> bool:
     """Whether the iteration after ``it``, the last planned global one, searches globally too: the poses still
-    move (``moved`` > ``p.global_moved_fraction``) and the cap ``p.max_global_iters`` allows."""
-    return (not local and it >= r.global_iters and r.global_iters < p.max_global_iters
+    move (``moved`` > ``p.global_moved_fraction``), the cap ``p.max_global_iters`` allows, and at least two
+    iterations are left for local refinement."""
+    return (not local and it >= r.global_iters and r.global_iters < min(p.max_global_iters, p.max_iter - 2)
             and moved > p.global_moved_fraction)
 
 

@@ -1,4 +1,5 @@
-"""Coarse-to-fine pose search with a Gaussian log-likelihood score (maths.md sections 4-5).
+"""Coarse-to-fine pose search with a Gaussian log-likelihood score (docs/maths.md, "The score" and
+"Pose search").
 
 For image ``i`` (whitened by the per-shell noise ``sigma^2``) and a model ``a_i C_i P_r V`` shifted to origin ``t``:
 

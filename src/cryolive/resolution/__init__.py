@@ -12,10 +12,11 @@ from cryolive.resolution.fsc import (
     shell_voxel_counts,
     ssnr_from_fsc,
 )
-from cryolive.resolution.sharpen import guinier_bfactor, guinier_curve, sharpen
+from cryolive.resolution.sharpen import auto_bfactor, guinier_bfactor, guinier_curve, sharpen
 
 __all__ = [
     "FSCResult",
+    "auto_bfactor",
     "fsc",
     "fsc_filter",
     "fsc_weight",

@@ -25,7 +25,7 @@ from cryolive.resolution._shells import (
 from cryolive.resolution.filters import _edge_width, lowpass_weight
 from cryolive.resolution.fsc import fsc_weight
 
-__all__ = ["guinier_bfactor", "guinier_curve", "sharpen"]
+__all__ = ["auto_bfactor", "guinier_bfactor", "guinier_curve", "sharpen"]
 
 _MAX_EXPONENT = 60.0  # cap on B s²/4 so exp() stays finite in float32
 
@@ -77,6 +77,16 @@ def guinier_bfactor(vol: Any, pixel_size: float, res_high_A: float, res_low_A: f
     ym = np.sum(wt * y) / np.sum(wt)
     slope = np.sum(wt * (x - xm) * (y - ym)) / np.sum(wt * (x - xm) ** 2)
     return float(-4.0 * slope)
+
+
+def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | None:
+    """Guinier B-factor (Å^2) of ``vol`` (``(n, n, n)``, ``pixel_size`` Å/px) fitted between 10 Å and
+    ``resolution_A`` (RELION's default range, the high end kept just inside Nyquist), or None when the resolution
+    is coarser than 8 Å: too few shells beyond 10 Å for a meaningful fit."""
+    res_high = max(resolution_A, 2.0 * pixel_size * 1.01)
+    if res_high > 8.0:
+        return None
+    return guinier_bfactor(vol, pixel_size, res_high_A=res_high, res_low_A=10.0)
 
 
 def sharpen(

@@ -1,6 +1,6 @@
 """RELION ZYZ Euler angles <-> rotation matrices <-> axis-angle (cryoSPARC ``alignments3D/pose``).
 
-Convention (RELION, ``conventions.md``): ``A = Rz(psi) @ Ry(tilt) @ Rz(rot)`` with
+Convention (RELION, docs/conventions.md, "Euler angles and rotations"): ``A = Rz(psi) @ Ry(tilt) @ Rz(rot)`` with
 ``Rz(a) = [[cos a, sin a, 0], [-sin a, cos a, 0], [0, 0, 1]]`` and
 ``Ry(a) = [[cos a, 0, -sin a], [0, 1, 0], [sin a, 0, cos a]]``. ``A`` maps volume coordinates (x, y, z) to the
 image frame: the projection direction is ``A[2, :]`` and the image's central slice samples the volume's Fourier

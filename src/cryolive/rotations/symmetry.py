@@ -1,6 +1,6 @@
 """Point-group symmetry: operator tables, volume symmetrisation and pose expansion.
 
-Axis conventions (RELION's, ``conventions.md``), all in volume coordinates (x, y, z):
+Axis conventions (RELION's, docs/conventions.md, "Symmetry axes"), all in volume coordinates (x, y, z):
 
 * ``Cn``: n-fold along Z.  ``Dn``: n-fold along Z plus a 2-fold along X.
 * ``T``: 3-fold along Z and a 2-fold along ``(0, sqrt(2/3), sqrt(1/3))`` (in the YZ plane, the axis RELION's

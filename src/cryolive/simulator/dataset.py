@@ -26,6 +26,7 @@ import numpy as np
 from cryolive.backend import to_numpy
 from cryolive.image.ctf import ctf_2d
 from cryolive.io import InputError, ParticleStack, StackWriter, write_map, write_star
+from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.params import check_params, param
 from cryolive.projection import Projector
 from cryolive.resolution.filters import lowpass
@@ -69,8 +70,6 @@ def check_simulation(out: Path, p: SimulationParams) -> None:
     """Refuse, before anything is written, what cannot work: parameters out of range, an output place that is a
     file, a folder that is not empty or not writable, and a box or particle count the memory or disk cannot
     hold."""
-    from cryolive.jobs.jobdir import check_memory, check_output_parent
-
     check_params(p)
     if p.defocus_min_A > p.defocus_max_A:
         raise InputError(f"--defocus-min ({p.defocus_min_A:g} Å) is above --defocus-max ({p.defocus_max_A:g} Å)")

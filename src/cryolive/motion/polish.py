@@ -1,4 +1,5 @@
-"""The :func:`motion` generator: hyper-parameter search, empirical dose weights, corrected particles.
+"""Bayesian polishing, the :func:`motion` generator: hyper-parameter search, empirical dose weights, corrected
+particles.
 
 Stages (``final_stage`` stops after any of them):
 

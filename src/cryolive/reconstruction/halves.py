@@ -1,0 +1,195 @@
+"""The gold-standard half-map pipeline: half sets, back-projection of each half, half maps and full map.
+
+:func:`half_sets` splits the particles into two independent halves (keeping particles that share pixels
+together); :func:`backproject_halves` inserts them, batch by batch from disk, into one
+:class:`~cryolive.projection.Reconstructor` per half; :func:`finalize_halves` turns the two accumulators into
+half maps and a full map: unregularised for a known-pose reconstruction (as ``relion_reconstruct``), or with an
+FSC-derived Wiener prior (RELION's tau2) for the references of a refinement or classification: a first pass with a
+small constant gives the FSC, ``SSNR = FSC / (1 - FSC)`` per half set, then the half maps are remade with that
+prior and the full map with RELION's full-set SSNR (docs/maths.md, "Half maps and the Wiener prior").
+:func:`reconstruct` runs the three for a known-pose reconstruction in memory and adds the gold-standard FSC.
+
+Shapes and units: particle images are ``(n, n)`` real, maps ``(n, n, n)`` ``[z, y, x]`` on the chosen backend
+(:mod:`cryolive.backend`; :class:`HalfMaps` holds NumPy float32), half-set labels ``(N,)`` int in ``{1, 2}``,
+origins in Å in the particle stack and in pixels inside the reconstructor, resolutions in Å.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cryolive.backend import to_numpy, xp
+from cryolive.image.ctf import ctf_2d
+from cryolive.image.fourier import rfft2c
+from cryolive.io import InputError, ParticleStack
+from cryolive.projection import Reconstructor
+from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fsc, ssnr_from_fsc
+
+
+def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
+    """Half-set labels ``(N,)`` int in ``{1, 2}``: the file's own (``rlnRandomSubset``), or a random split where
+    any is missing.
+
+    The random split keeps *neighbours* together (:func:`neighbour_groups`): the same image listed twice, and picks
+    on one micrograph closer than a box, whose images share pixels and so share noise. In different half sets
+    they would correlate the half maps at every resolution and inflate the gold-standard FSC. Groups are shuffled
+    (``seed``) and cut where the cumulative count passes half the particles, so the halves stay balanced.
+    """
+    half = np.asarray(stack.half_set, dtype=int).copy()
+    missing = ~np.isin(half, (1, 2))
+    if missing.any():
+        rng = np.random.default_rng(seed)
+        idx = np.nonzero(missing)[0]
+        groups = neighbour_groups(stack)[idx]
+        uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        order = rng.permutation(len(uniq))
+        ends = np.cumsum(sizes[order])
+        first_half = np.empty(len(uniq), bool)
+        first_half[order] = (ends - sizes[order] / 2.0) <= ends[-1] / 2.0
+        half[idx] = np.where(first_half[inverse], 1, 2)
+    return half
+
+
+def neighbour_groups(stack: ParticleStack) -> np.ndarray:
+    """Group label ``(N,)`` int per particle: particles that share pixels get one label.
+
+    Two particles share pixels when they are the same image (same stack and index) or when they were picked on the
+    same micrograph (``rlnMicrographName``) less than one box apart (``rlnCoordinateX/Y``, taken in the particles'
+    pixels). Without micrograph names or coordinates only identical images are grouped.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    n = len(stack)
+    image_key = stack.stack_file_id.astype(np.int64) * (int(stack.stack_index.max(initial=0)) + 1) \
+        + stack.stack_index
+    _, same_image = np.unique(image_key, return_inverse=True)
+    rows, cols = [np.arange(n)], [same_image + n]  # particle -> its image node
+    table = stack.table
+    if {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) and stack.box > 0:
+        xy = np.stack([pd.to_numeric(table["rlnCoordinateX"], errors="coerce").to_numpy(float),
+                       pd.to_numeric(table["rlnCoordinateY"], errors="coerce").to_numpy(float)], axis=1)
+        mics = table["rlnMicrographName"].astype(str).to_numpy()
+        for mic in np.unique(mics):
+            sel = np.nonzero((mics == mic) & np.isfinite(xy).all(axis=1))[0]
+            if len(sel) < 2:
+                continue
+            pairs = cKDTree(xy[sel]).query_pairs(r=float(stack.box) - 1e-6, output_type="ndarray")
+            if len(pairs):
+                rows.append(sel[pairs[:, 0]])
+                cols.append(sel[pairs[:, 1]])
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    size = n + int(same_image.max(initial=0)) + 1
+    graph = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(size, size))
+    return connected_components(graph, directed=False)[1][:n]
+
+
+def backproject_halves(stack: ParticleStack, half: np.ndarray, symmetry: str = "C1",
+                       batch_size: int = 256) -> Iterator[tuple[int, tuple[Reconstructor, Reconstructor]]]:
+    """Insert every particle of ``stack`` into the reconstructor of its half set, batch by batch.
+
+    ``half``: ``(N,)`` labels in ``{1, 2}`` (:func:`half_sets`); ``symmetry``: point group (``C1``, ``Cn``, ``Dn``,
+    ``T``, ``O``, ``I1``, ``I2``). Each image ``(n, n)`` is Fourier transformed, its CTF (from ``stack.ctf`` at
+    ``stack.pixel_size`` Å/px) applied, and inserted at its pose (RELION ``A``) and origin (Å, converted to
+    pixels). Yields ``(n_done, (rec_A, rec_B))`` after each batch (the same two objects each time). Images are read
+    from disk in batches, so memory is bounded by ``batch_size``. Poses must be present (:class:`InputError`
+    otherwise).
+    """
+    if stack.rotations is None:
+        raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); "
+                         "a known-pose reconstruction needs them")
+    m = xp()
+    recs = (Reconstructor(stack.box, symmetry=symmetry), Reconstructor(stack.box, symmetry=symmetry))
+    shifts_px = (np.zeros((len(stack), 2)) if stack.shifts is None else stack.shifts / stack.pixel_size)
+    done = 0
+    for idx, imgs in stack.iter_batches(batch_size):
+        idx = np.asarray(idx)
+        f = rfft2c(m.asarray(imgs, dtype=m.float32))
+        ctf = ctf_2d(stack.ctf.subset(idx), stack.box, stack.pixel_size)
+        for h, rec in zip((1, 2), recs, strict=True):
+            sel = np.nonzero(half[idx] == h)[0]
+            if len(sel):
+                gsel = m.asarray(sel)
+                rec.insert(f[gsel], stack.rotations[idx[sel]], ctf=ctf[gsel], shifts=shifts_px[idx[sel]])
+        done += len(idx)
+        yield done, recs
+
+
+def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2,
+                    prior: bool = True) -> tuple[Any, Any, Any]:
+    """Half maps and full map ``(half_A, half_B, full)``, each ``(n, n, n)`` on the backend, with or without a
+    Wiener prior from the half-map FSC.
+
+    ``prior=False`` (known-pose reconstruction, like ``relion_reconstruct``): all three maps are the plain
+    ratio ``num / den`` with a tiny constant. ``prior=True`` (references inside refinement, like RELION's
+    auto-refine): pass 1 uses a small constant; each further pass (``passes`` in all) remakes the half maps with
+    ``SSNR_half = FSC / (1 - FSC)`` of the previous half maps, and the full map (the sum of both accumulators) is
+    made with RELION's full-set conversion ``SSNR = F / (1 - F)``, ``F = sqrt(2 FSC / (1 + FSC))``.
+    The accumulators are not changed.
+    """
+    half_a, half_b = rec_a.finalize(), rec_b.finalize()
+    both = rec_a.copy()
+    both.add(rec_b)
+    if not prior:
+        return half_a, half_b, both.finalize()
+    for _ in range(max(passes - 1, 0)):
+        half_a, half_b = regularised_halves(rec_a, rec_b, half_a, half_b)
+    curve = fsc(half_a, half_b)
+    full = both.finalize(ssnr=ssnr_from_fsc(fsc_weight(curve), full_set=False))
+    return half_a, half_b, full
+
+
+def regularised_halves(rec_a: Reconstructor, rec_b: Reconstructor, half_a: Any, half_b: Any) -> tuple[Any, Any]:
+    """The half maps ``(n, n, n)`` remade from the accumulators with the Wiener prior ``SSNR_half = FSC / (1 - FSC)``
+    per shell, the FSC taken between ``half_a`` and ``half_b`` (RELION's tau2 from the FSC)."""
+    ssnr_half = ssnr_from_fsc(fsc(half_a, half_b), full_set=False)
+    return rec_a.finalize(ssnr=ssnr_half), rec_b.finalize(ssnr=ssnr_half)
+
+
+@dataclass(frozen=True)
+class HalfMaps:
+    """A known-pose reconstruction: NumPy float32 maps ``(n, n, n)`` ``[z, y, x]`` at ``pixel_size`` Å/px, the
+    half-set label ``(N,)`` of each particle, and the gold-standard FSC of the half maps (masked and corrected
+    when a mask was given; resolutions in Å: ``fsc.res_0143``, ``fsc.res_05``)."""
+
+    half_a: np.ndarray
+    half_b: np.ndarray
+    map: np.ndarray
+    half_set: np.ndarray
+    fsc: FSCResult
+    pixel_size: float
+
+    @property
+    def resolution_A(self) -> float:
+        """The gold-standard resolution (Å) at FSC 0.143."""
+        return float(self.fsc.res_0143)
+
+
+def reconstruct(stack: ParticleStack, symmetry: str = "C1", *, mask: Any = None, batch_size: int = 256,
+                seed: int = 0, progress: Callable[[int, int], None] | None = None) -> HalfMaps:
+    """Known-pose reconstruction of ``stack`` in memory, as ``cryolive reconstruct`` computes it: half sets
+    (:func:`half_sets` with ``seed``), back-projection of each half (:func:`backproject_halves`), unregularised
+    half maps and full map (:func:`finalize_halves` with ``prior=False``, like ``relion_reconstruct``), and the
+    gold-standard FSC of the half maps (:func:`~cryolive.resolution.fsc.gold_standard_fsc`; with ``mask``,
+    ``(n, n, n)`` in ``[0, 1]``, masked and phase-randomisation corrected). ``progress(n_done, n_total)`` is
+    called after every batch. Nothing is written (the job that writes a folder is
+    :func:`cryolive.jobs.reconstruct.reconstruct_job`).
+    """
+    half = half_sets(stack, seed)
+    recs = None
+    for done, batch_recs in backproject_halves(stack, half, symmetry, batch_size):
+        recs = batch_recs
+        if progress is not None:
+            progress(done, len(stack))
+    if recs is None:
+        raise InputError(f"{stack.source}: no particles to reconstruct")
+    half_a, half_b, full = finalize_halves(*recs, prior=False)
+    result_fsc = gold_standard_fsc(half_a, half_b, stack.pixel_size, mask=mask, seed=seed)
+    return HalfMaps(to_numpy(half_a).astype(np.float32), to_numpy(half_b).astype(np.float32),
+                    to_numpy(full).astype(np.float32), half, result_fsc, float(stack.pixel_size))
