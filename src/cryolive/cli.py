@@ -287,6 +287,8 @@ def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.resolution.filters import lowpass
 
     check_output_file(a.out)
+    if not 0 < a.threshold <= 1:
+        raise InputError(f"--threshold must lie in (0, 1] (a fraction of the map's maximum), not {a.threshold:g}")
     if not (a.dilate >= 0 and a.soft >= 0):
         raise InputError(f"--dilate and --soft must be at least 0 Å (got {a.dilate:g}, {a.soft:g})")
     if a.lowpass is not None and not a.lowpass > 0:

@@ -86,3 +86,11 @@ def test_every_checked_parameter_has_a_label_and_a_bound() -> None:
         check_params(ClassifyParams(class_similarity=1.5))
     with pytest.raises(InputError, match="--scale must be one of minimize, reset"):
         check_params(RefineParams(scale_mode="other"))
+
+
+def test_unknown_symmetry_and_mask_threshold_name_the_flag(tmp_path, capsys) -> None:
+    out = tmp_path / "jobs"
+    _refused(capsys, ["refine", STAR, "--ref", REF, "--out", str(out), "--sym", "Q5"], "--sym: unknown point-group")
+    _refused(capsys, ["classify", STAR, "--k", "2", "--out", str(out), "--sym", "Q5"], "--sym: unknown point-group")
+    _refused(capsys, ["mask", REF, "--threshold", "1.5", "--out", str(tmp_path / "m.mrc")], "--threshold must lie")
+    assert not out.exists() and not (tmp_path / "m.mrc").exists()

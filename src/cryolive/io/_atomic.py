@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+_EXISTS = "file already exists; choose another name or allow replacing it (--overwrite, overwrite=True)"
+
 
 def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     """The destination as a Path; FileExistsError if it exists and ``overwrite`` is False."""
@@ -19,7 +21,7 @@ def check_destination(path: str | os.PathLike, overwrite: bool) -> Path:
     if p.is_dir():
         raise IsADirectoryError(f"{p}: is a folder; give a file name to write")
     if not overwrite and (p.exists() or p.is_symlink()):
-        raise FileExistsError(f"{p}: file already exists; pass overwrite=True to replace it")
+        raise FileExistsError(f"{p}: {_EXISTS}")
     if not p.parent.is_dir():
         raise FileNotFoundError(f"{p}: the folder {p.parent} does not exist")
     return p
@@ -43,10 +45,10 @@ def commit(tmp: Path, path: Path, overwrite: bool) -> None:
         try:
             os.link(tmp, path)
         except FileExistsError:
-            raise FileExistsError(f"{path}: file already exists; pass overwrite=True to replace it") from None
+            raise FileExistsError(f"{path}: {_EXISTS}") from None
         except OSError:  # no hard links here (some network/FUSE file systems)
             if path.exists():
-                raise FileExistsError(f"{path}: file already exists; pass overwrite=True to replace it") from None
+                raise FileExistsError(f"{path}: {_EXISTS}") from None
             os.replace(tmp, path)
             return
         tmp.unlink()

@@ -100,7 +100,8 @@ def read_cs(path: PathLike, require_images: bool = True, *, project_dir: PathLik
         psize = f32_to_decimal(arr["blob/psize_A"])
     if not (psize > 0).all():
         i = int(np.flatnonzero(~(psize > 0))[0])
-        raise InputError(f"{src}: blob/psize_A is {psize[i]:g} at {row(i)}; pass pixel_size= (Å)")
+        raise InputError(f"{src}: blob/psize_A is {psize[i]:g} at {row(i)}; fix blob/psize_A in the .cs "
+                         "or pass pixel_size= (Å) from Python")
     voltage, cs, amp = (f32_to_decimal(arr[f]) for f in ("ctf/accel_kv", "ctf/cs_mm", "ctf/amp_contrast"))
     keys = pd.DataFrame({"e": arr["ctf/exp_group_id"] if "ctf/exp_group_id" in fields else np.zeros(n),
                          "v": voltage, "cs": cs, "q": amp, "p": psize})

@@ -93,7 +93,8 @@ def read_map(path: PathLike, pixel_size: float | None = None) -> tuple[np.ndarra
             raise ValueError(f"{p}: pixel_size must be a positive number of Å, not {pixel_size!r}")
         return arr, float(pixel_size)
     if vsize[0] <= 0:
-        raise InputError(f"{p}: the header voxel size is 0 (not set); pass pixel_size= (Å) to read this map")
+        raise InputError(f"{p}: the header voxel size is 0 (not set); set it in the header (e.g. relion_image_handler "
+                         "--i MAP --o NEW --angpix Å) or pass pixel_size= (Å) from Python")
     if not np.allclose(vsize, vsize[0], rtol=1e-3):
         raise InputError(f"{p}: voxels are not cubic (x, y, z = {vsize} Å); cryolive needs cubic voxels")
     return arr, vsize[0]

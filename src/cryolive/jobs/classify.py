@@ -40,6 +40,7 @@ from cryolive.io.particles import check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
 from cryolive.params import check_params
+from cryolive.rotations.symmetry import check_symmetry
 
 
 def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
@@ -50,6 +51,7 @@ def check_classify_run(p: ClassifyParams, n_particles: int, box: int) -> None:
     """Refuse, before any work, parameters out of range, more classes than particles and a run the memory
     cannot hold (each class keeps two padded half-map accumulators and a projector at the class box)."""
     check_params(p)
+    check_symmetry(p.symmetry)
     if p.n_classes > n_particles:
         raise InputError(f"--k {p.n_classes}: more classes than particles ({n_particles})")
     cb = p.class_box or (min(box, 128) if p.mode == "hetero" else box)

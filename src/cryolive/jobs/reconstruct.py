@@ -26,7 +26,7 @@ from cryolive.reconstruction.halves import backproject_halves, finalize_halves, 
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.resolution.sharpen import auto_bfactor, sharpen
-from cryolive.rotations.symmetry import canonical_symmetry_name
+from cryolive.rotations.symmetry import check_symmetry
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class ReconstructResult:
 def check_reconstruct_run(params: ReconstructParams, stack: ParticleStack) -> None:
     """Refuse, before the job folder exists: a symmetry that does not exist, a batch below 1, particles without
     poses, an output place that cannot be written, and a box the memory cannot hold."""
-    canonical_symmetry_name(params.symmetry)
+    check_symmetry(params.symmetry)
     if params.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1 (got {params.batch_size})")
     if stack.rotations is None:

@@ -68,6 +68,7 @@ from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.rotations.grids import random_perturbation, so3_grid
 from cryolive.rotations.symmetry import (
     canonical_symmetry_name,
+    check_symmetry,
     point_group_order,
     symmetric_angular_distance,
     symmetry_operators,
@@ -279,6 +280,9 @@ def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
     mode that does not exist, a relaxed symmetry no larger than the enforced one, input poses asked for but absent
     or together with ab-initio steps."""
     check_params(p)
+    check_symmetry(p.symmetry)
+    if p.relax_symmetry is not None:
+        check_symmetry(p.relax_symmetry, "relax_symmetry")
     if p.window_inner >= p.window_outer:
         raise InputError(f"window_inner ({p.window_inner}) must be below window_outer ({p.window_outer})")
     _relaxed_mates(p.symmetry, p.relax_symmetry)

@@ -70,6 +70,17 @@ def canonical_symmetry_name(name: str) -> str:
     )
 
 
+def check_symmetry(name: str, flag: str = "--sym") -> str:
+    """The canonical name of ``name``; InputError naming ``flag`` and the valid names when it is not a point
+    group."""
+    from cryolive.io.errors import InputError
+
+    try:
+        return canonical_symmetry_name(name)
+    except ValueError as exc:
+        raise InputError(f"{flag}: {exc}") from None
+
+
 def _axis_rotation(axis: tuple[float, float, float], fold: int) -> np.ndarray:
     """Right-handed rotation by ``2 pi / fold`` about ``axis`` (normalised here)."""
     a = np.asarray(axis, dtype=np.float64)
