@@ -48,6 +48,9 @@ def _open_mrc(path: PathLike, *, mmap: bool = False) -> Any:
             raise InputError(f"{p}: not a readable MRC file ({exc})") from exc
     if mrc.data is None:
         mrc.close()
+        truncated = _truncation(p)
+        if truncated:
+            raise InputError(f"{p}: truncated ({truncated})")
         why = "; ".join(str(w.message) for w in caught if "machine stamp" not in str(w.message))
         raise InputError(f"{p}: not a valid MRC file ({why or 'no data block'})")
     if np.issubdtype(mrc.data.dtype, np.complexfloating):
@@ -59,6 +62,23 @@ def _open_mrc(path: PathLike, *, mmap: bool = False) -> Any:
 def _header_axes(mrc: Any) -> tuple[int, int, int]:
     h = mrc.header
     return int(h.mapc), int(h.mapr), int(h.maps)
+
+
+def _truncation(p: Path) -> str | None:
+    """What the header promises against what the file holds, when the file is shorter (None otherwise)."""
+    try:
+        with mrcfile.open(p, mode="r", permissive=True, header_only=True) as m:
+            h = m.header
+            nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
+            itemsize = mrcfile.utils.data_dtype_from_header(h).itemsize
+            offset = 1024 + int(h.nsymbt)
+    except Exception:  # noqa: BLE001 - no usable header: not a truncation we can describe
+        return None
+    frame = nx * ny * itemsize
+    held = (p.stat().st_size - offset) / frame if frame else 0.0
+    if frame <= 0 or held >= nz:
+        return None
+    return f"the header says {nz} images of {nx} x {ny}, the file holds {held:.1f}"
 
 
 def read_map(path: PathLike, pixel_size: float | None = None) -> tuple[np.ndarray, float]:

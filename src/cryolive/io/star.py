@@ -118,7 +118,7 @@ def read_star(path: PathLike, require_images: bool = True, *, project_dir: PathL
     used = list(required) + ["rlnPhaseShift", "rlnCtfBfactor", "rlnCtfScalefactor", *_ANGLES, "rlnOriginXAngst",
                              "rlnOriginYAngst", "rlnOriginX", "rlnOriginY", "rlnRandomSubset", "rlnClassNumber",
                              "rlnOpticsGroup", "rlnImagePixelSize", "rlnImageSize", "rlnMagnification",
-                             "rlnDetectorPixelSize"]
+                             "rlnDetectorPixelSize", "rlnPixelSize"]
     check_finite(src, parts, used, row, f"data_{block}")
     if optics is not None:
         check_finite(src, optics, used, lambda i: f"data_optics row {i + 1}", "data_optics")
@@ -144,9 +144,12 @@ def read_star(path: PathLike, require_images: bool = True, *, project_dir: PathL
     elif (det := param("rlnDetectorPixelSize")) is not None and (mag := param("rlnMagnification")) is not None:
         with np.errstate(divide="ignore", invalid="ignore"):
             psize = det * 1e4 / mag
+    elif (p := param("rlnPixelSize")) is not None:  # RELION 3.0 tools and other programs write this one
+        psize = p
     else:
-        raise InputError(f"{src}: no pixel size: the file has neither rlnImagePixelSize nor rlnDetectorPixelSize and "
-                         "rlnMagnification; pass pixel_size= (Å)")
+        raise InputError(f"{src}: no pixel size: the file has none of rlnImagePixelSize, rlnPixelSize, or "
+                         "rlnDetectorPixelSize with rlnMagnification; add one (Å), or pass pixel_size= (Å) from "
+                         "Python")
     if not (np.isfinite(psize).all() and (psize > 0).all()):
         i = int(np.flatnonzero(~(np.isfinite(psize) & (psize > 0)))[0])
         raise InputError(f"{src}: invalid pixel size {psize[i]:g} Å at {row(i)}")
