@@ -80,7 +80,20 @@ class JobFolder:
         atomic_write_text(self.path / "status.json", json.dumps(record, indent=2, default=_json_default) + "\n")
 
     def close(self) -> None:
-        self._log.close()
+        """Log the process's peak memory (resident set, GiB) and close the log."""
+        if not self._log.closed:
+            self.log(f"peak memory {peak_memory_gib():.2f} GiB (this process's maximum resident set)")
+            self._log.close()
+
+
+def peak_memory_gib() -> float:
+    """The process's peak resident memory in GiB (``getrusage``; 0 where unavailable)."""
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return 0.0
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return kib / 2**20
 
 
 def job_state(path: str | os.PathLike) -> dict[str, Any]:
