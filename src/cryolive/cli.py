@@ -627,6 +627,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     _stop_on_sigterm()
+    import logging
+
+    if not logging.getLogger("cryolive").handlers:  # notes such as a reference resampled to the particles
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("cryolive: %(message)s"))
+        logging.getLogger("cryolive").addHandler(handler)
     if isinstance(getattr(args, "out", None), str) and not args.out.strip():
         print(f"cryolive {args.command}: error: --out is empty: name the output", file=sys.stderr)
         return 2

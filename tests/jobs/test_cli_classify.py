@@ -108,12 +108,12 @@ def test_bad_masks_and_maps_exit_2_naming_the_file(data, tmp_path, capsys):
     star = str(data / "particles.star")
     out = tmp_path / "jobs"
     bad = {
-        "box16.mrc": (np.ones((16, 16, 16), np.float32), APIX),  # wrong box
-        "apix3.mrc": (np.ones((BOX,) * 3, np.float32), 3.0),  # wrong pixel size
         "range.mrc": (2 * np.ones((BOX,) * 3, np.float32), APIX),  # values outside [0, 1]
+        "zero.mrc": (np.zeros((BOX,) * 3, np.float32), APIX),  # selects nothing
     }
     for name, (vol, apix) in bad.items():
         write_map(tmp_path / name, vol, apix)
+    write_map(tmp_path / "box16.mrc", np.ones((16, 16, 16), np.float32), APIX)  # padded: a constant map
     for name in bad:
         path = str(tmp_path / name)
         before = _hashes([tmp_path / name])

@@ -424,7 +424,8 @@ def test_bad_particles_file_is_a_notification(make_napari_viewer, qtbot, tmp_pat
     w.start()
     assert errors and "particles" in errors[0].lower()
 
-    # a reference layer with the wrong box: the message names the file written from it and the layer
+    # a constant reference layer of another box (padded to the particles' box, still constant): the message names
+    # the layer
     errors.clear()
     viewer.add_image(np.ones((24, 24, 24), np.float32), name="small map", scale=(APIX,) * 3)
     w.ref_combo.set_layer("small map")
@@ -432,7 +433,7 @@ def test_bad_particles_file_is_a_notification(make_napari_viewer, qtbot, tmp_pat
     with qtbot.waitSignal(w.runFinished, timeout=60_000) as finished:
         w.start()
     assert finished.args == ["failed"]
-    assert len(errors) == 1 and "small map" in errors[0] and "box 24" in errors[0], errors
+    assert len(errors) == 1 and "small map" in errors[0] and "constant" in errors[0], errors
 
 
 def test_gui_stays_responsive_while_refining(make_napari_viewer, qtbot, tmp_path):

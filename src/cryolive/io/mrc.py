@@ -12,6 +12,7 @@ cannot be read is reported as :class:`~cryolive.io.errors.InputError` naming the
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -20,8 +21,12 @@ from typing import Any
 import mrcfile
 import numpy as np
 
+from cryolive.backend import to_numpy
+from cryolive.image.resample import resample_volume
 from cryolive.io._atomic import check_destination, commit, temp_name
 from cryolive.io.errors import InputError
+
+_log = logging.getLogger("cryolive.io")
 
 PathLike = str | os.PathLike
 
@@ -159,27 +164,52 @@ def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> Non
         raise InputError(f"{path}: the {what} is constant ({lo:.6g} everywhere)")
 
 
-def _read_matched(path: PathLike, box: int, pixel_size: float, particles: PathLike, what: str,
-                  hint: str = "") -> np.ndarray:
-    """:func:`read_map`, then InputError naming ``path`` (and ``particles``) unless its box is ``box`` and its voxel
-    size ``pixel_size`` within 1 %."""
+def _read_matched(path: PathLike, box: int, pixel_size: float, particles: PathLike, what: str) -> np.ndarray:
+    """:func:`read_map`, brought to the particles' box ``box`` and pixel size ``pixel_size`` (Å) when it has
+    another one, as RELION does with a reference: Fourier-resampled to the nearest box that gives the particles'
+    voxel size over the same extent, then padded with its edge mean or cropped around the centre. Each change is
+    reported in one line on the ``cryolive.io`` logger (jobs copy it into their log)."""
     vol, apix = read_map(path)
-    if vol.shape[0] != box:
-        raise InputError(f"{path}: {what} has box {vol.shape[0]}, the particles ({particles}) have box {box}{hint}")
+    n = vol.shape[0]
     if abs(apix - pixel_size) > 0.01 * pixel_size:
-        raise InputError(f"{path}: {what} voxel size {apix:.4f} Å differs from the particles' pixel size "
-                         f"{pixel_size:.4f} Å ({particles})")
-    return vol
+        m = max(2, int(round(n * apix / pixel_size / 2)) * 2)
+        vol = to_numpy(resample_volume(vol, m))
+        new_apix = apix * n / m
+        if abs(new_apix - pixel_size) > 0.02 * pixel_size:
+            raise InputError(f"{path}: {what} voxel size {apix:.4f} Å cannot be brought to the particles' "
+                             f"{pixel_size:.4f} Å ({particles}) within 2 %; resample it first")
+        _log.warning(f"{path}: {what} resampled from {apix:.4f} Å/voxel (box {n}) to {new_apix:.4f} Å (box {m}), "
+                     f"the particles' pixel size is {pixel_size:.4f} Å ({particles})")
+        n = m
+    if n != box:
+        vol = _fit_box(vol, box)
+        _log.warning(f"{path}: {what} {'padded' if n < box else 'cropped'} from box {n} to the particles' box {box}")
+    return np.asarray(vol, np.float32)
+
+
+def _fit_box(vol: np.ndarray, box: int) -> np.ndarray:
+    """``vol (n, n, n)`` centred in a ``(box,)*3`` volume: cropped around the centre, or padded with the mean of
+    its outermost voxels (so no step appears at the old edge)."""
+    n = vol.shape[0]
+    if n > box:
+        s = n // 2 - box // 2
+        return vol[s:s + box, s:s + box, s:s + box].copy()
+    edge = np.concatenate([vol[[0, -1]].ravel(), vol[:, [0, -1]].ravel(), vol[:, :, [0, -1]].ravel()])
+    out = np.full((box,) * 3, float(edge.mean()), np.float32)
+    s = box // 2 - n // 2
+    out[s:s + n, s:s + n, s:s + n] = vol
+    return out
 
 
 def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                       what: str = "reference map") -> np.ndarray:
-    """Read a map that must match particles ``(box, pixel size within 1 %)`` and carry structure.
+    """Read a map for particles of ``box`` and ``pixel_size`` (resampled, padded or cropped to them when it
+    differs, see :func:`_read_matched`) that carries structure.
 
-    InputError naming ``path`` for a box or voxel size that differs from the particles' (``particles`` is
-    named too), NaN/Inf (see :func:`read_map`), an all-zero or constant map (:func:`check_map_content`).
+    InputError naming ``path`` for NaN/Inf (see :func:`read_map`) or an all-zero or constant map
+    (:func:`check_map_content`).
     """
-    vol = _read_matched(path, box, pixel_size, particles, what, "; resample the map first")
+    vol = _read_matched(path, box, pixel_size, particles, what)
     check_map_content(vol, path, what)
     return vol
 
@@ -196,8 +226,9 @@ def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> N
 def read_matching_mask(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                        what: str = "mask") -> np.ndarray:
     """:func:`read_matching_map` for a mask: values in ``[0, 1]``, not all zero (a constant 1 is allowed)."""
-    vol = _read_matched(path, box, pixel_size, particles, what)
-    check_mask_values(vol, path, what)
+    raw, _ = read_map(path)
+    check_mask_values(raw, path, what)  # the user's values; resampling may ring slightly outside [0, 1]
+    vol = np.clip(_read_matched(path, box, pixel_size, particles, what), 0.0, 1.0)
     return vol
 
 

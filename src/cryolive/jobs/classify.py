@@ -38,7 +38,7 @@ from cryolive.io import (
 )
 from cryolive.io.particles import check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
-from cryolive.jobs.jobdir import JobFolder, run_in_job, write_csv
+from cryolive.jobs.jobdir import JobFolder, captured_notes, run_in_job, write_csv
 from cryolive.params import check_params
 from cryolive.rotations.symmetry import check_symmetry
 
@@ -72,12 +72,13 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     check_image_statistics(stack)
     box, apix = stack.box, stack.pixel_size
     start_maps = None
-    if starts:
-        start_maps = [read_matching_map(s, box, apix, particles_path, "starting map") for s in starts]
-        p = dataclasses.replace(p, n_classes=len(start_maps))
-    solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
-    focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
-    cons = read_matching_map(consensus, box, apix, particles_path, "consensus map") if consensus else None
+    with captured_notes() as notes:
+        if starts:
+            start_maps = [read_matching_map(s, box, apix, particles_path, "starting map") for s in starts]
+            p = dataclasses.replace(p, n_classes=len(start_maps))
+        solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
+        focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
+        cons = read_matching_map(consensus, box, apix, particles_path, "consensus map") if consensus else None
     if p.mode != "hetero" and stack.rotations is None:
         raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
                          "run a refinement first, or use heterogeneous refinement")
@@ -93,6 +94,8 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     job.log(f"{what} on {device_label()}: {len(stack)} particles, box {box}, {apix:.4g} Å/px, "
             f"{p.n_classes} classes; solvent mask {solvent_mask or 'automatic (from the consensus map)'}, "
             f"focus mask {focus_mask or 'none'}")
+    for note in notes:
+        job.log(f"NOTE: {note}")
     if kind == "hetero":
         job.log("class FSC: a plain half-map comparison (both halves are aligned to one class map, so they are "
                 "not independent), read at 0.5")

@@ -8,6 +8,7 @@ makes before it creates its folder (output place, memory) are :mod:`cryolive.io.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -94,6 +95,27 @@ def peak_memory_gib() -> float:
         return 0.0
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     return kib / 2**20
+
+
+@contextlib.contextmanager
+def captured_notes(logger: str = "cryolive.io") -> Generator[list[str], None, None]:
+    """Collect what ``logger`` reports (e.g. a reference resampled to the particles' pixel size) while inputs
+    are read, so that the job can write it into its log once its folder exists."""
+    import logging
+
+    notes: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            notes.append(record.getMessage())
+
+    handler = _Collect(level=logging.INFO)
+    log = logging.getLogger(logger)
+    log.addHandler(handler)
+    try:
+        yield notes
+    finally:
+        log.removeHandler(handler)
 
 
 def job_state(path: str | os.PathLike) -> dict[str, Any]:

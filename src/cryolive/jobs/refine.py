@@ -36,7 +36,7 @@ from cryolive.io import InputError, read_matching_map, read_matching_mask, read_
 from cryolive.io._atomic import atomic_path
 from cryolive.io.particles import check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
-from cryolive.jobs.jobdir import JobFolder, job_state, run_in_job, write_csv
+from cryolive.jobs.jobdir import JobFolder, captured_notes, job_state, run_in_job, write_csv
 from cryolive.jobs.plots import plot_fsc
 from cryolive.refinement.refine import (
     RefineCheckpoint,
@@ -68,10 +68,11 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     t0 = time.perf_counter()
     stack = read_particles(particles_path)
     check_image_statistics(stack)
-    ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
-    mask = None
-    if mask_path:
-        mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
+    with captured_notes() as notes:
+        ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
+        mask = None
+        if mask_path:
+            mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
     check_inputs(stack, p)
     check_output_parent(out)
     # two half-map accumulators and two projectors, padded 2x, and the finalize temporaries
@@ -84,6 +85,8 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
             f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
             f"low-passed to {p.initial_lowpass_A} Å")
+    for note in notes:
+        job.log(f"NOTE: {note}")
     if p.use_input_poses:
         job.log(f"starting from the particles' own poses ({particles_path}): local searches from iteration 1")
     if p.relax_symmetry:
