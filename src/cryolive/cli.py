@@ -70,7 +70,14 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     check_image_statistics(stack)
     half = half_sets(stack, a.seed)
     recs = None
-    for done, batch_recs in backproject_halves(stack, half, a.sym, a.batch_size):
+    if a.workers or a.scheduler:
+        from cryolive.reconstruction.distributed import backproject_halves_dask
+
+        source = backproject_halves_dask(stack, half, a.sym, a.batch_size, workers=a.workers, scheduler=a.scheduler,
+                                         on_client=lambda c: print(f"Dask dashboard: {c.dashboard_link}", flush=True))
+    else:
+        source = backproject_halves(stack, half, a.sym, a.batch_size)
+    for done, batch_recs in source:
         recs = batch_recs
         _progress(done, len(stack), 1.0, "reconstruct")
     half_a, half_b, full = finalize_halves(*recs, prior=False)
@@ -458,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0, help="seed of the random half split when the file has none")
     s.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
+    s.add_argument("--workers", type=int, default=None,
+                   help="back-project on a local Dask cluster of this many processes")
+    s.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="back-project on an existing Dask cluster (e.g. tcp://host:8786)")
     s.set_defaults(func=cmd_reconstruct)
 
     s = sub.add_parser("refine", help="homogeneous refinement (gold-standard EM, global pose search)")

@@ -44,6 +44,8 @@ class ReconstructParams:
     mask: str | None = None
     bfactor: float | None = None
     seed: int = 0
+    workers: int | None = None  # back-project on a local Dask cluster of this many processes
+    scheduler: str | None = None  # or on an existing Dask cluster (tcp://host:8786)
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,18 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
     try:
         half = half_sets(stack, params.seed)
         recs = None
-        for done, batch_recs in backproject_halves(stack, half, params.symmetry, params.batch_size):
+        if params.workers or params.scheduler:
+            from cryolive.reconstruction.distributed import backproject_halves_dask
+
+            def on_client(client: object) -> None:
+                job.log(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers, "  # type: ignore[attr-defined]
+                        f"dashboard {client.dashboard_link}")  # type: ignore[attr-defined]
+
+            source = backproject_halves_dask(stack, half, params.symmetry, params.batch_size, workers=params.workers,
+                                             scheduler=params.scheduler, on_client=on_client)
+        else:
+            source = backproject_halves(stack, half, params.symmetry, params.batch_size)
+        for done, batch_recs in source:
             recs = batch_recs
             yield ReconstructProgress(done, len(stack), time.perf_counter() - t0)
         assert recs is not None
