@@ -193,4 +193,5 @@ def test_stopping_leaves_a_folder_that_says_so(small, tmp_path):
     job = tmp_path / "j" / "job_motion_001"
     status = json.loads((job / "status.json").read_text())
     assert status["state"] == "stopped" and status["stage"] == first.stage
-    assert (job / "log.txt").read_text().rstrip().endswith("STOPPED by the user")
+    last = (job / "log.txt").read_text().rstrip().splitlines()[-2:]  # the stop, then the peak-memory line
+    assert last[0].endswith("STOPPED by the user") and "peak memory" in last[1]
