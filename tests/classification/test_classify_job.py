@@ -142,3 +142,16 @@ def test_closing_the_generator_stops_the_job(data, tmp_path):
     assert status["state"] == "stopped" and status["last_iteration"] == 1
     assert "STOPPED" in _log(job)
     assert (job / "class_001.mrc").is_file() and not (job / "particles.star").exists()
+
+
+def test_an_empty_class_reports_no_resolution(data, tmp_path):
+    """A class that no particle chooses must not report a resolution (issue 17: an empty class read 6.0 Å)."""
+    zz, yy, xx = np.mgrid[:BOX, :BOX, :BOX] - BOX // 2
+    blob = np.exp(-((xx - 6) ** 2 + (yy - 6) ** 2 + (zz - 6) ** 2) / 2.0).astype(np.float32) * 0.01
+    write_map(tmp_path / "blob.mrc", blob, APIX)
+    steps, result = drain(classify_job(str(data / "particles.star"), str(tmp_path / "jobs"),
+                                       ClassifyParams(mode="hetero", max_iter=3, hetero_search="local"),
+                                       starts=[str(data / "truth" / "state_0.mrc"), str(tmp_path / "blob.mrc")]))
+    fin = steps[-1]
+    assert fin.class_sizes[1] * N < 10, fin.class_sizes
+    assert np.isinf(fin.class_resolution_A[1]) and np.isfinite(fin.class_resolution_A[0])

@@ -71,6 +71,10 @@ from cryolive.rotations.grids import local_offsets, so3_grid
 MODES = ("fixed", "local", "hetero")
 
 
+#: a class with fewer (expected) particles reports no resolution (``inf``)
+MIN_CLASS_PARTICLES = 10
+
+
 @dataclass(frozen=True)
 class ClassifyParams:
     """Parameters of 3D classification / heterogeneous refinement (Å, degrees, pixels of the particle box).
@@ -510,6 +514,7 @@ class _Classifier:
         scale = len(self.stack) / len(subset)
         eta = p.online_step if online else 1.0
         maps, curves, res = [], [], []
+        members = self.posteriors.sum(axis=0)  # (K,) expected number of particles in each class
         for c in range(k):
             for h in range(2):
                 self.recs[c][h] = _blend(self.recs[c][h] if online else None, new[c][h], eta, scale)
@@ -517,7 +522,9 @@ class _Classifier:
             vol, curve = self._compose_filtered(full, ha, hb)
             maps.append(fsc_filter(full, curve) * self.solvent)
             curves.append(curve)
-            res.append(resolution_at(curve, self.nc, self.apix, 0.5))
+            # a class (nearly) without particles has no resolution: its FSC compares two empty half maps
+            res.append(resolution_at(curve, self.nc, self.apix, 0.5) if members[c] >= MIN_CLASS_PARTICLES
+                       else float("inf"))
             self.refs[c] = vol
         self.fsc_curves = curves
         sizes = self.posteriors.mean(axis=0)
