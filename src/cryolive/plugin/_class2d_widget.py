@@ -388,20 +388,17 @@ class Class2DWidget(JobDockMixin, QWidget):
         """Check the inputs and start the job in a worker thread."""
         if self.running:
             return
-        particles = self.particles_edit.text().strip()
-        if not particles:
-            show_error("Choose a particles file (RELION .star or cryoSPARC .cs)")
+        chosen = self._chosen_particles_and_out()
+        if chosen is None:
             return
-        out = Path(self.out_edit.text().strip() or "jobs").expanduser().resolve()
+        particles, out = chosen
         params = self.params()
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             show_error(f"{out}: {exc}")
             return
-        self._out = out
-        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
-        self.job_dir = None
+        self._remember_job_folders(out)
         self._input_layers = {}
         self._reset_display()
         self.current_class = None
@@ -469,11 +466,7 @@ class Class2DWidget(JobDockMixin, QWidget):
         self.iterationShown.emit(it.iteration)
 
     def _on_returned(self, value: Any) -> None:
-        state, payload = value
-        self._flush()
-        if self.job_dir is None:
-            self.job_dir = self._find_job_dir()
-        elapsed = time.perf_counter() - self._t_start
+        state, payload, elapsed = self._run_returned(value)
         if state == "finished":
             self.model.finish(payload, self.job_dir)
             self._show_averages()

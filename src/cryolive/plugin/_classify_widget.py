@@ -530,11 +530,10 @@ class ClassifyWidget(JobDockMixin, QWidget):
         """Check the inputs, write layer inputs to MRC files, and start the job."""
         if self.running:
             return
-        particles = self.particles_edit.text().strip()
-        if not particles:
-            show_error("Choose a particles file (RELION .star or cryoSPARC .cs)")
+        chosen = self._chosen_particles_and_out()
+        if chosen is None:
             return
-        out = Path(self.out_edit.text().strip() or "jobs").expanduser().resolve()
+        particles, out = chosen
         params = self.params()
         self._input_layers = {}
         try:
@@ -546,9 +545,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         if inputs["starts"]:
             params = dataclasses.replace(params, n_classes=len(inputs["starts"]))
         self.end_compare()
-        self._out = out
-        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
-        self.job_dir = None
+        self._remember_job_folders(out)
         self.n_classes = params.n_classes
         self._reset_display()
         self.size_history = []
@@ -658,11 +655,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.iterationShown.emit(it.iteration)
 
     def _on_returned(self, value: Any) -> None:
-        state, payload = value
-        self._flush()
-        if self.job_dir is None:
-            self.job_dir = self._find_job_dir()
-        elapsed = time.perf_counter() - self._t_start
+        state, payload, elapsed = self._run_returned(value)
         if state == "finished":
             final = payload.final
             counts = np.bincount(np.asarray(payload.classes, dtype=int), minlength=len(final.class_sizes) + 1)[1:]

@@ -245,6 +245,31 @@ class JobDockMixin:
                 self._steps.pop(0)()
         self._render_scheduled = False
 
+    def _chosen_particles_and_out(self) -> tuple[str, Path] | None:
+        """The particles file and the output folder (absolute; default ``jobs``) from the dock's fields; None, after
+        telling the user, when no particles file is chosen."""
+        particles = self.particles_edit.text().strip()
+        if not particles:
+            show_error("Choose a particles file (RELION .star or cryoSPARC .cs)")
+            return None
+        return particles, Path(self.out_edit.text().strip() or "jobs").expanduser().resolve()
+
+    def _remember_job_folders(self, out: Path) -> None:
+        """At Start: the output folder and the job folders already in it, so that :meth:`_find_job_dir` finds the
+        new one."""
+        self._out = out
+        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
+        self.job_dir = None
+
+    def _run_returned(self, value: tuple[str, Any]) -> tuple[str, Any, float]:
+        """When the worker returns ``(state, payload)``: draw what is pending, find the job folder, and give
+        ``(state, payload, seconds since Start)``."""
+        state, payload = value
+        self._flush()
+        if self.job_dir is None:
+            self.job_dir = self._find_job_dir()
+        return state, payload, time.perf_counter() - self._t_start
+
     def _find_job_dir(self) -> Path | None:
         """The newest job folder under the output folder that was not there at Start."""
         if self._out is None:

@@ -379,11 +379,10 @@ class RefineWidget(JobDockMixin, QWidget):
         """Check the inputs, write layer inputs to MRC files in the output folder, and start the job."""
         if self.running:
             return
-        particles = self.particles_edit.text().strip()
-        if not particles:
-            show_error("Choose a particles file (RELION .star or cryoSPARC .cs)")
+        chosen = self._chosen_particles_and_out()
+        if chosen is None:
             return
-        out = Path(self.out_edit.text().strip() or "jobs").expanduser().resolve()
+        particles, out = chosen
         params = self.params()
         self._input_layers: dict[str, str] = {}  # files written from layers -> layer names, for messages
         try:
@@ -396,9 +395,7 @@ class RefineWidget(JobDockMixin, QWidget):
         if self.mask_warning.isVisible():
             show_warning(self.mask_warning.text().lstrip("⚠ "))
 
-        self._out = out
-        self._known_jobs = {path for pattern in self.JOB_GLOBS for path in out.glob(pattern)}
-        self.job_dir = None
+        self._remember_job_folders(out)
         self._apix = float(ref_scale[-1])
         self._translate = tuple(ref_translate)
         ref_vol = np.asarray(ref_vol, dtype=np.float32)
@@ -620,11 +617,7 @@ class RefineWidget(JobDockMixin, QWidget):
             current.visible = not on
 
     def _on_returned(self, value: Any) -> None:
-        state, payload = value
-        self._flush()
-        if self.job_dir is None:
-            self.job_dir = self._find_job_dir()
-        elapsed = time.perf_counter() - self._t_start
+        state, payload, elapsed = self._run_returned(value)
         if state == "finished":
             final = payload.final
             # the job's map.mrc is final.map: make sure the layer shows exactly that
