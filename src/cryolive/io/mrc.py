@@ -164,12 +164,13 @@ def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> Non
         raise InputError(f"{path}: the {what} is constant ({lo:.6g} everywhere)")
 
 
-def _read_matched(path: PathLike, box: int, pixel_size: float, particles: PathLike, what: str) -> np.ndarray:
-    """:func:`read_map`, brought to the particles' box ``box`` and pixel size ``pixel_size`` (Å) when it has
-    another one, as RELION does with a reference: Fourier-resampled to the nearest box that gives the particles'
-    voxel size over the same extent, then padded with its edge mean or cropped around the centre. Each change is
-    reported in one line on the ``cryolive.io`` logger (jobs copy it into their log)."""
-    vol, apix = read_map(path)
+def _matched(vol: np.ndarray, apix: float, path: PathLike, box: int, pixel_size: float, particles: PathLike,
+             what: str) -> np.ndarray:
+    """``vol`` (read from ``path`` at ``apix`` Å/voxel) brought to the particles' box ``box`` and pixel size
+    ``pixel_size`` (Å) when it has another one, as RELION does with a reference: Fourier-resampled to the nearest
+    box that gives the particles' voxel size over the same extent, then padded with its edge mean or cropped
+    around the centre. Each change is reported in one line on the ``cryolive.io`` logger (jobs copy it into their
+    log)."""
     n = vol.shape[0]
     if abs(apix - pixel_size) > 0.01 * pixel_size:
         m = max(2, int(round(n * apix / pixel_size / 2)) * 2)
@@ -204,12 +205,12 @@ def _fit_box(vol: np.ndarray, box: int) -> np.ndarray:
 def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                       what: str = "reference map") -> np.ndarray:
     """Read a map for particles of ``box`` and ``pixel_size`` (resampled, padded or cropped to them when it
-    differs, see :func:`_read_matched`) that carries structure.
+    differs, see :func:`_matched`) that carries structure.
 
     InputError naming ``path`` for NaN/Inf (see :func:`read_map`) or an all-zero or constant map
     (:func:`check_map_content`).
     """
-    vol = _read_matched(path, box, pixel_size, particles, what)
+    vol = _matched(*read_map(path), path, box, pixel_size, particles, what)
     check_map_content(vol, path, what)
     return vol
 
@@ -226,10 +227,9 @@ def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> N
 def read_matching_mask(path: PathLike, box: int, pixel_size: float, particles: PathLike,
                        what: str = "mask") -> np.ndarray:
     """:func:`read_matching_map` for a mask: values in ``[0, 1]``, not all zero (a constant 1 is allowed)."""
-    raw, _ = read_map(path)
+    raw, apix = read_map(path)
     check_mask_values(raw, path, what)  # the user's values; resampling may ring slightly outside [0, 1]
-    vol = np.clip(_read_matched(path, box, pixel_size, particles, what), 0.0, 1.0)
-    return vol
+    return np.clip(_matched(raw, apix, path, box, pixel_size, particles, what), 0.0, 1.0)
 
 
 def _check_pixel_size(path: PathLike, pixel_size: float) -> None:

@@ -32,7 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
-from cryolive.io import InputError, read_matching_map, read_matching_mask, read_particles, write_map, write_star
+from cryolive.io import (
+    InputError,
+    ParticleStack,
+    read_matching_map,
+    read_matching_mask,
+    read_particles,
+    write_map,
+    write_star,
+)
 from cryolive.io._atomic import atomic_path
 from cryolive.io.particles import check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
@@ -59,13 +67,11 @@ def check_reference(particles_path: str, reference_path: str, box: int, pixel_si
     return read_matching_map(reference_path, box, pixel_size, particles_path, "reference map")
 
 
-def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
-               mask_path: str | None = None,
-               save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
-    """Run homogeneous refinement into a new job folder, yielding each ab-initio step and iteration; returns the
-    result."""
-    p = params or RefineParams()
-    t0 = time.perf_counter()
+def _read_inputs(particles_path: str, reference_path: str, mask_path: str | None,
+                 p: RefineParams) -> tuple[ParticleStack, np.ndarray, np.ndarray | None, list[str]]:
+    """The particles (statistics checked), the reference and the optional mask brought to them, and the notes
+    reading them produced (e.g. a resampled reference); the parameters checked against the particles. Raises
+    before any job folder exists."""
     stack = read_particles(particles_path)
     check_image_statistics(stack)
     with captured_notes() as notes:
@@ -74,6 +80,17 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
         if mask_path:
             mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
     check_inputs(stack, p)
+    return stack, ref, mask, notes
+
+
+def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
+               mask_path: str | None = None,
+               save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
+    """Run homogeneous refinement into a new job folder, yielding each ab-initio step and iteration; returns the
+    result."""
+    p = params or RefineParams()
+    t0 = time.perf_counter()
+    stack, ref, mask, notes = _read_inputs(particles_path, reference_path, mask_path, p)
     check_output_parent(out)
     # two half-map accumulators and two projectors, padded 2x, and the finalize temporaries
     check_memory(700.0 * stack.box**3, f"refinement at a box of {stack.box} px", "downsample the particles")
@@ -108,14 +125,11 @@ def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generato
     p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
     ckpt = load_checkpoint(folder / CHECKPOINT)
     t0 = time.perf_counter()
-    stack = read_particles(prm["particles"])
-    ref = check_reference(prm["particles"], prm["reference"], stack.box, stack.pixel_size)
-    mask = None
-    if prm.get("mask"):
-        mask = read_matching_mask(prm["mask"], stack.box, stack.pixel_size, prm["particles"], "mask")
-    check_inputs(stack, p)
+    stack, ref, mask, notes = _read_inputs(prm["particles"], prm["reference"], prm.get("mask"), p)
     job = JobFolder(folder)
     job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
+    for note in notes:
+        job.log(f"NOTE: {note}")
     job.set_status("running", iteration=ckpt.iteration)
     history = _read_history(job.file("iterations.csv"))[:ckpt.iteration]
     return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history))
@@ -165,7 +179,7 @@ def load_checkpoint(path: Path) -> RefineCheckpoint:
         raise InputError(f"{path}: not a readable refinement checkpoint ({exc})") from None
 
 
-def _run(job: JobFolder, stack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams, t0: float,
+def _run(job: JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams, t0: float,
          save_iterations: bool, resume: RefineCheckpoint | None = None,
          history: list[dict] | None = None) -> Generator[RefineStep, None, RefineResult]:
     """Drive :func:`refine` in ``job``: per-iteration log, ``iterations.csv``, status and checkpoint; the outputs
