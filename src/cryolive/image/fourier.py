@@ -45,6 +45,40 @@ def ifftnc(f: Any) -> Any:
     return m.fft.fftshift(m.fft.ifftn(m.fft.ifftshift(f)))
 
 
+def rfftnc(vol: Any) -> Any:
+    """Centred real 3D FFT of a cubic ``(N, N, N)`` volume ``[z, y, x]`` -> the Hermitian half grid
+    ``(N, N, N // 2 + 1)`` complex64: ``kz`` and ``ky`` centred (zero frequency at index ``N // 2``), ``kx = 0 ..
+    N // 2``. The other half is ``F(-k) = conj F(k)``. NumPy inputs use ``scipy.fft`` on every core."""
+    m = array_module(vol)
+    shifted = m.fft.ifftshift(vol)
+    if m.__name__ == "numpy":
+        import os
+
+        import scipy.fft
+
+        out = scipy.fft.rfftn(shifted.astype(m.float32, copy=False), workers=os.cpu_count() or 1)
+    else:
+        out = m.fft.rfftn(shifted)
+    return m.fft.fftshift(out, axes=(0, 1)).astype(m.complex64, copy=False)
+
+
+def irfftnc(f: Any, n: int) -> Any:
+    """Inverse of :func:`rfftnc`: the half grid ``(n, n, n // 2 + 1)`` -> real ``(n, n, n)`` float32, centred.
+    ``f`` may be overwritten (NumPy: transformed in place to bound memory)."""
+    m = array_module(f)
+    shifted = m.fft.ifftshift(f, axes=(0, 1))
+    if m.__name__ == "numpy":
+        import os
+
+        import scipy.fft
+
+        del f
+        out = scipy.fft.irfftn(shifted, s=(n, n, n), workers=os.cpu_count() or 1, overwrite_x=True)
+    else:
+        out = m.fft.irfftn(shifted, s=(n, n, n))
+    return m.fft.fftshift(out).astype(m.float32, copy=False)
+
+
 def rfft_freqs_2d(n: int) -> tuple[Any, Any]:
     """``(ky, kx)`` grids (cycles/pixel) of shape ``(n, n // 2 + 1)`` matching :func:`rfft2c`."""
     m = xp()

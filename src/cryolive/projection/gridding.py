@@ -7,6 +7,11 @@ in cycles/pixel of the original box is at ``m = f * N``. The grid is periodic (i
 Trilinear interpolation in Fourier space multiplies real space by ``sinc^2(x / N)`` along each axis (``x`` in
 voxels from the centre); :func:`gridding_correction` returns that product so projectors can pre-divide and
 reconstructors can post-divide by it.
+
+Volumes' transforms are real-valued in real space, so ``F(-k) = conj F(k)``: projectors and reconstructors keep
+only the **Hermitian half grid** ``(N, N, N // 2 + 1)`` ``[z, y, x]`` (``kz``, ``ky`` centred at ``N // 2``;
+``kx = 0 .. N / 2``), half the memory of the full cube. A point with ``x < 0`` is *folded* to ``-p`` (and its
+value conjugated) before interpolation (:func:`fold_to_half`, :func:`half_trilinear_corners`).
 """
 
 from __future__ import annotations
@@ -114,3 +119,71 @@ def slice_points(rotations: Any, kx: Any, ky: Any, scale: float) -> Any:
     row0 = a[:, 0, :][expand]
     row1 = a[:, 1, :][expand]
     return (kx[None, ..., None] * row0 + ky[None, ..., None] * row1) * scale
+
+
+def half_grid_index_dtype(big: int) -> Any:
+    """int32 while every flat index of the ``(N, N, N // 2 + 1)`` half grid fits, else int64."""
+    m = xp()
+    return m.int32 if big * big * (big // 2 + 1) < 2**31 else m.int64
+
+
+def fold_to_half(points: Any) -> tuple[Any, Any]:
+    """Fold frequency points ``(..., 3)`` (x, y, z) into the ``x >= 0`` half: ``(folded, flipped)`` where
+    ``flipped (...)`` marks the points replaced by ``-p`` (their values are the conjugates)."""
+    m = xp()
+    flipped = points[..., 0] < 0
+    return m.where(flipped[..., None], -points, points), flipped
+
+
+def half_trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]:
+    """Flat indices into the half grid ``(N, N, N // 2 + 1)`` and trilinear weights of the 8 neighbours of
+    already folded ``points`` (``(..., 3)``, x, y, z in padded-grid units, ``x >= 0``): two lists of 8 arrays of
+    shape ``points.shape[:-1]``. Lower corners are clamped so that every corner is inside the array (``x`` to
+    ``[0, N/2 - 1]``, ``y``, ``z`` to ``[-N/2, N/2 - 2]``), as :func:`trilinear_corners` does."""
+    m = xp()
+    half, h = big // 2, big // 2 + 1
+    p = points.astype(m.float32, copy=False)
+    shift = m.asarray([0.0, half, half], dtype=m.float32)
+    q = p + shift
+    upper = m.asarray([half - 1, big - 2, big - 2], dtype=m.float32)
+    i0 = m.clip(m.floor(q), 0, upper)
+    frac = m.clip(q - i0, 0.0, 1.0)
+    i0 = i0.astype(half_grid_index_dtype(big))
+    base = (i0[..., 2] * big + i0[..., 1]) * h + i0[..., 0]
+    fx, fy, fz = (m.ascontiguousarray(frac[..., i]) for i in range(3))
+    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
+    plane = big * h
+    wzy = (gz * gy, gz * fy, fz * gy, fz * fy)
+    offs = (0, h, plane, plane + h)
+    idx, wts = [], []
+    for off, w in zip(offs, wzy, strict=True):
+        corner = base + off if off else base
+        idx.append(corner)
+        wts.append(w * gx)
+        idx.append(corner + 1)
+        wts.append(w * fx)
+    return idx, wts
+
+
+def half_grid_multiplicity(big: int) -> Any:
+    """How many voxels of the full cube each half-grid column ``x`` stands for, ``(N // 2 + 1,)`` float32: 1 on
+    the ``x = 0`` plane (its own mirror) and on ``x = N/2`` (the padded Nyquist, once in the full cube), 2
+    elsewhere. Weighting half-grid sums by it gives the full cube's sums."""
+    m = xp()
+    w = m.full(big // 2 + 1, 2.0, dtype=m.float32)
+    w[0] = 1.0
+    w[-1] = 1.0
+    return w
+
+
+def working_box(n: int, max_freq: float) -> int:
+    """Smallest even box (at most ``n``) whose padded grid holds every frequency up to ``max_freq`` cycles/pixel of
+    a box-``n`` image with its trilinear neighbours: ``2 ceil(max_freq n) + 2``. A grid cut to it holds the same
+    physical frequencies as the full one, on the same spacing (see :class:`~cryolive.projection.Projector`)."""
+    import math
+
+    if max_freq >= 0.5:
+        return int(n)
+    m = 2 * math.ceil(max(max_freq, 0.0) * n) + 2
+    m += m % 2
+    return int(min(max(m, 8), n))

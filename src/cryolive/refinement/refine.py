@@ -144,6 +144,13 @@ class RefineParams:
     fsc_mask_min_near_A: float = 4.0
     fsc_mask_min_far_A: float = 9.0
     batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
+    # projectors and reconstructors work in a box cut to the current alignment resolution plus a margin
+    # (``working_margin`` x the alignment radius + ``working_margin_px``), as RELION's current_size and cryoSPARC's
+    # working box do: set-up, search, insertion and memory scale with the resolution. The final passes (and the last
+    # allowed iteration) use the whole box, so the maps written are complete to Nyquist
+    working_box: bool = True
+    working_margin: float = param(1.25, ge=1, label="Working box margin")
+    working_margin_px: float = param(10.0, ge=0, unit="px", label="Working box extra")
     seed: int = 0
 
 
@@ -402,8 +409,11 @@ class _Refiner:
 
     def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
                         acc: np.ndarray, cnt: np.ndarray) -> None:
+        """Add the residual power ``|X - a C P V|^2`` per shell of the particles ``idx`` at their best poses to
+        ``acc`` (and the pixel counts to ``cnt``), out to the projector's working radius (shells beyond keep
+        their noise estimate)."""
         m = self.m
-        full = pixel_set(self.n, self.n / 2)
+        full = pixel_set(self.n, proj.max_freq * self.n)
         x = f.reshape(f.shape[0], -1)[:, full.index]
         c = self._ctf_at(idx, full)
         model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
@@ -416,16 +426,25 @@ class _Refiner:
                                    minlength=nsh)[:nsh])
 
     # ------------------------------------------------------------------------------------------- iteration
+    def _working_freq(self, r_align: float, full_box: bool) -> float:
+        """Highest frequency (cycles/pixel) the projectors and reconstructors of an iteration hold: the alignment
+        radius with its margin, or 0.5 (the whole box) for ``full_box`` or with the working box off."""
+        if full_box or not self.p.working_box:
+            return 0.5
+        return float(min(0.5, (self.p.working_margin * r_align + self.p.working_margin_px) / self.n))
+
     def iteration(self, it: int, subset: np.ndarray, local: bool, free_scale: bool,
-                  sample: bool = False) -> dict[str, Any]:
+                  sample: bool = False, full_box: bool = True) -> dict[str, Any]:
         """One E + M step over ``subset``; ``sample``: draw global poses from the coarse posterior (see
-        :func:`~cryolive.refinement.search.search_poses`) instead of taking the best."""
+        :func:`~cryolive.refinement.search.search_poses`) instead of taking the best; ``full_box``: work at the
+        whole box instead of the working box (:meth:`_working_freq`)."""
         m, p = self.m, self.p
         t0 = time.perf_counter()
         r_align = self._align_radius()
         pix = pixel_set(self.n, r_align)
         radii = self._level_radii(r_align, 0)
-        projs = [Projector(r) for r in self.refs]
+        work_freq = self._working_freq(r_align, full_box)
+        projs = [Projector(r, max_freq=work_freq) for r in self.refs]
         grids: list[GridProjections | None] = [None, None]
         if not local:
             # each half set gets its own randomly perturbed grid, new every iteration (as RELION perturbs its
@@ -435,7 +454,7 @@ class _Refiner:
             k0 = pix.count_within(radii[0])
             grids = [GridProjections.make(pr, grid_rots @ random_perturbation(self.rng, p.coarse_step_deg / 2),
                                           pix.kx[:k0], pix.ky[:k0]) for pr in projs]
-        recs = [Reconstructor(self.n, symmetry=p.symmetry), Reconstructor(self.n, symmetry=p.symmetry)]
+        recs = [Reconstructor(self.n, symmetry=p.symmetry, max_freq=work_freq) for _ in range(2)]
         nsh = self.n // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
         t_search = t_insert = 0.0
@@ -485,11 +504,15 @@ class _Refiner:
         avg = 0.5 * (half_a + half_b)
         self._update_mask(avg)
         fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.fsc_mask, seed=p.seed + it)
-        self.resolution = float(fsc.res_0143)
+        # in a working box the maps hold nothing beyond its radius: no resolution finer than that is claimed (a
+        # mask would spread some of the signal there)
+        work_limit_A = self.apix / work_freq if work_freq < 0.5 else 0.0
+        self.resolution = max(float(fsc.res_0143), work_limit_A)
         # Alignment follows the *unmasked* FSC, and the references are filtered by it and masked only by the
         # static mask (user mask or sphere): a mask made from both halves' average, or an FSC raised by it, would
         # feed the same high-resolution template to both halves and the resolution would run away to Nyquist.
-        self.align_resolution = float(resolution_at(fsc.fsc_unmasked, self.n, self.apix, 0.143))
+        self.align_resolution = max(float(resolution_at(fsc.fsc_unmasked, self.n, self.apix, 0.143)),
+                                    work_limit_A)
         full_map = fsc_filter(avg, fsc.fsc)
         refs = []
         for h, o in ((reg_a, reg_b), (reg_b, reg_a)):
@@ -511,6 +534,7 @@ class _Refiner:
             },
             timings={"search_s": t_search, "insert_s": t_insert, "reconstruct_fsc_s": t_rec,
                      "total_s": time.perf_counter() - t0},
+            working_box=recs[0].grid_box,
         )
 
     def _ctf_2d(self, idx: np.ndarray) -> Any:
@@ -660,7 +684,8 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
         # global iterations before the last one draw poses from the posterior (stochastic EM); the last global one
         # and the local ones take the best pose
         sample = p.stochastic_global and not local and it < p.global_iters
-        out = r.iteration(it, subset, local, free_scale=False, sample=sample)
+        full_box = final_left is not None or it == p.max_iter
+        out = r.iteration(it, subset, local, free_scale=False, sample=sample, full_box=full_box)
         fsc = out["fsc"]
         res_unmasked = resolution_at(fsc.fsc_unmasked, r.n, r.apix, 0.143)
         last = RefineIteration(
@@ -673,7 +698,7 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
             pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"],
             fsc_mask=to_numpy(r.fsc_mask).astype(np.float32))
         history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
-                        **out["pose_summary"], **out["timings"]})
+                        "working_box_px": out["working_box"], **out["pose_summary"], **out["timings"]})
         if _keep_global(r, p, it, local, out["pose_summary"]["moved_20deg_fraction"]):
             r.global_iters += 1
         done = False
