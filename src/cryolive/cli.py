@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cryolive.jobs import drain
 
@@ -27,8 +27,20 @@ def _progress(done: int, total: int, elapsed: float, label: str) -> None:
     sys.stderr.flush()
 
 
+def _at_least(*checks: tuple[str, int | None, int]) -> None:
+    """InputError naming the first option ``(flag, value, least)`` given below its least allowed value."""
+    from cryolive.io import InputError
+
+    for flag, value, least in checks:
+        if value is not None and value < least:
+            raise InputError(f"{flag} must be at least {least} (got {value})")
+
+
 def cmd_simulate(a: argparse.Namespace) -> int:
+    from cryolive.rotations.symmetry import check_symmetry
     from cryolive.simulator.dataset import SimulationParams, simulate_dataset
+
+    check_symmetry(a.sym)
 
     p = SimulationParams(n=a.n, box=a.box, pixel_size=a.apix, snr=a.snr, n_states=a.states, seed=a.seed,
                          symmetry=a.sym, max_shift_px=a.max_shift, defocus_min_A=a.defocus_min,
@@ -41,12 +53,14 @@ def cmd_simulate(a: argparse.Namespace) -> int:
 
 
 def cmd_project(a: argparse.Namespace) -> int:
-    from cryolive.io import read_map, read_particles
+    from cryolive.io import check_map_content, read_map, read_particles
     from cryolive.io.preflight import check_output_file
     from cryolive.simulator.dataset import project_to_stack
 
+    _at_least(("--batch-size", a.batch_size, 1))
     check_output_file(a.out)
     vol, apix = read_map(a.map)
+    check_map_content(vol, a.map)
     stack = read_particles(a.particles, require_images=False)
     if stack.rotations is None:
         from cryolive.io import InputError
@@ -60,14 +74,18 @@ def cmd_project(a: argparse.Namespace) -> int:
 def cmd_reconstruct(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import read_particles, write_map
-    from cryolive.io.particles import check_image_statistics
+    from cryolive.io.particles import check_half_sets, check_image_statistics
     from cryolive.io.preflight import check_output_file
     from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
     from cryolive.resolution.fsc import gold_standard_fsc
+    from cryolive.rotations.symmetry import check_symmetry
 
-    out = check_output_file(a.out, overwrite=a.overwrite)
+    check_symmetry(a.sym)
+    _at_least(("--batch-size", a.batch_size, 1), ("--workers", a.workers, 1))
+    out = check_output_file(a.out, overwrite=a.overwrite, overwrite_flag="--overwrite")
     stack = read_particles(a.star)
     check_image_statistics(stack)
+    check_half_sets(stack)
     half = half_sets(stack, a.seed)
     recs = None
     if a.workers or a.scheduler:
@@ -123,6 +141,10 @@ def cmd_refine(a: argparse.Namespace) -> int:
     missing = [flag for flag, v in (("STAR", a.star), ("--ref", a.ref), ("--out", a.out)) if v is None]
     if missing:
         raise InputError(f"{', '.join(missing)} required (or --continue JOBDIR)")
+    if a.relax_sym is not None:
+        from cryolive.rotations.symmetry import check_symmetry
+
+        check_symmetry(a.relax_sym, "--relax-sym")
     _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations),
                       show)
     from cryolive.jobs.refine import shared_band_warning
@@ -197,10 +219,32 @@ def _report_classes(show: Any, result: Any, out: str) -> None:  # noqa: ANN401 -
         print(f"  class {c + 1}: {100 * s:5.1f} % ({counts[c]} particles), FSC 0.5 at {r:.1f} Å")
 
 
+def _continue_classes(a: argparse.Namespace, kind: str) -> int:
+    """``cryolive classify|hetero --continue JOBDIR``: go on with the job in its folder (options from params.json)."""
+    from cryolive.jobs.classify import continue_classify_job
+
+    show = _classify_printer()
+    _, result = drain(continue_classify_job(a.continue_job, kind=kind), show)
+    _report_classes(show, result, a.continue_job)
+    return 0
+
+
+def _require(a: argparse.Namespace, options: Sequence[tuple[str, Any]]) -> None:
+    """InputError naming the options (flag, value) left out, which only ``--continue JOBDIR`` makes optional."""
+    from cryolive.io import InputError
+
+    missing = [flag for flag, v in options if v is None]
+    if missing:
+        raise InputError(f"{', '.join(missing)} required (or --continue JOBDIR)")
+
+
 def cmd_classify(a: argparse.Namespace) -> int:
     from cryolive.classification.classify import ClassifyParams
     from cryolive.jobs.classify import classify_job
 
+    if a.continue_job:
+        return _continue_classes(a, "classify")
+    _require(a, (("STAR", a.star), ("--k", a.k), ("--out", a.out)))
     if a.k < 1:
         raise ValueError(f"--k must be at least 1 (got {a.k})")
     p = ClassifyParams(n_classes=a.k, mode="local" if a.local_search else "fixed", max_iter=a.max_iter,
@@ -218,6 +262,9 @@ def cmd_hetero(a: argparse.Namespace) -> int:
     from cryolive.classification.classify import ClassifyParams
     from cryolive.jobs.classify import classify_job
 
+    if a.continue_job:
+        return _continue_classes(a, "hetero")
+    _require(a, (("STAR", a.star), ("--ref", a.ref), ("--out", a.out)))
     p = ClassifyParams(n_classes=len(a.ref), mode="hetero", max_iter=a.max_iter, class_box=a.class_box,
                        hetero_search="local" if a.local else "global", class_similarity=a.similarity,
                        anneal_iters=a.anneal_iters, online_em_iters=a.online_iters, minibatch_size=a.minibatch,
@@ -259,8 +306,11 @@ def cmd_class2d(a: argparse.Namespace) -> int:
 
 def cmd_fsc(a: argparse.Namespace) -> int:
     from cryolive.io import InputError, check_map_content, check_mask_values, read_map
+    from cryolive.io.preflight import check_output_file
     from cryolive.resolution.fsc import gold_standard_fsc
 
+    if a.csv is not None:
+        check_output_file(a.csv, "--csv")
     va, pa = read_map(a.map_a)
     vb, pb = read_map(a.map_b)
     check_map_content(va, a.map_a)
@@ -288,7 +338,7 @@ def cmd_fsc(a: argparse.Namespace) -> int:
 
 def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
-    from cryolive.io import InputError, read_map, write_map
+    from cryolive.io import InputError, check_map_content, read_map, write_map
     from cryolive.io.preflight import check_output_file
     from cryolive.masks import mask_volume_fraction, threshold_mask
     from cryolive.resolution.filters import lowpass
@@ -301,6 +351,7 @@ def cmd_mask(a: argparse.Namespace) -> int:
     if a.lowpass is not None and not a.lowpass > 0:
         raise InputError(f"--lowpass must be more than 0 Å (got {a.lowpass:g})")
     vol, apix = read_map(a.map)
+    check_map_content(vol, a.map)
     if a.lowpass:
         vol = lowpass(vol, a.lowpass, apix)
     mask = to_numpy(threshold_mask(vol, a.threshold, a.dilate, a.soft, apix))
@@ -427,9 +478,16 @@ def _add_run_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors in one line (the subcommand, the option and the problem) instead of the whole
+    usage text; ``--help`` still prints it all."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cryolive",
-                                description="Cryo-EM single-particle analysis that streams into napari.")
+    p = _Parser(prog="cryolive", description="Cryo-EM single-particle analysis that streams into napari.")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("simulate", help="simulate particles from a phantom with known poses, CTFs and states")
@@ -540,10 +598,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_motion)
 
     s = sub.add_parser("classify", help="3D classification with fixed poses (or a local search), focus/solvent masks")
-    s.add_argument("star", help="particles with poses and CTFs (RELION STAR or cryoSPARC .cs), e.g. from a refinement")
-    s.add_argument("--k", type=int, required=True, help="number of classes")
-    s.add_argument("--out", required=True, metavar="JOBDIR",
-                   help="parent folder of the new job folder job_classify_<nnn>")
+    s.add_argument("star", nargs="?",
+                   help="particles with poses and CTFs (RELION STAR or cryoSPARC .cs), e.g. from a refinement")
+    s.add_argument("--k", type=int, help="number of classes")
+    s.add_argument("--out", metavar="JOBDIR", help="parent folder of the new job folder job_classify_<nnn>")
+    s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
+                   help="go on with a killed or stopped classification from its last completed iteration, in its "
+                        "folder (the other options are taken from its params.json)")
     s.add_argument("--solvent-mask", metavar="MRC",
                    help="solvent mask S (a single mask goes here; default: made from the consensus map)")
     s.add_argument("--focus-mask", metavar="MRC",
@@ -557,11 +618,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("hetero", help="heterogeneous refinement: K classes from K starting maps, pose search per class")
-    s.add_argument("star", help="particles with CTFs (RELION STAR or cryoSPARC .cs); poses only needed for --local")
-    s.add_argument("--ref", nargs="+", required=True, metavar="MAP",
+    s.add_argument("star", nargs="?",
+                   help="particles with CTFs (RELION STAR or cryoSPARC .cs); poses only needed for --local")
+    s.add_argument("--ref", nargs="+", metavar="MAP",
                    help="starting maps, one per class (the particles' box and pixel size)")
-    s.add_argument("--out", required=True, metavar="JOBDIR",
-                   help="parent folder of the new job folder job_hetero_<nnn>")
+    s.add_argument("--out", metavar="JOBDIR", help="parent folder of the new job folder job_hetero_<nnn>")
+    s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
+                   help="go on with a killed or stopped heterogeneous refinement from its last completed iteration, "
+                        "in its folder (the other options are taken from its params.json)")
     s.add_argument("--class-box", type=int, default=None, help="box of the class maps (min(box, 128)); past the "
                    "particle box the FSC beyond the data's Nyquist is not real")
     s.add_argument("--mask", metavar="MRC", help="solvent mask (default: made from the mean starting map)")
@@ -642,15 +706,25 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if not logging.getLogger("cryolive").handlers:  # notes such as a reference resampled to the particles
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("cryolive: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"cryolive {args.command}: warning: %(message)s"))
         logging.getLogger("cryolive").addHandler(handler)
     if isinstance(getattr(args, "out", None), str) and not args.out.strip():
         print(f"cryolive {args.command}: error: --out is empty: name the output", file=sys.stderr)
         return 2
+    import warnings
+
+    def one_line(message: object) -> str:
+        return "; ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+    def show_warning(message: Warning | str, *_: object, **__: object) -> None:  # one line, no source excerpt
+        print(f"cryolive {args.command}: warning: {one_line(message)}", file=sys.stderr)
+
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = show_warning
+            return int(args.func(args) or 0)
     except (InputError, FileNotFoundError, FileExistsError, ValueError) as exc:
-        print(f"cryolive {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cryolive {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cryolive {args.command}: stopped (the job folder keeps what was completed)", file=sys.stderr)

@@ -24,10 +24,15 @@ shared between classes and the classes separate slowly). M step: per class, two 
 ``online_em_iters`` iterations use random minibatches and blend the accumulators,
 ``acc ← (1 − η) acc + η (N / b) acc_batch``, the rest use every particle. Stops when fewer than ``convergence`` of
 the particles change class, or when fewer than ``4 convergence`` change and that fraction stopped falling.
+
+Every iteration carries a :class:`ClassifyCheckpoint`; ``classify(..., resume=checkpoint)`` goes on from it exactly
+as the uninterrupted run (the job writes it as ``checkpoint.npz`` so that a killed job can be continued).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -140,6 +145,48 @@ class ClassIteration:
     warnings: tuple[str, ...] = ()
     timings: dict[str, float] = field(default_factory=dict)
     job_dir: str | None = None  # set by the job wrapper
+    checkpoint: ClassifyCheckpoint | None = None  # what the next iteration starts from (to continue a killed job)
+
+
+@dataclass(frozen=True)
+class ClassifyCheckpoint:
+    """Everything the iteration after ``iteration`` starts from: :func:`classify` with ``resume=`` this goes on
+    exactly as the uninterrupted run would have (same assignments, poses, maps and random draws).
+
+    ``N`` particles, ``K`` classes, class box ``m``; NumPy arrays:
+
+    * ``posteriors (N, K)`` float64, ``assigned (N,)`` most probable class (0-based; -1: none yet),
+      ``log_prior (K,)`` log class weights;
+    * ``rotations (N, K, 3, 3)`` RELION ``A`` and ``shifts_px (N, K, 2)`` origins in pixels of the particle box:
+      each class's pose of each particle (local search and hetero move them); empty ``(0,)`` in ``mode="fixed"``,
+      where they are the input poses;
+    * ``sigma2 (m // 2 + 1,)`` noise power per shell; ``refs (K, m, m, m)`` the class volumes the next E step
+      scores against (composed, FSC-filtered, solvent-masked); ``fsc_curves (K, m // 2 + 1)`` the class FSCs
+      (they set the next alignment radius);
+    * ``numerators``, ``denominators`` ``(K, 2, ...)`` each class's two half-set reconstructor accumulators as the
+      :class:`~cryolive.projection.Reconstructor` holds them, and ``n_images (K, 2)``: only when the next
+      iteration is an online-EM one, which blends into them; otherwise empty ``(0,)`` (a full iteration starts
+      from empty accumulators, and they are the large part: 2 K padded volumes);
+    * the stopping state: ``prev_changed`` (the changed fraction the stall test compares with; NaN: none yet) and
+      ``finished`` (the run ended at this iteration: converged, stalled or ``max_iter``); the random generator's
+      state as JSON.
+    """
+
+    iteration: int
+    posteriors: np.ndarray
+    assigned: np.ndarray
+    log_prior: np.ndarray
+    rotations: np.ndarray
+    shifts_px: np.ndarray
+    sigma2: np.ndarray
+    refs: np.ndarray
+    fsc_curves: np.ndarray
+    numerators: np.ndarray
+    denominators: np.ndarray
+    n_images: np.ndarray
+    prev_changed: float
+    finished: bool
+    rng_state: str
 
 
 @dataclass(frozen=True)
@@ -198,7 +245,7 @@ class _Classifier:
     """State and steps of one classification run (used by :func:`classify`)."""
 
     def __init__(self, stack: ParticleStack, p: ClassifyParams, starts: list[np.ndarray] | None,
-                 solvent: Any, focus: Any, consensus: Any) -> None:
+                 solvent: Any, focus: Any, consensus: Any, resume: ClassifyCheckpoint | None = None) -> None:
         m = xp()
         if p.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {p.mode!r}")
@@ -240,6 +287,11 @@ class _Classifier:
             self.warnings.append(f"{stack.source}: the particles have no poses, so heterogeneous refinement "
                                  "searches globally (a local search needs poses from a consensus refinement)")
         self._init_masks(solvent, focus, consensus, starts)
+        if starts is not None and len(starts) != k:
+            raise ValueError(f"{len(starts)} starting maps for {k} classes")
+        if resume is not None:  # the noise, the classes and the random state come from the checkpoint
+            self._restore(resume)
+            return
         self.sigma2 = self._initial_sigma2()
         self._init_classes(starts)
 
@@ -331,8 +383,6 @@ class _Classifier:
         """Class references: the given starting maps (low-passed), else reconstructions of K random subsets."""
         p, k = self.p, self.p.n_classes
         if starts is not None:
-            if len(starts) != k:
-                raise ValueError(f"{len(starts)} starting maps for {k} classes")
             self.refs = [lowpass(resample_volume(s, self.nc), p.init_lowpass_A, self.apix) * self.solvent
                          for s in starts]
             self.fsc_curves = [np.zeros(self.nc // 2 + 1) for _ in range(k)]
@@ -365,6 +415,72 @@ class _Classifier:
         if self.focus is None:
             return cls * self.solvent, curve
         return compose_class_volume(cls, self.consensus_filtered, self.solvent, self.focus), curve
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def checkpoint(self, it: int, prev_changed: float | None, finished: bool,
+                   accumulators: bool) -> ClassifyCheckpoint:
+        """A copy (NumPy) of the state after iteration ``it``; ``accumulators``: the next iteration blends into
+        the reconstructors (online EM), so they are kept too."""
+        k = self.p.n_classes
+        empty = np.zeros(0)
+        moved = self.p.mode != "fixed"
+        recs = [rec for pair in self.recs for rec in pair]
+        keep = accumulators and all(rec is not None for rec in recs)
+
+        def stacked(name: str) -> np.ndarray:
+            arrays = [np.asarray(to_numpy(getattr(rec, name))) for rec in recs]
+            return np.stack(arrays).reshape((k, 2) + arrays[0].shape)
+
+        return ClassifyCheckpoint(
+            iteration=int(it), posteriors=self.posteriors.copy(), assigned=self.assigned.copy(),
+            log_prior=np.asarray(self.log_prior, np.float64).copy(),
+            rotations=self.rot.copy() if moved else empty, shifts_px=self.sh.copy() if moved else empty,
+            sigma2=np.asarray(self.sigma2, np.float64).copy(),
+            # np.stack copies: the next iteration replaces the class volumes and blends into the accumulators
+            refs=np.stack([np.asarray(to_numpy(r)) for r in self.refs]),
+            fsc_curves=np.stack([np.asarray(c, np.float64) for c in self.fsc_curves]),
+            numerators=stacked("numerator") if keep else empty,
+            denominators=stacked("denominator") if keep else empty,
+            n_images=(np.array([[rec.n_images for rec in pair] for pair in self.recs], np.int64) if keep
+                      else empty),
+            prev_changed=float("nan") if prev_changed is None else float(prev_changed),
+            finished=bool(finished), rng_state=json.dumps(self.rng.bit_generator.state))
+
+    def _restore(self, c: ClassifyCheckpoint) -> None:
+        """Put the classifier back in the state ``c`` was taken in (shapes checked against the particles and the
+        class box; InputError naming the mismatch)."""
+        m, p = self.m, self.p
+        n, k = len(self.stack), p.n_classes
+        if c.posteriors.shape != (n, k) or c.refs.shape != (k,) + (self.nc,) * 3:
+            raise InputError(f"the checkpoint holds {c.posteriors.shape[0]} particles in {c.refs.shape[0]} classes of "
+                             f"box {c.refs.shape[-1]}; the run has {n} particles in {k} classes of box {self.nc}: "
+                             "it belongs to another data set or other parameters")
+        self.posteriors = np.asarray(c.posteriors, np.float64).copy()
+        self.assigned = np.asarray(c.assigned).astype(int)
+        self.log_prior = np.asarray(c.log_prior, np.float64).copy()
+        if p.mode != "fixed":
+            if c.rotations.shape != self.rot.shape or c.shifts_px.shape != self.sh.shape:
+                raise InputError(f"the checkpoint's poses have shape {c.rotations.shape}, the run's "
+                                 f"{self.rot.shape}: it belongs to another data set")
+            self.rot, self.sh = c.rotations.copy(), c.shifts_px.copy()
+        self.sigma2 = np.asarray(c.sigma2, np.float64).copy()
+        self.refs = [m.asarray(v) for v in c.refs]
+        self.fsc_curves = [np.asarray(v, np.float64).copy() for v in c.fsc_curves]
+        self.recs = [[None, None] for _ in range(k)]
+        if c.numerators.size:
+            for cls in range(k):
+                for h in range(2):
+                    rec = Reconstructor(self.nc, symmetry=p.symmetry)
+                    num, den = c.numerators[cls, h], c.denominators[cls, h]
+                    if num.shape != rec.numerator.shape or den.shape != rec.denominator.shape:
+                        raise InputError(f"the checkpoint's reconstructor accumulators have shapes {num.shape} and "
+                                         f"{den.shape}, this version's {rec.numerator.shape} and "
+                                         f"{rec.denominator.shape}: it was written by another version")
+                    rec.numerator = m.asarray(num, dtype=rec.numerator.dtype)
+                    rec.denominator = m.asarray(den, dtype=rec.denominator.dtype)
+                    rec.n_images = int(c.n_images[cls, h])
+                    self.recs[cls][h] = rec
+        self.rng.bit_generator.state = json.loads(c.rng_state)
 
     # ---------------------------------------------------------------------------------------------- E step
     def _align_radius(self) -> float:
@@ -539,26 +655,35 @@ class _Classifier:
 
 
 def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, starts: list[Any] | None = None,
-             solvent_mask: Any = None, focus_mask: Any = None,
-             consensus: Any = None) -> Generator[ClassIteration, None, ClassifyResult]:
+             solvent_mask: Any = None, focus_mask: Any = None, consensus: Any = None,
+             resume: ClassifyCheckpoint | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
     """3D classification (``mode`` fixed/local) or heterogeneous refinement (``mode="hetero"``), one
     :class:`ClassIteration` per iteration; returns a :class:`ClassifyResult`.
 
     ``particles``: with poses and CTFs (hetero: poses optional); ``starts``: K starting maps (hetero; for
     classification None = reconstructions of K random particle subsets); ``solvent_mask``/``focus_mask``/
     ``consensus``: ``(n, n, n)`` maps at the particles' pixel size (None: an automatic solvent mask from the
-    consensus, no focus mask, the consensus reconstructed from all particles).
+    consensus, no focus mask, the consensus reconstructed from all particles); ``resume``: the checkpoint of an
+    earlier run with the same particles, parameters and maps (``ClassIteration.checkpoint``): the run goes on from
+    the iteration after it and ends as the uninterrupted run would have (its ``history`` holds the new iterations
+    only). InputError if that run had already ended.
     """
     p = params or ClassifyParams()
     if p.mode == "hetero" and starts is None:
         raise ValueError("heterogeneous refinement needs K starting maps")
-    cl = _Classifier(particles, p, starts, solvent_mask, focus_mask, consensus)
+    first, prev_changed = 1, None
+    if resume is not None:
+        first = resume.iteration + 1
+        if resume.finished or first > p.max_iter:
+            raise InputError(f"nothing to continue: the run had ended after iteration {resume.iteration} "
+                             f"(of at most {p.max_iter})")
+        prev_changed = None if np.isnan(resume.prev_changed) else resume.prev_changed
+    cl = _Classifier(particles, p, starts, solvent_mask, focus_mask, consensus, resume=resume)
     n_tot = len(particles)
     mb = p.minibatch_size or max(1000, 300 * p.n_classes)
     history: list[dict[str, float]] = []
     last: ClassIteration | None = None
-    prev_changed: float | None = None
-    for it in range(1, p.max_iter + 1):
+    for it in range(first, p.max_iter + 1):
         online = it <= p.online_em_iters and mb < n_tot
         subset = np.sort(cl.rng.choice(n_tot, size=mb, replace=False)) if online else np.arange(n_tot)
         out = cl.iteration(it, subset, online)
@@ -577,14 +702,20 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
                         **{f"class_{c + 1}_size": float(s) for c, s in enumerate(out["sizes"])},
                         **{f"class_{c + 1}_res_A": float(r) for c, r in enumerate(out["res"])},
                         **out["timings"]})
-        yield last
+        done = False
         if not online and it > p.anneal_iters:
             # converged, or stalled: a few particles flip back and forth between two iterations for good
             stalled = (out["changed"] < 4 * p.convergence and prev_changed is not None
                        and out["changed"] >= 0.8 * prev_changed)
-            if out["changed"] < p.convergence or stalled:
-                break
-            prev_changed = out["changed"]
+            done = out["changed"] < p.convergence or stalled
+            if not done:
+                prev_changed = out["changed"]
+        blends_next = it + 1 <= p.online_em_iters and mb < n_tot
+        ckpt = cl.checkpoint(it, prev_changed, done or it == p.max_iter, accumulators=blends_next)
+        last = dataclasses.replace(last, checkpoint=ckpt)
+        yield last
+        if done:
+            break
     assert last is not None
     post = cl.posteriors
     cls = np.argmax(post, axis=1)

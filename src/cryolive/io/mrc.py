@@ -45,6 +45,9 @@ def _open_mrc(path: PathLike, *, mmap: bool = False) -> Any:
         raise InputError(f"{p}: file not found")
     if p.is_dir():
         raise InputError(f"{p}: is a folder, not an MRC file")
+    why = _not_mrc(p)
+    if why:
+        raise InputError(f"{p}: not a valid MRC file ({why})")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -64,6 +67,20 @@ def _open_mrc(path: PathLike, *, mmap: bool = False) -> Any:
     return mrc
 
 
+def _not_mrc(p: Path) -> str | None:
+    """Why ``p`` cannot be an MRC file, from its size and its header's extended-header length, or None. Checked
+    before mrcfile opens it: for a file that is not MRC (text, another format) mrcfile would try to read as many
+    bytes as the garbage says (seconds and gigabytes of memory)."""
+    size = p.stat().st_size
+    if size < 1024:
+        return f"{size} bytes, less than the 1024 of an MRC header"
+    with open(p, "rb") as f:
+        head = f.read(1024)
+    if any(0 <= int(np.frombuffer(head, f"{order}i4", 1, 92)[0]) <= size - 1024 for order in "<>"):
+        return None
+    return "its header's extended-header length runs past the end of the file"
+
+
 def _header_axes(mrc: Any) -> tuple[int, int, int]:
     h = mrc.header
     return int(h.mapc), int(h.mapr), int(h.maps)
@@ -72,7 +89,10 @@ def _header_axes(mrc: Any) -> tuple[int, int, int]:
 def _truncation(p: Path) -> str | None:
     """What the header promises against what the file holds, when the file is shorter (None otherwise)."""
     try:
-        with mrcfile.open(p, mode="r", permissive=True, header_only=True) as m:
+        with warnings.catch_warnings():  # the header's faults were reported by the first open
+            warnings.simplefilter("ignore")
+            m = mrcfile.open(p, mode="r", permissive=True, header_only=True)
+        with m:
             h = m.header
             nx, ny, nz = int(h.nx), int(h.ny), int(h.nz)
             itemsize = mrcfile.utils.data_dtype_from_header(h).itemsize

@@ -332,13 +332,13 @@ def locate_stacks(source: Path, raw_names: np.ndarray, lookup_names: np.ndarray,
             paths.append(resolved)
             names.append(str(raw_first.iloc[code]))
         code_to_id[code] = key_to_id[key]
-    if missing:
-        lines = [f"  {name!r} (first used by {describe_row(row)}); tried: {', '.join(map(str, cands))}"
-                 for name, cands, row in missing[:5]]
-        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise InputError(f"{source}: {len(missing)} image stack file(s) not found:\n" + "\n".join(lines) + more
-                         + "\n(pass project_dir= if the paths are relative to a project folder, or "
-                         "require_images=False to read the metadata only)")
+    if missing:  # one line: the CLI shows the message as it is
+        found = "; ".join(f"{name!r} (first used by {describe_row(row)}; tried: {', '.join(map(str, cands))})"
+                          for name, cands, row in missing[:5])
+        more = f"; ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise InputError(f"{source}: {len(missing)} image stack file(s) not found: {found}{more} (pass "
+                         "project_dir= if the paths are relative to a project folder, or require_images=False to "
+                         "read the metadata only)")
     return paths, names, code_to_id[codes]
 
 
@@ -384,6 +384,26 @@ def check_stacks(source: Path, stack_paths: Sequence[Path], stack_file_id: np.nd
         warnings.warn(f"{source}: the pixel size differs by more than 1 % from the MRC header of "
                       f"{', '.join(mismatched[:3])}{more}; using the value from {source.name}", stacklevel=3)
     return int(box or 0)
+
+
+def check_half_sets(stack: ParticleStack) -> None:
+    """Refuse (InputError naming the file) an image listed in both half sets (``rlnRandomSubset`` 1 and 2), e.g. a
+    duplicated row: the two half maps would share that image's noise and the gold-standard FSC would be inflated."""
+    half = stack.half_set
+    use = np.isin(half, (1, 2))
+    if not ((half == 1).any() and (half == 2).any()):
+        return
+    image = stack.stack_file_id * (int(stack.stack_index.max()) + 1) + stack.stack_index  # one number per image
+    halves = pd.DataFrame({"image": image[use], "half": half[use]}).groupby("image", sort=False)["half"].nunique()
+    both = halves.index[(halves > 1).to_numpy()]
+    if len(both) == 0:
+        return
+    rows = np.flatnonzero(use & (image == both[0])) + 1
+    fid, idx = int(stack.stack_file_id[rows[0] - 1]), int(stack.stack_index[rows[0] - 1])
+    name = f"{idx + 1:06d}@{stack.stack_names[fid]}"
+    raise InputError(f"{stack.source}: {len(both)} image(s) are in both half sets (rlnRandomSubset 1 and 2), first "
+                     f"{name} at rows {', '.join(map(str, rows[:4]))}: the half maps would share their noise and the "
+                     "FSC would be inflated; remove the duplicated rows or give each image one half set")
 
 
 def check_finite(source: Path, frame: pd.DataFrame, columns: Sequence[str], describe_row: Callable[[int], str],

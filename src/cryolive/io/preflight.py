@@ -50,9 +50,11 @@ def check_memory(needed_bytes: float, what: str, hint: str) -> None:
                          f"{avail / 2**30:.1f} GiB are available; {hint}")
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False) -> Path:
+def check_output_file(path: str | os.PathLike, flag: str = "--out", overwrite: bool = False,
+                      overwrite_flag: str | None = None) -> Path:
     """Refuse, before any work, an output file that cannot be written: an empty name, an existing folder, an
-    existing file without ``overwrite``, or a folder above it that is a file or not writable."""
+    existing file without ``overwrite`` (``overwrite_flag``: the option that allows it, named in the message), a
+    folder above it that is a file or not writable, or a folder that does not exist (the writers create none)."""
     text = os.fspath(path)
     if not text.strip():
         raise InputError(f"{flag} is empty: name the output file")
@@ -60,6 +62,9 @@ def check_output_file(path: str | os.PathLike, flag: str = "--out", overwrite: b
     if out.is_dir():
         raise InputError(f"{flag} {out} is a folder; give a file name to write")
     if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists: choose another {flag} or pass --overwrite")
+        also = f" or pass {overwrite_flag}" if overwrite_flag else ""
+        raise FileExistsError(f"{out} exists: choose another {flag}{also}")
     check_output_parent(out.parent if str(out.parent) else ".", flag=flag)
+    if not out.parent.is_dir():
+        raise InputError(f"{flag} {out}: the folder {out.parent} does not exist")
     return out

@@ -26,6 +26,7 @@ import starfile
 from cryolive.image.ctf import CTFParams
 from cryolive.io._atomic import atomic_path, check_destination
 from cryolive.io.errors import InputError
+from cryolive.io.mrc import MrcStack
 from cryolive.io.particles import (
     ParticleStack,
     check_finite,
@@ -201,6 +202,7 @@ def read_star(path: PathLike, require_images: bool = True, *, project_dir: PathL
     stack_paths, stack_names, file_id = locate_stacks(src, files, files, dirs, require_images, row)
     if require_images:
         box = check_stacks(src, stack_paths, file_id, index1 - 1, box, psize, row, index_base=1)
+        _check_unnumbered(src, names, stack_paths, file_id, row)
 
     if optics is None:
         optics = _make_optics(group, voltage, cs, amp, psize, box)
@@ -265,7 +267,7 @@ def _integers(src: Path, col: pd.Series, where: str, label: str, row: Any) -> np
     bad = vals != np.round(vals)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise InputError(f"{src}: {where} column {label} must hold integers, got {vals[i]!r} at {row(i)}")
+        raise InputError(f"{src}: {where} column {label} must hold integers, got {float(vals[i]):g} at {row(i)}")
     return vals.astype(np.int64)
 
 
@@ -315,6 +317,18 @@ def _split_image_names(src: Path, names: np.ndarray, row: Any) -> tuple[np.ndarr
         i = int(np.flatnonzero(~valid)[0])
         raise InputError(f"{src}: {row(i)}: rlnImageName must look like 000123@stack.mrcs (image numbers from 1)")
     return files, index1
+
+
+def _check_unnumbered(src: Path, names: np.ndarray, stack_paths: list[Path], file_id: np.ndarray, row: Any) -> None:
+    """A name without ``@`` is a one-image file: refuse one naming a stack of several images (which image?)."""
+    bare = ~pd.Series(names, dtype=object).astype(str).str.contains("@", regex=False).to_numpy()
+    for fid in np.unique(file_id[bare]).tolist():
+        with MrcStack(stack_paths[fid]) as stack:
+            n = len(stack)
+        if n > 1:
+            i = int(np.flatnonzero(bare & (file_id == fid))[0])
+            raise InputError(f"{src}: {row(i)} has no image number (000123@{stack_paths[fid].name}) but "
+                             f"{stack_paths[fid].name} holds {n} images")
 
 
 def _warn_aberrations(src: Path, table: pd.DataFrame) -> None:

@@ -67,9 +67,9 @@ def class2d_job(particles_path: str, out: str = "jobs", params: Class2DParams | 
         job.set_status("running", iteration=it.iteration)
         return dataclasses.replace(it, job_dir=str(job.path))
 
-    result: Class2DResult = yield from run_in_job(job, classify2d(stack, p), on_step,
-                                                  lambda: {"last_iteration": len(history)})
-    write_star(_classified(stack, result), job.file("particles.star"))
+    result: Class2DResult = yield from run_in_job(
+        job, classify2d(stack, p), on_step, lambda: {"last_iteration": len(history)},
+        finish=lambda r: write_star(_classified(stack, r), job.file("particles.star")))
     job.log("wrote particles.star (rlnClassNumber, rlnAnglePsi, rlnOriginXAngst/YAngst, "
             "rlnMaxValueProbDistribution), classes.mrcs, class_sizes.csv, iterations.csv, gallery.png")
     job.log(f"finished in {time.perf_counter() - t0:.1f} s")

@@ -13,6 +13,9 @@ plus a job folder.
     iterations.csv              per-iteration numbers and timings
     consensus.mrc               the consensus map (classification)
     solvent_mask.mrc, focus_mask.mrc
+    checkpoint.npz              the state after the last completed iteration (removed when the job finishes):
+                                ``cryolive classify --continue JOBDIR`` (``hetero --continue``) goes on from it
+                                after a kill, in the same folder (:func:`continue_classify_job`)
     params.json, log.txt, status.json
 """
 
@@ -26,9 +29,16 @@ from pathlib import Path
 import numpy as np
 
 from cryolive.backend import backend_name, device_label
-from cryolive.classification.classify import ClassifyParams, ClassifyResult, ClassIteration, classify
+from cryolive.classification.classify import (
+    ClassifyCheckpoint,
+    ClassifyParams,
+    ClassifyResult,
+    ClassIteration,
+    classify,
+)
 from cryolive.io import (
     InputError,
+    ParticleStack,
     read_matching_map,
     read_matching_mask,
     read_particles,
@@ -36,9 +46,19 @@ from cryolive.io import (
     write_map,
     write_star,
 )
-from cryolive.io.particles import check_image_statistics
+from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
-from cryolive.jobs.jobdir import JobFolder, captured_notes, run_in_job, write_csv
+from cryolive.jobs.jobdir import (
+    CHECKPOINT,
+    JobFolder,
+    captured_notes,
+    continuable_params,
+    load_checkpoint,
+    read_history,
+    run_in_job,
+    save_checkpoint,
+    write_csv,
+)
 from cryolive.params import check_params
 from cryolive.rotations.symmetry import check_symmetry
 
@@ -59,17 +79,36 @@ def check_classify_run(p: ClassifyParams, n_particles: int, box: int) -> None:
                  "use fewer classes (--k) or a smaller --class-box")
 
 
-def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
-                 starts: Sequence[str] | None = None, solvent_mask: str | None = None,
-                 focus_mask: str | None = None,
-                 consensus: str | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
-    """Run classification (``params.mode`` fixed/local) or heterogeneous refinement (``hetero``, with ``starts``)
-    into a new job folder, yielding each iteration; returns the result. Inputs are checked before the folder is
-    made; nothing the user had is modified."""
-    p = params or ClassifyParams()
-    t0 = time.perf_counter()
+@dataclasses.dataclass(frozen=True)
+class _Inputs:
+    """What a classification job reads before its folder exists: the particles, the starting maps (hetero), the
+    masks and consensus (``(n, n, n)`` at the particles' pixel size, None where not given), the parameters
+    (``n_classes`` set by the starting maps) and the notes reading them produced."""
+
+    stack: ParticleStack
+    starts: list[np.ndarray] | None
+    solvent: np.ndarray | None
+    focus: np.ndarray | None
+    consensus: np.ndarray | None
+    params: ClassifyParams
+    notes: list[str]
+
+
+#: the job kinds (folder ``job_<kind>_<nnn>``, the CLI command) and what they are called in messages
+_WHAT = {"classify": "3D classification", "hetero": "heterogeneous refinement"}
+
+
+def _kind(p: ClassifyParams) -> str:
+    return "hetero" if p.mode == "hetero" else "classify"
+
+
+def _read_inputs(particles_path: str, p: ClassifyParams, starts: Sequence[str] | None, solvent_mask: str | None,
+                 focus_mask: str | None, consensus: str | None) -> _Inputs:
+    """Read and check everything the run needs (InputError naming the file otherwise), before any job folder
+    exists."""
     stack = read_particles(particles_path)
     check_image_statistics(stack)
+    check_half_sets(stack)
     box, apix = stack.box, stack.pixel_size
     start_maps = None
     with captured_notes() as notes:
@@ -83,23 +122,77 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
         raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
                          "run a refinement first, or use heterogeneous refinement")
     check_classify_run(p, len(stack), box)
+    return _Inputs(stack, start_maps, solvent, focus, cons, p, notes)
+
+
+def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
+                 starts: Sequence[str] | None = None, solvent_mask: str | None = None,
+                 focus_mask: str | None = None,
+                 consensus: str | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
+    """Run classification (``params.mode`` fixed/local) or heterogeneous refinement (``hetero``, with ``starts``)
+    into a new job folder, yielding each iteration; returns the result. Inputs are checked before the folder is
+    made; nothing the user had is modified. The iterations yielded carry no checkpoint (it is in the folder's
+    ``checkpoint.npz``, and a consumer that keeps every iteration would otherwise keep every checkpoint)."""
+    t0 = time.perf_counter()
+    inp = _read_inputs(particles_path, params or ClassifyParams(), starts, solvent_mask, focus_mask, consensus)
+    p, stack = inp.params, inp.stack
+    box, apix = stack.box, stack.pixel_size
     check_output_parent(out)
-    kind = "hetero" if p.mode == "hetero" else "classify"
+    kind = _kind(p)
     job = JobFolder.create(out, kind)
     job.write_params({"particles": particles_path, "starts": list(starts or []), "solvent_mask": solvent_mask,
                       "focus_mask": focus_mask, "consensus": consensus, **dataclasses.asdict(p),
                       "backend": backend_name(), "n_particles": len(stack), "pixel_size_A": apix, "box": box})
     job.set_status("running", iteration=0)
-    what = "heterogeneous refinement" if kind == "hetero" else f"3D classification ({p.mode} poses)"
+    what = _WHAT[kind] if kind == "hetero" else f"3D classification ({p.mode} poses)"
     job.log(f"{what} on {device_label()}: {len(stack)} particles, box {box}, {apix:.4g} Å/px, "
             f"{p.n_classes} classes; solvent mask {solvent_mask or 'automatic (from the consensus map)'}, "
             f"focus mask {focus_mask or 'none'}")
-    for note in notes:
+    for note in inp.notes:
         job.log(f"NOTE: {note}")
     if kind == "hetero":
         job.log("class FSC: a plain half-map comparison (both halves are aligned to one class map, so they are "
                 "not independent), read at 0.5")
-    history: list[dict] = []
+    return (yield from _run(job, inp, t0))
+
+
+def continue_classify_job(job_dir: str, kind: str | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
+    """Go on with a 3D classification or heterogeneous refinement that was killed, stopped or failed, in its own
+    folder, from the checkpoint its last completed iteration wrote (``checkpoint.npz``): the same particles, maps
+    and parameters (``params.json``); the run continues exactly as it would have without the interruption and
+    the folder ends ``finished`` with the usual outputs. ``kind`` ("classify" / "hetero", None: either): the
+    command asking, which must match the job's. Refused in one InputError line naming the folder when it is not
+    such a job, is of the other kind, is still running, has finished, or has no checkpoint."""
+    folder = Path(job_dir)
+    what = _WHAT.get(kind or "", "3D classification or heterogeneous refinement")
+    prm = continuable_params(folder, what, ("particles", "mode", "n_classes"),
+                             "start a new job from its particles.star to go further")
+    names = {f.name for f in dataclasses.fields(ClassifyParams)}
+    try:
+        p = ClassifyParams(**{k: v for k, v in prm.items() if k in names})
+    except TypeError as exc:
+        raise InputError(f"{folder}/params.json: not a classification's parameters ({exc})") from None
+    if kind is not None and _kind(p) != kind:
+        raise InputError(f"{folder}: a {_WHAT[_kind(p)]} job, not a {_WHAT[kind]} one; continue it with "
+                         f"cryolive {_kind(p)} --continue {folder}")
+    ckpt = load_checkpoint(folder / CHECKPOINT, ClassifyCheckpoint)
+    t0 = time.perf_counter()
+    inp = _read_inputs(prm["particles"], p, prm.get("starts") or None, prm.get("solvent_mask"),
+                       prm.get("focus_mask"), prm.get("consensus"))
+    job = JobFolder(folder)
+    job.log(f"continuing after iteration {ckpt.iteration} ({CHECKPOINT}) on {device_label()}")
+    for note in inp.notes:
+        job.log(f"NOTE: {note}")
+    job.set_status("running", iteration=ckpt.iteration)
+    history = read_history(job.file("iterations.csv"))[:ckpt.iteration]
+    return (yield from _run(job, inp, t0, resume=ckpt, history=history))
+
+
+def _run(job: JobFolder, inp: _Inputs, t0: float, resume: ClassifyCheckpoint | None = None,
+         history: list[dict] | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
+    """Drive :func:`classify` in ``job``: per-iteration log, maps, tables, status and ``checkpoint.npz``; the
+    particle files at the end (the checkpoint is removed then)."""
+    history = [] if history is None else history
     warned: set[str] = set()
 
     def on_step(it: ClassIteration) -> ClassIteration:
@@ -114,12 +207,16 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
         _log_iteration(job, it)
         history.append(_summary(it))
         _write_iteration(job, it, history)
+        if it.checkpoint is not None:
+            save_checkpoint(job.file(CHECKPOINT), it.checkpoint)
         job.set_status("running", iteration=it.iteration)
-        return dataclasses.replace(it, job_dir=str(job.path))
+        return dataclasses.replace(it, job_dir=str(job.path), checkpoint=None)
 
-    gen = classify(stack, p, starts=start_maps, solvent_mask=solvent, focus_mask=focus, consensus=cons)
-    result: ClassifyResult = yield from run_in_job(job, gen, on_step, lambda: {"last_iteration": len(history)})
-    _write_outputs(job, result)
+    gen = classify(inp.stack, inp.params, starts=inp.starts, solvent_mask=inp.solvent, focus_mask=inp.focus,
+                   consensus=inp.consensus, resume=resume)
+    result: ClassifyResult = yield from run_in_job(job, gen, on_step, lambda: {"last_iteration": len(history)},
+                                                   finish=lambda r: _write_outputs(job, r))
+    job.file(CHECKPOINT).unlink(missing_ok=True)
     sizes = ", ".join(f"{100 * s:.1f} %" for s in result.final.class_sizes)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: class sizes {sizes}")
     job.set_status("finished", iteration=result.final.iteration,

@@ -4,25 +4,37 @@ A job never writes outside its own new folder, and every file is written under a
 (:func:`cryolive.io._atomic.atomic_write_text`), so an interrupted job leaves complete files only. The checks a job
 makes before it creates its folder (output place, memory) are :mod:`cryolive.io.preflight`. ``status.json`` says
 ``running``, ``finished``, ``stopped`` or ``failed`` (with the message), and which step was the last one completed.
+
+Jobs that can go on after a kill (refinement, 3D classification, heterogeneous refinement) write the state after
+each completed iteration as ``checkpoint.npz`` (:func:`save_checkpoint` / :func:`load_checkpoint`, one frozen
+dataclass of arrays, numbers and strings); :func:`continuable_params` decides whether a folder can be continued.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
 import socket
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Collection, Generator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryolive.io._atomic import atomic_write_text
+import numpy as np
+
+from cryolive.io._atomic import atomic_path, atomic_write_text
+from cryolive.io.errors import InputError
 
 Step = TypeVar("Step")
 Result = TypeVar("Result")
+Checkpoint = TypeVar("Checkpoint")
+
+#: the state after a job's last completed iteration (removed when the job finishes)
+CHECKPOINT = "checkpoint.npz"
 
 
 def new_job_dir(parent: str | os.PathLike, kind: str) -> Path:
@@ -145,27 +157,107 @@ def _process_alive(pid: int) -> bool:
 
 
 def run_in_job(job: JobFolder, gen: Generator[Step, None, Result], on_step: Callable[[Step], Step],
-               progress: Callable[[], dict[str, Any]]) -> Generator[Step, None, Result]:
+               progress: Callable[[], dict[str, Any]],
+               finish: Callable[[Result], None] | None = None) -> Generator[Step, None, Result]:
     """Drive a core job generator inside ``job`` and return its result.
 
-    ``on_step`` writes each step's files and returns what to yield (the step, or a copy of it with more fields).
-    If the consumer closes this generator (the user stops) or a step fails, ``log.txt`` says ``STOPPED by the
-    user`` or ``FAILED: ...``, ``status.json`` says ``stopped`` or ``failed`` with ``progress()`` (how far it
-    got), the folder and the core generator are closed and the exception goes on to the caller.
+    ``on_step`` writes each step's files and returns what to yield (the step, or a copy of it with more fields);
+    ``finish(result)`` writes the final outputs. If the consumer closes this generator (the user stops), or a
+    step or ``finish`` fails, ``log.txt`` says ``STOPPED by the user`` or ``FAILED: ...``, ``status.json`` says
+    ``stopped`` or ``failed`` with ``progress()`` (how far it got), the folder and the core generator are closed
+    and the exception goes on to the caller (a folder never says ``running`` after its process gave up).
     """
     try:
         while True:
             out = on_step(next(gen))
             yield out
     except StopIteration as stop:
-        return stop.value
+        result = stop.value
     except BaseException as exc:
-        failed = isinstance(exc, Exception)
-        job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
-        job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "", **progress())
-        job.close()
+        _mark_ended(job, exc, progress)
         gen.close()
         raise
+    if finish is not None:
+        try:
+            finish(result)
+        except BaseException as exc:
+            _mark_ended(job, exc, progress)
+            raise
+    return result
+
+
+def _mark_ended(job: JobFolder, exc: BaseException, progress: Callable[[], dict[str, Any]]) -> None:
+    """Log and record a job that failed (an Exception) or was stopped (KeyboardInterrupt, generator closed)."""
+    failed = isinstance(exc, Exception)
+    job.log(f"FAILED: {exc}" if failed else "STOPPED by the user")
+    job.set_status("failed" if failed else "stopped", error=str(exc) if failed else "", **progress())
+    job.close()
+
+
+def save_checkpoint(path: str | os.PathLike, c: Any) -> None:
+    """Write the frozen dataclass ``c`` (fields: arrays, numbers, booleans, strings) as ``.npz``, one entry per
+    field, under a temporary name, then rename over ``path`` (a kill never leaves a half-written checkpoint)."""
+    values = {f.name: np.asarray(getattr(c, f.name)) for f in dataclasses.fields(c)}
+    with atomic_path(Path(path), overwrite=True) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **values)
+
+
+def load_checkpoint(path: str | os.PathLike, kind: type[Checkpoint]) -> Checkpoint:
+    """Read a checkpoint written by :func:`save_checkpoint` as the dataclass ``kind`` (fields annotated ``int``,
+    ``float``, ``bool`` or ``str`` become Python scalars, the others stay NumPy arrays). InputError naming the file
+    if it is unreadable or holds another kind of checkpoint."""
+    conv: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool, "str": str}
+    try:
+        with np.load(path) as data:
+            values = {k: data[k] for k in data.files}
+        types = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+                 for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
+        if set(values) != set(types):
+            raise KeyError(f"fields {sorted(set(values) ^ set(types))} differ")
+        return kind(**{k: conv[types[k]](v.item()) if types[k] in conv else v for k, v in values.items()})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{path}: not a readable checkpoint of this kind of job ({exc})") from None
+
+
+def continuable_params(folder: str | os.PathLike, what: str, keys: Collection[str],
+                       finished_hint: str) -> dict[str, Any]:
+    """``params.json`` of the job folder ``folder`` if it can be continued from its :data:`CHECKPOINT`; otherwise
+    an InputError of one line naming the folder: not a ``what`` job folder (no ``params.json``, or one without all
+    of ``keys``), still running, finished (``finished_hint`` says what to do instead), or no checkpoint."""
+    folder = Path(folder)
+    try:
+        prm = json.loads((folder / "params.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"{folder}: not a {what} job folder (no params.json)") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{folder}/params.json: unreadable ({exc})") from None
+    if not isinstance(prm, dict) or not set(keys) <= prm.keys():
+        raise InputError(f"{folder}: not a {what} job folder (params.json has no {' or '.join(keys)})")
+    state = job_state(folder)
+    if state["state"] == "running":
+        raise InputError(f"{folder}: still running (process {state.get('pid')}); stop it first")
+    if state["state"] == "finished":
+        raise InputError(f"{folder}: finished; {finished_hint}")
+    if not (folder / CHECKPOINT).is_file():
+        raise InputError(f"{folder}: no {CHECKPOINT} (it stopped before its first iteration ended); start it again")
+    return prm
+
+
+def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a job's ``iterations.csv`` (empty if there is none), numbers as ``int`` / ``float``."""
+    if not Path(path).is_file():
+        return []
+    with open(path, newline="") as fh:
+        return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _json_default(obj: Any) -> Any:

@@ -31,12 +31,14 @@ import numpy as np
 from cryolive.backend import backend_name
 from cryolive.io import InputError, read_map, read_particles, write_star
 from cryolive.io._atomic import atomic_write_text
+from cryolive.io.preflight import check_output_parent
 from cryolive.jobs.jobdir import JobFolder, run_in_job
 from cryolive.jobs.plots import save_figure
 from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
 from cryolive.motion.dose import DoseModel, load_dose
-from cryolive.motion.hyper import load_hyper, save_hyper
+from cryolive.motion.hyper import check_overrides, load_hyper, save_hyper
 from cryolive.motion.movies import MovieSet, open_movie_set
+from cryolive.params import check_params
 
 
 def _read_like(path: str, box: int, apix: float, particles: str) -> np.ndarray:
@@ -54,7 +56,12 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
     """Run motion correction into a new job folder, yielding each step; returns the result."""
     p = params or MotionParams()
     t0 = time.perf_counter()
+    check_params(p)
+    check_overrides(p.override_r, p.override_theta, p.override_z_A)
+    check_output_parent(out)
     stack = read_particles(particles_path)
+    if p.crop_box is not None and p.crop_box > stack.box:
+        raise InputError(f"--crop-box must be at most {stack.box} px, the particles' box (got {p.crop_box})")
     half_a = _read_like(half_a_path, stack.box, stack.pixel_size, particles_path)
     half_b = _read_like(half_b_path, stack.box, stack.pixel_size, particles_path)
     mask = _read_like(mask_path, stack.box, stack.pixel_size, particles_path) if mask_path else None
@@ -89,8 +96,8 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
         job.set_status("running", stage=step.stage, done=step.done, total=step.total)
         return step
 
-    result: MotionResult = yield from run_in_job(job, gen, on_step, lambda: {"stage": stage["last"]})
-    _write_outputs(job, result, len(stack))
+    result: MotionResult = yield from run_in_job(job, gen, on_step, lambda: {"stage": stage["last"]},
+                                                 finish=lambda r: _write_outputs(job, r, len(stack)))
     job.log(f"finished in {time.perf_counter() - t0:.1f} s; timings " +
             ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     job.set_status("finished", stage=p.final_stage, timings=result.timings)

@@ -17,7 +17,7 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy, xp
 from cryolive.io import InputError, ParticleStack, read_particles, write_map
-from cryolive.io.particles import check_image_statistics
+from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import threshold_mask
@@ -76,13 +76,15 @@ class ReconstructResult:
 
 def check_reconstruct_run(params: ReconstructParams, stack: ParticleStack) -> None:
     """Refuse, before the job folder exists: a symmetry that does not exist, a batch below 1, particles without
-    poses, an output place that cannot be written, and a box the memory cannot hold."""
+    poses, an image in both half sets, an output place that cannot be written, and a box the memory cannot
+    hold."""
     check_symmetry(params.symmetry)
     if params.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1 (got {params.batch_size})")
     if stack.rotations is None:
         raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); known-pose "
                          "reconstruction needs them (run a refinement first)")
+    check_half_sets(stack)
     check_output_parent(params.out)
     check_memory(400.0 * stack.box**3, f"reconstruction at a box of {stack.box} px", "downsample the particles")
 
@@ -155,10 +157,14 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, rec
     filtered = fsc_filter(full, result_fsc.fsc)
     bfac = params.bfactor
     if bfac is None:
-        bfac = auto_bfactor(full, apix, res)
+        try:
+            bfac = auto_bfactor(full, apix, res)
+            why = f"{res:.2f} Å is coarser than 8 Å (the fit needs shells beyond 10 Å)"
+        except ValueError as exc:  # too few Fourier shells between 10 Å and the resolution (a small box)
+            bfac, why = None, str(exc)
         if bfac is None:
             bfac = 0.0
-            job.log(f"no Guinier fit: {res:.2f} Å is coarser than 8 Å (the fit needs shells beyond 10 Å); B = 0")
+            job.log(f"no Guinier fit: {why}; B = 0")
         else:
             job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {res:.2f} Å)")
     else:

@@ -22,9 +22,7 @@ for, then a :class:`RefineIteration` per iteration; the CLI, tests and napari co
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -33,7 +31,6 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import (
-    InputError,
     ParticleStack,
     read_matching_map,
     read_matching_mask,
@@ -41,10 +38,19 @@ from cryolive.io import (
     write_map,
     write_star,
 )
-from cryolive.io._atomic import atomic_path
-from cryolive.io.particles import check_image_statistics
+from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
-from cryolive.jobs.jobdir import JobFolder, captured_notes, job_state, run_in_job, write_csv
+from cryolive.jobs.jobdir import (
+    CHECKPOINT,
+    JobFolder,
+    captured_notes,
+    continuable_params,
+    load_checkpoint,
+    read_history,
+    run_in_job,
+    save_checkpoint,
+    write_csv,
+)
 from cryolive.jobs.plots import plot_fsc
 from cryolive.refinement.refine import (
     RefineCheckpoint,
@@ -57,8 +63,6 @@ from cryolive.refinement.refine import (
 )
 from cryolive.refinement.sgd import SGDStep
 from cryolive.resolution.sharpen import auto_bfactor, sharpen
-
-CHECKPOINT = "checkpoint.npz"
 
 
 def check_reference(particles_path: str, reference_path: str, box: int, pixel_size: float) -> np.ndarray:
@@ -74,6 +78,7 @@ def _read_inputs(particles_path: str, reference_path: str, mask_path: str | None
     before any job folder exists."""
     stack = read_particles(particles_path)
     check_image_statistics(stack)
+    check_half_sets(stack)
     with captured_notes() as notes:
         ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
         mask = None
@@ -123,7 +128,7 @@ def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generato
     folder = Path(job_dir)
     prm = _continuable(folder)
     p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
-    ckpt = load_checkpoint(folder / CHECKPOINT)
+    ckpt = load_checkpoint(folder / CHECKPOINT, RefineCheckpoint)
     t0 = time.perf_counter()
     stack, ref, mask, notes = _read_inputs(prm["particles"], prm["reference"], prm.get("mask"), p)
     job = JobFolder(folder)
@@ -131,52 +136,14 @@ def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generato
     for note in notes:
         job.log(f"NOTE: {note}")
     job.set_status("running", iteration=ckpt.iteration)
-    history = _read_history(job.file("iterations.csv"))[:ckpt.iteration]
+    history = read_history(job.file("iterations.csv"))[:ckpt.iteration]
     return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history))
 
 
 def _continuable(folder: Path) -> dict:
     """``params.json`` of a refinement job folder that can be continued (InputError naming it otherwise)."""
-    if not (folder / "params.json").is_file():
-        raise InputError(f"{folder}: not a refinement job folder (no params.json)")
-    state = job_state(folder)
-    if state["state"] == "running":
-        raise InputError(f"{folder}: still running (process {state.get('pid')}); stop it first")
-    if state["state"] == "finished":
-        raise InputError(f"{folder}: finished; start a new refinement from its particles.star to go further")
-    if not (folder / CHECKPOINT).is_file():
-        raise InputError(f"{folder}: no {CHECKPOINT} (it stopped before its first iteration ended); start it again")
-    prm = json.loads((folder / "params.json").read_text())
-    if not {"particles", "reference"} <= prm.keys():
-        raise InputError(f"{folder}/params.json: not a refinement's parameters (no particles or reference)")
-    return prm
-
-
-def _read_history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def save_checkpoint(path: Path, c: RefineCheckpoint) -> None:
-    """Write ``c`` as ``.npz`` under a temporary name, then rename over ``path``."""
-    values = {f.name: np.asarray(getattr(c, f.name)) for f in dataclasses.fields(c)}
-    with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, **values)
-
-
-def load_checkpoint(path: Path) -> RefineCheckpoint:
-    """Read a checkpoint written by :func:`save_checkpoint` (InputError naming the file if it is unreadable)."""
-    try:
-        with np.load(path) as data:
-            values = {k: data[k] for k in data.files}
-        kinds = {f.name: f.type for f in dataclasses.fields(RefineCheckpoint)}
-        conv = {"int": int, "float": float, "str": str}
-        return RefineCheckpoint(**{k: conv[kinds[k]](v.item()) if kinds[k] in conv else v
-                                   for k, v in values.items()})
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{path}: not a readable refinement checkpoint ({exc})") from None
+    return continuable_params(folder, "refinement", ("particles", "reference"),
+                              "start a new refinement from its particles.star to go further")
 
 
 def _run(job: JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams, t0: float,
@@ -204,8 +171,8 @@ def _run(job: JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray
 
     result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask, resume=resume), on_step,
                                                  lambda: {"last_iteration": len(history),
-                                                          "ab_initio_steps": sgd_done[0]})
-    _write_outputs(job, result, stack.pixel_size)
+                                                          "ab_initio_steps": sgd_done[0]},
+                                                 finish=lambda r: _write_outputs(job, r, stack.pixel_size))
     warning = shared_band_warning(result.final, p)
     if warning:
         job.log(f"WARNING: {warning}")
@@ -269,10 +236,14 @@ def _write_outputs(job: JobFolder, result: RefineResult, apix: float) -> None:
     write_map(job.file("mask_refine.mrc"), it.mask, apix)
     write_map(job.file("mask_fsc.mrc"), it.fsc_mask if it.fsc_mask is not None else it.mask, apix)
     full = 0.5 * (it.half_a + it.half_b)
-    bfac = auto_bfactor(full, apix, it.resolution_A)
+    try:
+        bfac = auto_bfactor(full, apix, it.resolution_A)
+        why = f"{it.resolution_A:.2f} Å is coarser than 8 Å"
+    except ValueError as exc:  # too few Fourier shells between 10 Å and the resolution (a small box)
+        bfac, why = None, str(exc)
     if bfac is None:
         bfac = 0.0
-        job.log(f"no Guinier fit: {it.resolution_A:.2f} Å is coarser than 8 Å; map_sharp uses B = 0")
+        job.log(f"no Guinier fit: {why}; map_sharp uses B = 0")
     else:
         job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {it.resolution_A:.2f} Å)")
     sharp = to_numpy(sharpen(full, apix, bfac, it.resolution_A, fsc_curve=it.fsc.fsc)) * it.mask

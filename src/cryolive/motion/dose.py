@@ -11,6 +11,7 @@ Shells are integer radii ``0 .. n//2`` of the particle box ``n``.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,14 +110,14 @@ def load_dose(path: str | os.PathLike) -> DoseModel:
     """Read a dose model written by :meth:`DoseModel.save`; InputError naming the file when malformed."""
     p = Path(path)
     try:
-        z = np.load(p)
-        dose = float(z["dose_per_frame"]) if "dose_per_frame" in z.files else None
-        pre = float(z["pre_exposure"]) if "pre_exposure" in z.files else 0.0
-        return DoseModel(np.asarray(z["bfactors"], float), np.asarray(z["scales"], float), float(z["pixel_size"]),
-                         int(z["box"]), dose, pre)
+        with np.load(p) as z:
+            dose = float(z["dose_per_frame"]) if "dose_per_frame" in z.files else None
+            pre = float(z["pre_exposure"]) if "pre_exposure" in z.files else 0.0
+            return DoseModel(np.asarray(z["bfactors"], float), np.asarray(z["scales"], float),
+                             float(z["pixel_size"]), int(z["box"]), dose, pre)
     except FileNotFoundError:
         raise InputError(f"{p}: dose-weight file not found") from None
-    except (ValueError, KeyError, OSError) as exc:
+    except (ValueError, KeyError, TypeError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{p}: not a cryolive dose-weight .npz (bfactors, scales, pixel_size, box): {exc}") from None
 
 

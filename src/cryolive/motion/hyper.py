@@ -59,8 +59,9 @@ def check_overrides(r: float | None, theta: float | None, z_A: float | None) -> 
     if all(given):
         return Hyper(float(r), float(theta), float(z_A))
     if any(given):
-        raise InputError("hyper-parameter overrides: give all three of r (total prior strength), theta (balance) and "
-                         "z (correlation distance, Å), or none of them")
+        raise InputError("hyper-parameter overrides (--override-r, --override-theta, --override-z): give all three "
+                         "of r (total prior strength), theta (balance) and z (correlation distance, Å), or none of "
+                         "them")
     return None
 
 

@@ -36,12 +36,13 @@ from cryolive.io import InputError, ParticleStack, StackWriter
 from cryolive.motion.correct import align_frames, corrected_particles, fourier_crop
 from cryolive.motion.dose import DoseModel, FCCAccumulator, fit_dose_model, weight_image
 from cryolive.motion.gain import apply_gain
-from cryolive.motion.hyper import SearchPoint, check_overrides, rays_for, search_step
+from cryolive.motion.hyper import THOROUGHNESS, SearchPoint, check_overrides, rays_for, search_step
 from cryolive.motion.movie_io import open_movie
 from cryolive.motion.movies import MovieSet, coordinates, micrograph_names, movie_positions, open_movie_set
 from cryolive.motion.patches import movie_patches, noise_power, patch_transforms
 from cryolive.motion.references import References
 from cryolive.motion.trajectories import UPSAMPLE, Hyper, cc_maps, fit_trajectories, global_track
+from cryolive.params import param
 
 STAGES = ("hyper", "dose", "final")
 
@@ -61,32 +62,34 @@ class MotionParams:
       one. Recorded with the empirical dose weights (B-factors per e/Å^2); the weights themselves are fitted.
     """
 
-    thoroughness: str = "fast"
-    max_prior_strength: float = 1e4
+    thoroughness: str = param("fast", choices=tuple(THOROUGHNESS), flag="--thoroughness", label="Search thoroughness")
+    max_prior_strength: float = param(1e4, gt=0, unit="1/px²", flag="--max-prior-strength",
+                                      label="Largest prior strength")
     r_start: float = 0.05
     r_growth: float = 4.0
-    fit_fraction: float = 0.5
-    target_particles: int = 1000
+    fit_fraction: float = param(0.5, gt=0, le=1, flag="--fit-fraction", label="Fitted fraction")
+    target_particles: int = param(1000, ge=1, flag="--target-particles", label="Target particles")
     dose_target_particles: int = 5000
-    override_r: float | None = None
-    override_theta: float | None = None
-    override_z_A: float | None = None
+    override_r: float | None = param(None, gt=0, unit="1/px²", flag="--override-r", label="Prior strength r")
+    override_theta: float | None = param(None, ge=0, le=np.pi / 2, unit="rad", flag="--override-theta",
+                                         label="Balance theta")
+    override_z_A: float | None = param(None, gt=0, unit="Å", flag="--override-z", label="Correlation distance z")
     use_all_fcs: bool = True
     window_px: int = 6
     global_window_px: int = 10
     retire_px: float = 0.5
     patience: int = 2
-    final_stage: str = "final"
-    crop_box: int | None = None
+    final_stage: str = param("final", choices=STAGES, flag="--stage", label="Final stage")
+    crop_box: int | None = param(None, ge=2, unit="px", flag="--crop-box", label="Output box")
     recenter: bool = False
     skip_wrong_frame_count: bool = False
-    float16: bool = False
+    float16: bool = param(False, label="save particles in float16")
     seed: int = 0
     keep_search_trajectories: bool = False
     gain: str | None = None
     gain_rot: int = 0
     gain_flip: int = 0
-    dose_per_frame: float | None = None
+    dose_per_frame: float | None = param(None, gt=0, unit="e/Å²", flag="--dose-per-frame", label="Dose per frame")
 
 
 @dataclass(frozen=True)
