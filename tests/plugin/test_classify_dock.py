@@ -89,7 +89,7 @@ def test_classification_dock_live_export_and_compare(make_napari_viewer, qtbot, 
     assert _run(qtbot, w) == "finished"
     job = w.job_dir
     assert job is not None and job.name.startswith("job_classify_") and (job / "particles.star").is_file()
-    n_iter = len(w.size_history)
+    n_iter = len(w.model.size_history)
     assert 1 <= n_iter <= TINY.max_iter
     assert w.iterations_shown == list(range(1, n_iter + 1))
 
@@ -110,11 +110,11 @@ def test_classification_dock_live_export_and_compare(make_napari_viewer, qtbot, 
     # export: the written STAR holds exactly that class's particles
     classes = read_star(job / "particles.star").class_number
     assert w.class_list.count() == 3
-    np.testing.assert_array_equal(w.class_counts, np.bincount(classes, minlength=4)[1:])
+    np.testing.assert_array_equal(w.model.class_counts, np.bincount(classes, minlength=4)[1:])
     w.set_selected_classes([2])
     n = w.export_selected()
     dest = job / "particles_selected_classes_2.star"
-    assert n == int(np.sum(classes == 2)) > 0 and w.last_export == dest
+    assert n == int(np.sum(classes == 2)) > 0 and w.model.last_export == dest
     assert len(read_star(dest)) == n and set(read_star(dest).class_number) == {2}
     # the button goes through a file dialog
     w.set_selected_classes([1, 3])
@@ -165,11 +165,11 @@ def test_heterogeneous_refinement_from_starting_map_layers(make_napari_viewer, q
     w = _dock(viewer, dataset, tmp_path / "jobs", fast)
     assert not w.starts_list.isHidden() and not w.consensus_combo.isEnabled()
     w.starts_list.select(["start 0", "start 1"])
-    assert w.k_spin.value() == 2 and w.params().coarse_step_deg == 20
+    assert w.field("n_classes").value == 2 and w.params().coarse_step_deg == 20
     assert _run(qtbot, w) == "finished"
     assert w.job_dir.name.startswith("job_hetero_")
     assert w.class_layer(1) is not None and w.class_layer(2) is not None and w.class_layer(3) is None
-    assert w.class_list.count() == 2 and w.class_counts.sum() == 600
+    assert w.class_list.count() == 2 and w.model.class_counts.sum() == 600
 
 
 def test_pause_and_stop(make_napari_viewer, qtbot, tmp_path, dataset):
@@ -189,3 +189,21 @@ def test_pause_and_stop(make_napari_viewer, qtbot, tmp_path, dataset):
         qtbot.mouseClick(w.stop_btn, _left())  # stops a paused job too
     assert finished.args[0] == "stopped" and w.class_list.count() == 0 and not w.export_btn.isEnabled()
     assert json.loads((w.job_dir / "status.json").read_text())["state"] == "stopped"
+
+
+def test_classification_form_is_built_from_the_spec(make_napari_viewer):
+    """Every spec'd field of ClassifyParams is in the form once; fields the dock does not show are kept."""
+    import dataclasses
+
+    from cryolive.params import param_spec
+
+    _, w = make_napari_viewer().window.add_plugin_dock_widget("cryolive", "Classification")
+    shown = {**w.main_form.widgets, **w.more_form.widgets}
+    assert set(shown) == set(param_spec(ClassifyParams))
+    assert shown["class_box"].native.specialValueText() == "auto"
+    p = dataclasses.replace(TINY, mode="local", online_step=0.25, class_box=32, local_step_deg=1.0, symmetry="C2",
+                            seed=5)
+    w.set_params(p)
+    assert w.params() == p and w.mode == "local" and w.main_form.widgets["mode"].native.currentText().startswith("3D")
+    w.set_mode("hetero")  # K follows the starting maps picked (none yet: 1)
+    assert w.params().mode == "hetero" and w.params().n_classes == 1 and not w.field("n_classes").enabled

@@ -360,9 +360,9 @@ def test_refinement_dock_parameters_round_trip(make_napari_viewer, tmp_path):
     p = dataclasses.replace(TINY, symmetry="C2", sgd_steps=7, use_input_poses=True, relax_symmetry="D2", seed=3)
     w.set_params(p)
     assert w.params() == p
-    assert not w.global_iters.isEnabled()  # local searches from iteration 1: no global iterations to set
+    assert not w.field("global_iters").enabled  # local searches from iteration 1: no global iterations to set
     w.set_params(TINY)
-    assert w.params() == TINY and w.relax_sym.currentText() == "none" and w.global_iters.isEnabled()
+    assert w.params() == TINY and w.relax_sym.currentText() == "none" and w.field("global_iters").enabled
 
 
 def test_ab_initio_steps_are_shown_live_and_stop_between_steps(make_napari_viewer, qtbot, tmp_path):
@@ -373,17 +373,17 @@ def test_ab_initio_steps_are_shown_live_and_stop_between_steps(make_napari_viewe
     w = _refine_dock(viewer, tmp_path, dataclasses.replace(TINY, sgd_steps=200))
     with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
         w.start()
-        qtbot.waitUntil(lambda: len(w.sgd_steps_shown) >= 2, timeout=RUN_TIMEOUT_MS)
+        qtbot.waitUntil(lambda: len(w.model.sgd_steps_shown) >= 2, timeout=RUN_TIMEOUT_MS)
         layer = viewer.layers["refinement map"]
         assert layer.metadata["title"].startswith("ab-initio step ")
         assert layer.data.shape == (BOX,) * 3 and np.isfinite(layer.data).all() and layer.data.max() > 0
         assert "ab-initio step" in w.status_label.text() and "of 200" in w.status_label.text()
         w.stop_btn.click()
     assert finished.args == ["stopped"]
-    assert w.iterations_shown == [] and w.sgd_steps_shown == sorted(w.sgd_steps_shown)
+    assert w.iterations_shown == [] and w.model.sgd_steps_shown == sorted(w.model.sgd_steps_shown)
     status = json.loads((w.job_dir / "status.json").read_text())
     assert status["state"] == "stopped" and status["last_iteration"] == 0
-    assert w.sgd_steps_shown[-1] <= status["ab_initio_steps"] < 200
+    assert w.model.sgd_steps_shown[-1] <= status["ab_initio_steps"] < 200
     assert "stopped after ab-initio step" in w.log.toPlainText()
 
 
@@ -473,3 +473,20 @@ def test_gui_stays_responsive_while_refining(make_napari_viewer, qtbot, tmp_path
         # other programs kept the (two) cores busy: the stall says nothing about the dock; reported, not hidden
         pytest.xfail(f"timer {late:.3f} s late while other processes used {others:.2f} cores")
     assert late < 0.200, f"the event loop was blocked for {gaps.max():.3f} s"
+
+
+def test_refinement_form_is_built_from_the_spec(make_napari_viewer, tmp_path):
+    """Every spec'd field of RefineParams is in the form once; fields the dock does not show are kept."""
+    from cryolive.params import param_spec
+
+    w = _refine_dock(make_napari_viewer(), tmp_path)
+    shown = {**w.main_form.widgets, **w.more_form.widgets}
+    assert set(shown) == set(param_spec(RefineParams)) and not set(w.main_form.widgets) & set(w.more_form.widgets)
+    assert shown["max_shift_px"].native.specialValueText() == "auto" and shown["sgd_steps"].native.text() == "off"
+    p = dataclasses.replace(TINY, stop_tolerance=0.005, particle_diameter_A=140.0, stochastic_global=True,
+                            dynamic_mask_near=0.5, greyscale=False, marginalize=True, seed=11)
+    w.set_params(p)
+    assert w.params() == p
+    shown["particle_diameter_A"].value = shown["particle_diameter_A"].min  # "auto"
+    shown["max_iter"].value = 5
+    assert w.params() == dataclasses.replace(p, particle_diameter_A=None, max_iter=5)

@@ -67,3 +67,19 @@ def test_motion_dock_stop_leaves_a_stopped_job(make_napari_viewer, qtbot, tmp_pa
     status = json.loads((tmp_path / "jobs" / "job_motion_001" / "status.json").read_text())
     assert status["state"] == "stopped"
     assert widget.start_btn.isEnabled()
+
+
+def test_motion_form_keeps_the_fields_it_does_not_show(make_napari_viewer):
+    from cryolive.motion import MotionParams
+    from cryolive.params import param_spec
+
+    widget = MotionWidget(make_napari_viewer(show=False))
+    assert widget.params() == MotionParams()
+    p = MotionParams(final_stage="dose", thoroughness="balanced", target_particles=50, float16=True, seed=3,
+                     crop_box=64)
+    widget.set_params(p)
+    assert widget.params() == p and widget.job_args()["params"] == p
+    widget.form.widgets["target_particles"].value = 70
+    assert widget.params().target_particles == 70 and widget.params().seed == 3
+    shown = {**widget.form.widgets, **widget.more_form.widgets}
+    assert set(shown) == set(param_spec(MotionParams))  # every spec'd parameter, once

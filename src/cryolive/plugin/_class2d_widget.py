@@ -47,7 +47,7 @@ from superqt import QCollapsible
 from cryolive.backend import device_label
 from cryolive.class2d import Class2DParams
 from cryolive.params import param_spec
-from cryolive.plugin._common import robust_limits, with_browse
+from cryolive.plugin._common import replace_image_data, robust_limits, with_browse
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
 from cryolive.plugin.class2d_model import REJECTED, SELECTED, Class2DRunModel
@@ -484,11 +484,6 @@ class Class2DWidget(JobDockMixin, QWidget):
         self._enable_results()
 
     # ------------------------------------------------------------------------------------------------ layers
-    def own_layer(self, name: str) -> Image | None:
-        """The layer this dock made under ``name`` (AVERAGES_LAYER, PARTICLES_LAYER), if still in the viewer."""
-        layer = self._own.get(name)
-        return layer if layer is not None and layer in self.viewer.layers else None
-
     def _scale2(self) -> tuple[float, float]:
         apix = self.model.pixel_size or 1.0
         return (apix, apix)
@@ -500,10 +495,7 @@ class Class2DWidget(JobDockMixin, QWidget):
         scale = (1.0, *self._scale2())
         layer = self.own_layer(key)
         if layer is not None and layer.data.shape == data.shape:
-            layer.data = data
-            layer.contrast_limits_range = (min(limits[0], layer.contrast_limits_range[0]),
-                                           max(limits[1], layer.contrast_limits_range[1]))
-            layer.contrast_limits = limits
+            replace_image_data(layer, data, limits)
             if layer.name != name:
                 layer.name = name
         else:

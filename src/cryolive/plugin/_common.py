@@ -1,4 +1,5 @@
-"""Pieces the cryolive docks share: layer pickers, mask layer styling, a latest-only background runner.
+"""Pieces the cryolive docks share: layer pickers, mask layer styling, a latest-only background runner, small
+widgets (symmetry fields, the log, colour swatches) and in-place image-layer updates.
 
 Everything here runs on the Qt main thread except the functions handed to :class:`LatestOnlyRunner`, which run
 in a napari ``thread_worker`` and must not touch Qt or layers.
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,26 @@ from napari.layers import Image, Labels, Layer
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap
 from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QFrame, QHBoxLayout, QLineEdit, QScrollArea, QToolButton, QVBoxLayout, QWidget
+from qtpy.QtGui import QColor, QIcon, QPixmap
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QScrollArea,
+    QTextEdit,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 # metadata key set on every layer a cryolive dock makes as a mask: "solvent", "focus", "outside", "refinement"
 MASK_KEY = "cryolive_mask"
+#: the point groups the symmetry fields offer (any other can be typed)
+SYMMETRIES = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "D2", "D3", "D4", "D5", "D6", "D7", "T", "O", "I1", "I2")
 
 # 2D: transparent outside, a bright line where the soft edge crosses 0.5 and a faint fill inside.
 # 3D: the layers render as an iso-surface at 0.5, coloured by the colormap there (opaque).
@@ -354,3 +371,87 @@ def with_browse(edit: QLineEdit, slot: Callable[[], Any]) -> QWidget:
     b.clicked.connect(slot)
     h.addWidget(b)
     return w
+
+
+def symmetry_combo(items: Sequence[str] = SYMMETRIES, current: str = "C1", tooltip: str = "") -> QComboBox:
+    """An editable combo box of point groups (``items``), showing ``current``; any other group can be typed."""
+    combo = QComboBox()
+    combo.setEditable(True)
+    combo.addItems(list(items))
+    combo.setCurrentText(current)
+    if tooltip:
+        combo.setToolTip(tooltip)
+    return combo
+
+
+def symmetry_text(combo: QComboBox, default: str = "C1") -> str:
+    """The point group a symmetry field shows, upper-case (``default`` when it is empty)."""
+    return combo.currentText().strip().upper() or default
+
+
+def log_view(min_height: int, placeholder: str = "per-iteration log (also in the job folder's log.txt)") -> QTextEdit:
+    """The read-only text area a dock logs its run in (at least ``min_height`` px high)."""
+    log = QTextEdit()
+    log.setReadOnly(True)
+    log.setLineWrapMode(QTextEdit.LineWrapMode.WidgetWidth)
+    log.setMinimumHeight(min_height)
+    log.setPlaceholderText(placeholder)
+    return log
+
+
+def color_swatch(hex_color: str, size: int = 12) -> QIcon:
+    """A small square icon in ``hex_color`` ("#rrggbb"), ``size`` px."""
+    pix = QPixmap(size, size)
+    pix.fill(QColor(hex_color))
+    return QIcon(pix)
+
+
+def replace_image_data(layer: Image, data: np.ndarray, limits: tuple[float, float]) -> None:
+    """Show ``data`` on ``layer`` in place (the layer keeps the user's display settings): the contrast range grows
+    to take in ``limits`` (never shrinks), and the contrast limits become ``limits``."""
+    layer.data = data
+    lo, hi = layer.contrast_limits_range
+    if limits[0] < lo or limits[1] > hi:
+        layer.contrast_limits_range = (min(lo, limits[0]), max(hi, limits[1]))
+    layer.contrast_limits = limits
+
+
+class LayerList(QListWidget):
+    """A multi-select list of the viewer's layers that pass ``accept`` (follows additions, removals, renames)."""
+
+    def __init__(self, viewer: Any, accept: Callable[[Layer], bool], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._accept = accept
+        self.setSelectionMode(QAbstractItemView.SelectionMode.MultiSelection)
+        follow_layer_list(self, viewer, self.refresh)
+        self.refresh()
+
+    def refresh(self, event: Any = None) -> None:
+        try:
+            chosen = set(self.selected_names())
+        except RuntimeError:  # the C++ widget is gone (viewer closing)
+            return
+        self.blockSignals(True)
+        self.clear()
+        for layer in self._viewer.layers:
+            layer.events.name.disconnect(self.refresh)
+            layer.events.name.connect(self.refresh)
+            if self._accept(layer):
+                item = QListWidgetItem(layer.name)
+                self.addItem(item)
+                item.setSelected(layer.name in chosen)
+        self.blockSignals(False)
+        self.itemSelectionChanged.emit()
+
+    def selected_names(self) -> list[str]:
+        """The chosen layers' names, in the list's order."""
+        return [self.item(i).text() for i in range(self.count()) if self.item(i).isSelected()]
+
+    def select(self, names: list[str]) -> None:
+        """Choose exactly these layers."""
+        for i in range(self.count()):
+            self.item(i).setSelected(self.item(i).text() in names)
+
+    def selected_layers(self) -> list[Layer]:
+        return [self._viewer.layers[n] for n in self.selected_names() if n in self._viewer.layers]

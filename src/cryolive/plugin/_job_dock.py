@@ -174,6 +174,12 @@ class JobDockMixin:
         self.status_label.setText(f"failed: {message}")
         show_error(f"{job} failed: {message}")
 
+    def own_layer(self, name: str) -> Image | None:
+        """The layer this dock made under ``name`` (its intended name, e.g. "refinement map", "class 1"), if it is
+        still in the viewer."""
+        layer = self._own.get(name)
+        return layer if layer is not None and layer in self.viewer.layers else None
+
     @property
     def running(self) -> bool:
         return self._worker is not None

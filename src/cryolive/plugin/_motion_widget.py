@@ -1,11 +1,17 @@
 """The Motion correction dock: run reference-based motion correction and watch trajectories live.
 
+The dock is a view of a :class:`~cryolive.plugin.motion_model.MotionRunModel` (the job arguments, progress, the
+newest step, the status line). The job parameters come from :class:`~cryolive.plugin._param_form.ParamForm`
+over the spec'd fields of :class:`~cryolive.motion.MotionParams` (final stage, search thoroughness, target
+particles and float16 output at once, the others under "More parameters"); fields without a spec keep the values
+last given to :meth:`MotionWidget.set_params`.
+
 Threading follows the Refinement dock: :func:`_motion_stream` runs ``motion_job`` in a napari ``GeneratorWorker``
-and only yields :class:`~cryolive.motion.MotionStep` objects; the main thread renders the latest step (older
-pending steps are dropped) into named layers — the micrograph's frame sum (Image) and each particle's
-trajectory magnified ``×N`` around its position (one Tracks track per particle) — and into the dose-weight and
-cross-validation canvases. Stop sets a ``threading.Event``; the stream closes the job generator after the
-current step (the job folder then says "stopped").
+and only yields :class:`~cryolive.motion.MotionStep` objects; the main thread hands each to the model and renders
+the latest step (older pending steps are dropped) into named layers — the micrograph's frame sum (Image) and each
+particle's trajectory magnified ``×N`` around its position (one Tracks track per particle) — and into the
+dose-weight and cross-validation canvases. Stop sets a ``threading.Event``; the stream closes the job generator
+after the current step (the job folder then says "stopped").
 """
 
 from __future__ import annotations
@@ -16,15 +22,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import numpy as np
-from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-from matplotlib.figure import Figure
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -35,12 +36,30 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QWidget,
 )
+from superqt import QCollapsible
 
+from cryolive.motion import MotionParams
+from cryolive.params import param_spec
 from cryolive.plugin._common import scrolling_layout, with_browse
 from cryolive.plugin._job_dock import job_stream
+from cryolive.plugin._param_form import ParamForm
+from cryolive.plugin._plots import MotionPlotCanvas
+from cryolive.plugin.motion_model import (
+    PATH_FIELDS,
+    TRACKS_PREFIX,
+    MotionRunModel,
+    job_args,
+    missing_inputs,
+    search_curves,
+    track_data,
+    tracks_layer_name,
+)
+
+__all__ = ["MIC_LAYER", "TRACKS_PREFIX", "MotionWidget", "track_data"]
 
 MIC_LAYER = "motion micrograph"
-TRACKS_PREFIX = "motion trajectories"
+#: the parameters shown at once; the other spec'd fields of MotionParams are under "More parameters"
+MAIN_FIELDS = ("final_stage", "thoroughness", "target_particles", "float16")
 
 
 def _motion_stream(args: dict, stop: threading.Event) -> Generator:
@@ -48,54 +67,6 @@ def _motion_stream(args: dict, stop: threading.Event) -> Generator:
     from cryolive.jobs.motion import motion_job
 
     return (yield from job_stream(SimpleNamespace(stop=stop, gen=None), lambda: motion_job(**args)))
-
-
-def track_data(positions: np.ndarray, traj: np.ndarray, magnify: float) -> np.ndarray:
-    """Tracks rows ``(N F, 4)`` = ``[particle, frame, y, x]``: each trajectory ``(N, F, 2)`` px (x, y), minus its mean,
-    magnified and drawn around the particle position ``(N, 2)`` px (x, y)."""
-    n, f = traj.shape[:2]
-    rel = (traj - traj.mean(axis=1, keepdims=True)) * magnify
-    ids = np.repeat(np.arange(n), f)
-    frames = np.tile(np.arange(f), n)
-    y = (positions[:, None, 1] + rel[..., 1]).ravel()
-    x = (positions[:, None, 0] + rel[..., 0]).ravel()
-    return np.stack([ids, frames, y, x], axis=1).astype(float)
-
-
-class _Plot(FigureCanvasQTAgg):
-    def __init__(self, height: float = 2.4) -> None:
-        super().__init__(Figure(figsize=(4.0, height), dpi=80))
-        self.setMinimumHeight(int(height * 60))
-        self.ax = self.figure.add_subplot(111)
-        self.cbar: Any = None
-
-    def show_weights(self, w: np.ndarray) -> None:
-        """Dose weights (frames x shells) with a colour bar."""
-        self.ax.clear()
-        im = self.ax.imshow(w, aspect="auto", origin="lower", cmap="magma")
-        if self.cbar is None:
-            self.cbar = self.figure.colorbar(im, ax=self.ax)
-        else:
-            self.cbar.update_normal(im)
-        self.ax.set_xlabel("frequency shell")
-        self.ax.set_ylabel("frame")
-        self.ax.set_title("dose weights", fontsize=9)
-        self.draw_idle()
-
-    def show_search(self, search: tuple) -> None:
-        """Cross-validation score per ray against the total prior strength (lower is better)."""
-        self.ax.clear()
-        for ray in sorted({s.ray for s in search}):
-            pts = [s for s in search if s.ray == ray]
-            self.ax.semilogx([s.hyper.r for s in pts], [s.score for s in pts], "o-", ms=3, label=f"ray {ray}")
-        if search:
-            best = min(search, key=lambda s: s.score)
-            self.ax.plot([best.hyper.r], [best.score], "k*", ms=10)
-            self.ax.legend(fontsize=7)
-        self.ax.set_xlabel("prior strength r")
-        self.ax.set_ylabel("CV score")
-        self.ax.set_title("hyper-parameter search", fontsize=9)
-        self.draw_idle()
 
 
 class MotionWidget(QWidget):
@@ -107,6 +78,8 @@ class MotionWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
+        self.model = MotionRunModel()
+        self._base_params = MotionParams()
         self._worker: Any = None
         self._stop = threading.Event()
         self._pending: Any = None
@@ -115,29 +88,22 @@ class MotionWidget(QWidget):
         lay = scrolling_layout(self)
         form = QFormLayout()
         self.edits: dict[str, QLineEdit] = {}
-        for key, label, is_dir in (("particles", "particles STAR", False), ("movies", "movies folder or STAR", True),
-                                   ("half_a", "half map A", False), ("half_b", "half map B", False),
-                                   ("mask", "mask (optional)", False), ("out", "output folder", True),
-                                   ("hyper", "hyper JSON (optional)", False),
-                                   ("dose", "dose weights (optional)", False)):
+        for key, label, is_dir in PATH_FIELDS:
             form.addRow(label, self._path_row(key, is_dir))
         self.edits["out"].setText(str(Path.cwd() / "jobs"))
-        self.stage = QComboBox()
-        self.stage.addItems(["final", "dose", "hyper"])
-        self.thoroughness = QComboBox()
-        self.thoroughness.addItems(["fast", "balanced", "extensive"])
-        self.target = QSpinBox()
-        self.target.setRange(1, 10_000_000)
-        self.target.setValue(1000)
+        lay.addLayout(form)
+        self.form = ParamForm(MotionParams, MAIN_FIELDS)
+        lay.addWidget(self.form.native)
+        more = QCollapsible("More parameters")
+        self.more_form = ParamForm(MotionParams, [n for n in param_spec(MotionParams) if n not in MAIN_FIELDS])
+        more.addWidget(self.more_form.native)
+        lay.addWidget(more)
+        form = QFormLayout()
         self.magnify = QSpinBox()
         self.magnify.setRange(1, 200)
         self.magnify.setValue(10)
-        self.float16 = QCheckBox("save particles in float16")
-        form.addRow("final stage", self.stage)
-        form.addRow("search thoroughness", self.thoroughness)
-        form.addRow("target particles", self.target)
+        self.magnify.setToolTip("the trajectories are drawn this many times longer than they are")
         form.addRow("trajectory magnification ×", self.magnify)
-        form.addRow(self.float16)
         lay.addLayout(form)
         row = QHBoxLayout()
         self.start_btn = QPushButton("Start")
@@ -149,12 +115,12 @@ class MotionWidget(QWidget):
         row.addWidget(self.stop_btn)
         lay.addLayout(row)
         self.progress = QProgressBar()
-        self.status = QLabel("idle")
+        self.status = QLabel(self.model.status_text)
         self.status.setWordWrap(True)
         lay.addWidget(self.progress)
         lay.addWidget(self.status)
-        self.dose_plot = _Plot()
-        self.search_plot = _Plot()
+        self.dose_plot = MotionPlotCanvas()
+        self.search_plot = MotionPlotCanvas()
         lay.addWidget(self.dose_plot)
         lay.addWidget(self.search_plot)
         lay.addStretch(1)
@@ -176,28 +142,29 @@ class MotionWidget(QWidget):
     def busy(self) -> bool:
         return self._worker is not None
 
+    def params(self) -> MotionParams:
+        """The MotionParams the forms describe (fields they do not show: as last given to set_params)."""
+        return self.more_form.value(self.form.value(self._base_params))
+
+    def set_params(self, p: MotionParams) -> None:
+        """Show a MotionParams (fields the forms do not show are kept for the next run)."""
+        self._base_params = p
+        self.form.set_value(p)
+        self.more_form.set_value(p)
+
     def job_args(self) -> dict:
         """Arguments of ``motion_job`` from the inputs (empty optional fields are None)."""
-        from cryolive.motion import MotionParams
-
-        def val(key: str) -> str | None:
-            t = self.edits[key].text().strip()
-            return t or None
-
-        params = MotionParams(final_stage=self.stage.currentText(), thoroughness=self.thoroughness.currentText(),
-                              target_particles=self.target.value(), float16=self.float16.isChecked())
-        return {"particles_path": val("particles"), "movies": val("movies"), "half_a_path": val("half_a"),
-                "half_b_path": val("half_b"), "mask_path": val("mask"), "out": val("out") or "jobs",
-                "params": params, "hyper_path": val("hyper"), "dose_path": val("dose")}
+        return job_args({key: edit.text() for key, edit in self.edits.items()}, self.params())
 
     def start(self) -> Any:
         """Start a job in a worker; returns the worker (None when inputs are missing)."""
         args = self.job_args()
-        missing = [k for k in ("particles_path", "movies", "half_a_path", "half_b_path") if not args[k]]
+        missing = missing_inputs(args)
         if missing or self.busy:
             show_error(f"motion correction: missing {', '.join(missing)}" if missing else "a job is running")
             return None
         self._stop.clear()
+        self.model.start(args)
         worker = create_worker(_motion_stream, args, self._stop, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
@@ -205,16 +172,18 @@ class MotionWidget(QWidget):
         self._worker = worker
         self.start_btn.setEnabled(False)
         self.stop_btn.setEnabled(True)
-        self.status.setText("running…")
+        self.status.setText(self.model.status_text)
         worker.start()
         return worker
 
     def stop(self) -> None:
         """Ask the job to stop after the current step."""
         self._stop.set()
-        self.status.setText("stopping after the current step…")
+        self.model.stopping()
+        self.status.setText(self.model.status_text)
 
     def _on_yielded(self, step: Any) -> None:
+        self.model.update(step)
         self._pending = step
         if not self._scheduled:
             self._scheduled = True
@@ -234,14 +203,13 @@ class MotionWidget(QWidget):
         """Put one step on screen (main thread only)."""
         self.progress.setMaximum(max(step.total, 1))
         self.progress.setValue(step.done)
-        self.status.setText(f"{step.stage}: {step.done}/{step.total} (micrograph {step.micrograph + 1} of "
-                            f"{step.n_micrographs}) — {step.message}")
-        if step.frame_sum is not None and step.trajectories is not None:
+        self.status.setText(self.model.status_text)
+        if self.model.has_micrograph(step):
             self._show_micrograph(step)
         if step.dose_weights is not None:
             self.dose_plot.show_weights(step.dose_weights)
         if step.search:
-            self.search_plot.show_search(step.search)
+            self.search_plot.show_search(*search_curves(step.search))
         self.stepShown.emit(step.stage)
 
     def _show_micrograph(self, step: Any) -> None:
@@ -255,7 +223,7 @@ class MotionWidget(QWidget):
             self.viewer.add_image(step.frame_sum, name=MIC_LAYER, scale=(b, b), colormap="gray")
         mag = self.magnify.value()
         data = track_data(step.positions, step.trajectories, mag)
-        name = f"{TRACKS_PREFIX} (×{mag})"
+        name = tracks_layer_name(mag)
         n_frames = step.trajectories.shape[1]
         if self.tracks_layer is not None and self.tracks_layer in self.viewer.layers:
             self.tracks_layer.data = data
@@ -268,21 +236,17 @@ class MotionWidget(QWidget):
 
     def _on_returned(self, value: Any) -> None:
         state, payload = value
+        text = self.model.finish(state, payload)
+        self.status.setText(text)
         if state == "failed":
             show_error(f"motion correction failed: {payload}")
-            self.status.setText(f"failed: {payload}")
         elif state == "finished":
-            h = payload.hyper
-            text = "finished" + (f": r {h.r:.3g}, θ {h.theta:.2f}, z {h.z_A:g} Å" if h is not None else "")
-            self.status.setText(text)
             show_info(f"motion correction {text}")
-        else:
-            self.status.setText("stopped")
-        self._state = state
 
     def _on_finished(self) -> None:
         self._render()
         self._worker = None
         self.start_btn.setEnabled(True)
         self.stop_btn.setEnabled(False)
-        self.runFinished.emit(getattr(self, "_state", "stopped"))
+        state = self.model.state
+        self.runFinished.emit(state if state in ("finished", "failed") else "stopped")

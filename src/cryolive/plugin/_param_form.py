@@ -1,8 +1,11 @@
 """Parameter forms built from a ``*Params`` dataclass's :func:`cryolive.params.param_spec` with magicgui.
 
 Each field declared with :func:`cryolive.params.param` becomes one magicgui widget: a ComboBox for ``choices``,
-a CheckBox for a bool, a SpinBox / FloatSpinBox bounded by ``ge`` / ``gt`` / ``le`` for numbers, labelled with the
-spec's label, its unit as the suffix and its help (or its command-line flag) as the tooltip. A field whose default
+a CheckBox for a bool, a FloatSpinBox bounded by ``ge`` / ``gt`` / ``le`` for numbers (without decimals for an
+``int`` field, whose value is read back as an ``int``: magicgui's SpinBox has neither a suffix nor a special-value
+text), labelled with the spec's label, its unit as the suffix and its help (or its command-line flag) as the
+tooltip. A float field shows as many decimals as its default or the value given needs (at least 2, at most
+:data:`MAX_DECIMALS`), so reading a form back gives the value it was given. A field whose default
 is ``None`` ("automatic") gets one more value below its range that reads "auto" and means None. Fields without a
 spec are not shown and keep the value of the params the form was last given, so reading a form back never loses
 a setting it does not show.
@@ -15,13 +18,25 @@ import typing
 from collections.abc import Sequence
 from typing import Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, SpinBox, Widget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Widget
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QLabel
 
 from cryolive.params import ParamSpec, param_spec
 
 #: the upper end of a spin box whose spec has no upper bound
 UNBOUNDED = 1e6
 AUTO_TEXT = "auto"
+#: the most decimals a float field shows
+MAX_DECIMALS = 6
+
+
+def decimals_for(value: float, least: int = 2) -> int:
+    """The fewest decimals (``least`` … :data:`MAX_DECIMALS`) that show ``value`` exactly (to 1e-9)."""
+    for d in range(least, MAX_DECIMALS):
+        if abs(round(value, d) - value) < 1e-9:
+            return d
+    return MAX_DECIMALS
 
 
 def _number_type(cls: type, name: str, default: Any) -> type:
@@ -47,14 +62,21 @@ def _tooltip(name: str, spec: ParamSpec) -> str:
     return f"{tip} ({spec.flag})" if spec.flag else tip
 
 
-def field_widget(cls: type, field: dataclasses.Field, spec: ParamSpec) -> tuple[Widget, float | None]:
+def field_widget(cls: type, field: dataclasses.Field, spec: ParamSpec,
+                 choice_texts: Sequence[tuple[str, Any]] | None = None) -> tuple[Widget, float | None]:
     """One magicgui widget for ``field`` of the params dataclass ``cls``, described by ``spec``, and the value
-    that means None ("auto"; None when the field cannot be None)."""
+    that means None ("auto"; None when the field cannot be None). ``choice_texts``: ``(text, value)`` pairs a
+    choice field's list shows instead of its values."""
     default = field.default
     common = {"name": field.name, "label": spec.label or field.name.replace("_", " "),
               "tooltip": _tooltip(field.name, spec)}
     if spec.choices is not None:
-        return ComboBox(value=default, choices=list(spec.choices), **common), None
+        choices: list[Any] = list(spec.choices)
+        if choice_texts is not None:
+            if sorted(map(str, (v for _, v in choice_texts))) != sorted(map(str, spec.choices)):
+                raise ValueError(f"{field.name}: the texts must name each of {spec.choices} once")
+            choices = [tuple(c) for c in choice_texts]
+        return ComboBox(value=default, choices=choices, **common), None
     if isinstance(default, bool):
         return CheckBox(value=default, **common), None
     kind = _number_type(cls, field.name, default)
@@ -65,9 +87,9 @@ def field_widget(cls: type, field: dataclasses.Field, spec: ParamSpec) -> tuple[
     if default is None:  # one step below the range reads "auto" and means None
         auto = spec.gt if spec.gt is not None else low - step
         low = auto
-    widget_cls = SpinBox if kind is int else FloatSpinBox
-    w = widget_cls(value=low if default is None else default, min=low, max=high, step=step, **common)
+    w = FloatSpinBox(value=low if default is None else default, min=low, max=high, step=step, **common)
     native = w.native
+    native.setDecimals(0 if kind is int else decimals_for(max(abs(low), abs(default or 0.0))))
     if spec.unit:
         native.setSuffix(" °" if spec.unit == "deg" else f" {spec.unit}")
     if auto is not None:
@@ -75,14 +97,43 @@ def field_widget(cls: type, field: dataclasses.Field, spec: ParamSpec) -> tuple[
     return w, auto
 
 
+class _LabelColumn(QObject):
+    """Keeps a form's labels one width (the widest label's), so that its fields line up in a column: measured
+    when the form is shown or its style or font changes (napari's theme sets the font when the dock is added)."""
+
+    EVENTS = (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange)
+
+    def __init__(self, form: Any) -> None:
+        super().__init__(form)
+        self._form = form
+        form.installEventFilter(self)
+
+    def eventFilter(self, obj: Any, event: Any) -> bool:  # noqa: N802 - Qt API
+        if event.type() in self.EVENTS:
+            self.align()
+        return False
+
+    def align(self) -> None:
+        labels = self._form.findChildren(QLabel)
+        for label in labels:
+            label.setMinimumWidth(0)
+        width = max((label.sizeHint().width() for label in labels), default=0)
+        for label in labels:
+            label.setMinimumWidth(width)
+
+
 class ParamForm:
     """A magicgui :class:`~magicgui.widgets.Container` of the spec'd fields of the params dataclass ``cls``.
 
-    ``fields``: the field names to show, in order (default: every field with a spec, in declaration order).
-    :meth:`value` gives the params; :meth:`set_value` shows one.
+    ``fields``: the field names to show, in order (default: every field with a spec, in declaration order);
+    ``labels``: labels instead of the specs' (by field name); ``choice_texts``: for a choice field, the
+    ``(text, value)`` pairs its list shows (by field name). :meth:`value` gives the params; :meth:`set_value` shows
+    one.
     """
 
-    def __init__(self, cls: type, fields: Sequence[str] | None = None, base: Any = None) -> None:
+    def __init__(self, cls: type, fields: Sequence[str] | None = None, base: Any = None,
+                 labels: dict[str, str] | None = None,
+                 choice_texts: dict[str, Sequence[tuple[str, Any]]] | None = None) -> None:
         self.cls = cls
         specs = param_spec(cls)
         by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -90,10 +141,15 @@ class ParamForm:
         unknown = [n for n in names if n not in specs]
         if unknown:
             raise ValueError(f"{cls.__name__} has no field with a spec named {', '.join(unknown)}")
-        made = {n: field_widget(cls, by_name[n], specs[n]) for n in names}
+        made = {n: field_widget(cls, by_name[n], specs[n], (choice_texts or {}).get(n)) for n in names}
+        for n, text in (labels or {}).items():
+            made[n][0].label = text
+        self._int = {n for n in names if specs[n].choices is None
+                     and _number_type(cls, n, by_name[n].default) is int and not isinstance(by_name[n].default, bool)}
         self.widgets: dict[str, Widget] = {n: w for n, (w, _) in made.items()}
         self._auto: dict[str, float | None] = {n: auto for n, (_, auto) in made.items()}
         self.container = Container(widgets=list(self.widgets.values()), labels=True)
+        self._labels = _LabelColumn(self.container.native)
         self._base = base if base is not None else cls()
         self.set_value(self._base)
 
@@ -107,7 +163,12 @@ class ParamForm:
         out = {}
         for name, w in self.widgets.items():
             auto = self._auto[name]
-            out[name] = None if auto is not None and w.value <= auto else w.value
+            value = w.value
+            if auto is not None and value <= auto:
+                value = None
+            elif name in self._int:
+                value = int(round(value))
+            out[name] = value
         return out
 
     def value(self, base: Any = None) -> Any:
@@ -120,6 +181,11 @@ class ParamForm:
         for name, w in self.widgets.items():
             v = getattr(params, name)
             auto = self._auto[name]
+            if isinstance(w, FloatSpinBox) and name not in self._int and v is not None:
+                native = w.native
+                need = decimals_for(float(v), native.decimals())
+                if need > native.decimals():
+                    native.setDecimals(need)
             w.value = auto if v is None and auto is not None else v
             line = w.native.lineEdit() if hasattr(w.native, "lineEdit") else None
             if line is not None:

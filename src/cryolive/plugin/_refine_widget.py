@@ -1,5 +1,12 @@
 """The Refinement dock: run homogeneous refinement and watch every iteration in the viewer.
 
+The dock is a view of a :class:`~cryolive.plugin.refine_model.RefineRunModel` (the run's inputs, map history,
+iteration summaries and every line of text it shows): it owns the Qt widgets and the napari layers, hands each step
+of the job to the model and draws it. The parameters come from a :class:`~cryolive.plugin._param_form.ParamForm`
+over :class:`~cryolive.refinement.refine.RefineParams` (every field with a spec; the few without one, such as the
+symmetry, have their own fields), so a field the dock does not show keeps the value last given to
+:meth:`RefineWidget.set_params`.
+
 Threading
 ---------
 ``refine_job`` (a generator yielding an ``SGDStep`` per ab-initio step, if asked for, then one
@@ -7,10 +14,10 @@ Threading
 in a napari ``GeneratorWorker`` (``create_worker`` with ``_progress``, so the activity dock shows it). The worker
 thread only computes and yields; everything that touches Qt or layers happens on the main thread in the slots:
 
-* ``yielded`` → :meth:`RefineWidget._on_yielded` stores the iteration and schedules one render with
-  ``QTimer.singleShot(0, …)``; iterations that arrive while a render is pending replace it (only their maps are
-  appended to the history), so the GUI never works through a backlog. Ab-initio steps are drawn on the map layer
-  (resampled to the particle box) and the status line, not kept in the history.
+* ``yielded`` → :meth:`RefineWidget._on_yielded` hands the step to the model (an iteration's map joins the
+  history) and schedules one render with ``QTimer.singleShot(0, …)``; iterations that arrive while a render is
+  pending replace it (only their maps stay, in the history), so the GUI never works through a backlog. Ab-initio
+  steps are drawn on the map layer (resampled to the particle box) and the status line, not kept in the history.
 * Stop sets a ``threading.Event``; the stream checks it before and after each yield and then closes the job
   generator (the job folder's ``status.json`` says "stopped") and returns, so Stop takes effect when the current
   iteration ends. Results that still arrive after Stop are ignored. The activity dock's cancel (``worker.quit``)
@@ -24,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -34,49 +40,50 @@ import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import (
-    QApplication,
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QLabel,
-    QLineEdit,
-    QSpinBox,
-    QTextEdit,
-    QWidget,
-)
+from qtpy.QtWidgets import QApplication, QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QSpinBox, QWidget
 from superqt import QCollapsible
 
 from cryolive.backend import device_label
+from cryolive.params import param_spec
 from cryolive.plugin._common import (
     MASK_KEY,
+    SYMMETRIES,
     LayerCombo,
     is_map_layer,
     is_mask_candidate,
+    log_view,
+    replace_image_data,
     robust_limits,
     scrolling_layout,
     set_mask_layer,
+    symmetry_combo,
+    symmetry_text,
     with_browse,
     write_layer_copy,
 )
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
-from cryolive.plugin._plots import AngularCanvas, FSCCanvas, titled_plots
+from cryolive.plugin._param_form import ParamForm
+from cryolive.plugin._plots import RefinePlotsWidget
+from cryolive.plugin.refine_model import RefineRunModel, is_sgd_step, mask_choice_warning, relax_symmetry_value
 from cryolive.refinement.refine import RefineParams
-from cryolive.refinement.sgd import SGDStep
 
 MAP_LAYER = "refinement map"
 HISTORY_LAYER = "refinement history"
 MASK_LAYER = "refinement mask"
 HALF_LAYERS = ("half map A", "half map B")
-SYMMETRIES = ("C1", "C2", "C3", "C4", "C5", "C6", "C7", "C8", "D2", "D3", "D4", "D5", "D6", "D7", "T", "O", "I1", "I2")
+#: the parameters shown at once; the other spec'd fields of RefineParams are under "More parameters"
+MAIN_FIELDS = ("initial_lowpass_A", "max_iter", "global_iters", "sgd_steps")
+#: tooltips that say more than the spec's label
+TOOLTIPS = {
+    "initial_lowpass_A": "initial low-pass of the reference (--lowpass)",
+    "global_iters": "iterations with a global pose search before local refinement (--global-iters)",
+    "sgd_steps": "minibatch (ab-initio) steps from the reference at low resolution before the refinement: lets it "
+                 "converge from a wrong starting map (~0.5 s per step); off (0) trusts the reference (--sgd-steps)",
+}
 _DEFAULTS = RefineParams()
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
-
-
 def _refine_stream(particles: str, reference: str, out: str, params: RefineParams, mask: str | None,
                    save_iterations: bool, handle: JobHandle) -> Generator:
     """Yield the job's iterations until it ends or ``handle.stop`` is set; return ``(state, value)``.
@@ -88,77 +95,6 @@ def _refine_stream(particles: str, reference: str, out: str, params: RefineParam
 
     return (yield from job_stream(handle, lambda: refine_job(particles, reference, out, params, mask_path=mask,
                                                              save_iterations=save_iterations)))
-
-
-def _params_dict(p: RefineParams) -> dict:
-    return dataclasses.asdict(p)
-
-
-class MapHistory:
-    """Every iteration's map in one growing ``(iterations, z, y, x)`` buffer (the history layer shows a view).
-
-    Memory is bounded: when ``capacity`` full-size maps would pass ``max_bytes``, maps are stored 2× binned
-    (``binned`` is True and the layer's voxel size doubles).
-    """
-
-    def __init__(self, first: np.ndarray, capacity: int, max_bytes: int = 2 << 30) -> None:
-        self.binned = first.nbytes * max(capacity, 1) > max_bytes
-        m = self._prep(first)
-        self._buf = np.empty((max(capacity, 2), *m.shape), dtype=np.float32)
-        self._buf[0] = m
-        self.count = 1
-
-    def _prep(self, vol: np.ndarray) -> np.ndarray:
-        from cryolive.plugin._mask_compute import bin2
-
-        v = np.asarray(vol, dtype=np.float32)
-        return bin2(v) if self.binned else v
-
-    def append(self, vol: np.ndarray) -> None:
-        if self.count == self._buf.shape[0]:
-            grown = np.empty((2 * self.count, *self._buf.shape[1:]), dtype=np.float32)
-            grown[: self.count] = self._buf
-            self._buf = grown
-        self._buf[self.count] = self._prep(vol)
-        self.count += 1
-
-    @property
-    def data(self) -> np.ndarray:
-        return self._buf[: self.count]
-
-
-# ---------------------------------------------------------------------------------------------------- plots dock
-class RefinePlotsWidget(QWidget):
-    """FSC curves and the angular distribution of the running refinement."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.fsc = FSCCanvas()
-        self.angular = AngularCanvas()
-        self.fsc_title = QLabel("FSC: no refinement yet")
-        self.angular_title = QLabel("angular distribution")
-        titled_plots(self, [(self.fsc_title, self.fsc), (self.angular_title, self.angular)], stretch=[3, 2],
-                     min_height=260)
-
-    def clear(self, apix: float | None = None) -> None:
-        if apix:
-            self.fsc.set_nyquist(0.5 / apix)
-        # a full redraw now if the axis changed (before the job starts), then only cheap blits
-        self.fsc.ensure_background()
-        self.angular.ensure_background()
-        self.fsc.clear_plot()
-        self.angular.clear_plot()
-        self.fsc_title.setText("FSC: waiting for the first iteration")
-        self.angular_title.setText("angular distribution")
-
-    def show_fsc(self, it: Any) -> None:
-        self.fsc.show_fsc(it.fsc)
-        self.fsc_title.setText(f"iteration {it.iteration} ({it.search}): <b>{it.resolution_A:.2f} Å</b> "
-                               f"masked+corrected (0.143), {it.resolution_unmasked_A:.2f} Å unmasked")
-
-    def show_angular(self, it: Any) -> None:
-        self.angular.show_distribution(it.angular_distribution)
-        self.angular_title.setText(f"angular distribution, iteration {it.iteration} ({it.n_particles} particles)")
 
 
 # ---------------------------------------------------------------------------------------------------- the dock
@@ -173,11 +109,9 @@ class RefineWidget(JobDockMixin, QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self._init_run_state(napari_viewer, RefinePlotsWidget())
+        self.model = RefineRunModel()
         self._history_stale = False
-        self._history: MapHistory | None = None
-        self._apix = 1.0
-        self._translate: tuple = (0.0, 0.0, 0.0)
-        self.sgd_steps_shown: list[int] = []
+        self._base_params = _DEFAULTS
         self._build()
         QTimer.singleShot(0, self._ensure_plots_dock)  # once this dock is in the window
 
@@ -212,74 +146,42 @@ class RefineWidget(JobDockMixin, QWidget):
         self.mask_warning.setStyleSheet("QLabel { color: #ff8c1a; }")
         self.mask_warning.setVisible(False)
         form.addRow(self.mask_warning)
-        self.sym = QComboBox()
-        self.sym.setEditable(True)
-        self.sym.addItems(SYMMETRIES)
-        self.sym.setCurrentText(_DEFAULTS.symmetry)
+        # fields of RefineParams without a spec (so not in the ParamForms): symmetry, input poses, relaxed
+        # symmetry, marginalisation, seed
+        self.sym = symmetry_combo(SYMMETRIES, _DEFAULTS.symmetry, "point group of the map (C1: none)")
         form.addRow("Symmetry", self.sym)
-        self.lowpass = QDoubleSpinBox(minimum=1.0, maximum=200.0, decimals=1, suffix=" Å",
-                                      value=_DEFAULTS.initial_lowpass_A)
-        self.lowpass.setToolTip("initial low-pass of the reference")
-        form.addRow("Initial low-pass", self.lowpass)
-        self.max_iter = QSpinBox(minimum=1, maximum=200, value=_DEFAULTS.max_iter)
-        form.addRow("Max iterations", self.max_iter)
-        self.global_iters = QSpinBox(minimum=0, maximum=200, value=_DEFAULTS.global_iters)
-        self.global_iters.setToolTip("iterations with a global pose search before local refinement")
-        form.addRow("Global iterations", self.global_iters)
-        self.sgd_steps = QSpinBox(minimum=0, maximum=5000, value=_DEFAULTS.sgd_steps)
-        self.sgd_steps.setSpecialValueText("off")
-        self.sgd_steps.setToolTip("minibatch (ab-initio) steps from the reference at low resolution before the "
-                                  "refinement: lets it converge from a wrong starting map (~0.5 s per step); "
-                                  "off (0) trusts the reference")
-        form.addRow("Ab-initio steps", self.sgd_steps)
+
+        self.main_form = ParamForm(RefineParams, MAIN_FIELDS)
+        root.addWidget(self.main_form.native)
+        form = QFormLayout()
+        root.addLayout(form)
         self.use_poses = QCheckBox("start from the particles' poses")
         self.use_poses.setToolTip("local searches from iteration 1 around the poses in the particles file (a "
                                   "previous refinement's), as cryoSPARC's local refinement")
-        self.use_poses.setChecked(_DEFAULTS.use_input_poses)
-        # local searches from iteration 1: the global iterations do not apply
-        self.use_poses.toggled.connect(lambda on: self.global_iters.setEnabled(not on))
         form.addRow(self.use_poses)
-        self.relax_sym = QComboBox()
-        self.relax_sym.setEditable(True)
-        self.relax_sym.addItems(["none", *SYMMETRIES[1:]])
-        self.relax_sym.setToolTip("pseudo-symmetry to relax (RELION's --relax_sym): local searches also try each "
-                                  "mate of a particle's pose under this group and keep the best; the map keeps "
-                                  "the symmetry above")
+        self.relax_sym = symmetry_combo(["none", *SYMMETRIES[1:]], "none",
+                                        "pseudo-symmetry to relax (RELION's --relax_sym): local searches also try "
+                                        "each mate of a particle's pose under this group and keep the best; the map "
+                                        "keeps the symmetry above")
         form.addRow("Relax symmetry", self.relax_sym)
 
         more = QCollapsible("More parameters")
+        self.more_form = ParamForm(RefineParams, [n for n in param_spec(RefineParams) if n not in MAIN_FIELDS])
+        more.addWidget(self.more_form.native)
         more_w = QWidget()
         mf = QFormLayout(more_w)
-        self.coarse_step = QDoubleSpinBox(minimum=0.5, maximum=60.0, decimals=2, suffix=" °",
-                                          value=_DEFAULTS.coarse_step_deg)
-        mf.addRow("Coarse angular step", self.coarse_step)
-        self.levels = QSpinBox(minimum=1, maximum=8, value=_DEFAULTS.levels)
-        mf.addRow("Search levels", self.levels)
-        self.candidates = QSpinBox(minimum=1, maximum=100, value=_DEFAULTS.candidates)
-        mf.addRow("Candidates per level", self.candidates)
-        self.max_shift = QDoubleSpinBox(minimum=0.0, maximum=500.0, decimals=1, suffix=" px")
-        self.max_shift.setSpecialValueText("auto (10 % of box)")
-        self.max_shift.setValue(_DEFAULTS.max_shift_px or 0.0)
-        mf.addRow("Max shift", self.max_shift)
-        self.max_align = QDoubleSpinBox(minimum=0.0, maximum=100.0, decimals=1, suffix=" Å")
-        self.max_align.setSpecialValueText("auto")
-        self.max_align.setValue(_DEFAULTS.max_align_resolution_A or 0.0)
-        mf.addRow("Align no finer than", self.max_align)
-        self.minibatch = QSpinBox(minimum=0, maximum=50, value=_DEFAULTS.minibatch_iters)
-        mf.addRow("Minibatch iterations", self.minibatch)
-        self.scale_mode = QComboBox()
-        self.scale_mode.addItems(["minimize", "reset"])
-        self.scale_mode.setCurrentText(_DEFAULTS.scale_mode)
-        mf.addRow("Per-particle scale", self.scale_mode)
+        mf.setContentsMargins(0, 0, 0, 0)
         self.marginalize = QCheckBox("adaptive marginalisation")
-        self.marginalize.setChecked(_DEFAULTS.marginalize)
         mf.addRow(self.marginalize)
-        self.batch_size = QSpinBox(minimum=1, maximum=65536, value=_DEFAULTS.batch_size)
-        mf.addRow("Batch size", self.batch_size)
-        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1, value=_DEFAULTS.seed)
+        self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         mf.addRow("Seed", self.seed)
         more.addWidget(more_w)
         root.addWidget(more)
+        for name, tip in TOOLTIPS.items():
+            self.field(name).tooltip = tip
+        self.field("sgd_steps").native.setSpecialValueText("off")
+        # local searches from iteration 1: the global iterations do not apply
+        self.use_poses.toggled.connect(lambda on: setattr(self.field("global_iters"), "enabled", not on))
 
         form = QFormLayout()
         root.addLayout(form)
@@ -297,12 +199,9 @@ class RefineWidget(JobDockMixin, QWidget):
         form.addRow(self.scrub)
 
         self._add_run_controls(root)
-        self.log = QTextEdit()
-        self.log.setReadOnly(True)
-        self.log.setLineWrapMode(QTextEdit.LineWrapMode.WidgetWidth)
-        self.log.setMinimumHeight(110)
-        self.log.setPlaceholderText("per-iteration log (also in the job folder's log.txt)")
+        self.log = log_view(110)
         root.addWidget(self.log, 1)
+        self.set_params(_DEFAULTS)
 
         self.start_btn.clicked.connect(self.start)
         self.pause_btn.clicked.connect(self.toggle_pause)
@@ -324,55 +223,33 @@ class RefineWidget(JobDockMixin, QWidget):
 
     def _check_mask_choice(self, *_: Any) -> None:
         layer = self.mask_combo.current_layer()
-        text = ""
-        if layer is not None:
-            kind = layer.metadata.get(MASK_KEY)
-            if kind in ("focus", "outside"):
-                text = (f"'{layer.name}' is a focus mask: refinement expects a solvent mask around the whole "
-                        "particle (make one in the Masks dock).")
-            elif kind is None:
-                data = np.asarray(layer.data)
-                if float(data.min()) < -1e-3 or float(data.max()) > 1 + 1e-3:
-                    text = f"'{layer.name}' is not a mask (values outside 0 … 1)."
+        text = "" if layer is None else mask_choice_warning(layer.name, layer.metadata.get(MASK_KEY), layer.data)
         self.mask_warning.setText("⚠ " + text if text else "")
         self.mask_warning.setVisible(bool(text))
 
     # ------------------------------------------------------------------------------------------------ parameters
+    def field(self, name: str) -> Any:
+        """The magicgui widget of the RefineParams field ``name`` (in the main form or under "More parameters")."""
+        return self.main_form.widgets.get(name) or self.more_form.widgets[name]
+
     def params(self) -> RefineParams:
-        """The RefineParams the dock's fields describe (other fields keep their defaults)."""
-        sym = self.sym.currentText().strip().upper() or "C1"
-        relax = self.relax_sym.currentText().strip().upper()
-        return dataclasses.replace(
-            _DEFAULTS, symmetry=sym, initial_lowpass_A=float(self.lowpass.value()), max_iter=int(self.max_iter.value()),
-            global_iters=int(self.global_iters.value()), sgd_steps=int(self.sgd_steps.value()),
-            coarse_step_deg=float(self.coarse_step.value()),
-            levels=int(self.levels.value()), candidates=int(self.candidates.value()),
-            max_shift_px=float(self.max_shift.value()) or None,
-            max_align_resolution_A=float(self.max_align.value()) or None,
-            minibatch_iters=int(self.minibatch.value()), scale_mode=self.scale_mode.currentText(),
-            marginalize=self.marginalize.isChecked(), batch_size=int(self.batch_size.value()),
-            seed=int(self.seed.value()), use_input_poses=self.use_poses.isChecked(),
-            relax_symmetry=None if relax in ("", "NONE", "C1") else relax)
+        """The RefineParams the dock's fields describe (fields it does not show: as last given to set_params)."""
+        p = self.more_form.value(self.main_form.value(self._base_params))
+        return dataclasses.replace(p, symmetry=symmetry_text(self.sym), use_input_poses=self.use_poses.isChecked(),
+                                   relax_symmetry=relax_symmetry_value(self.relax_sym.currentText()),
+                                   marginalize=self.marginalize.isChecked(), seed=int(self.seed.value()))
 
     def set_params(self, p: RefineParams) -> None:
-        """Fill the fields from a RefineParams (e.g. small settings for a quick look)."""
+        """Show a RefineParams (e.g. small settings for a quick look); fields the dock does not show are kept."""
+        self._base_params = p
+        self.main_form.set_value(p)
+        self.more_form.set_value(p)
         self.sym.setCurrentText(p.symmetry)
-        self.lowpass.setValue(p.initial_lowpass_A)
-        self.max_iter.setValue(p.max_iter)
-        self.global_iters.setValue(p.global_iters)
-        self.sgd_steps.setValue(p.sgd_steps)
-        self.coarse_step.setValue(p.coarse_step_deg)
-        self.levels.setValue(p.levels)
-        self.candidates.setValue(p.candidates)
-        self.max_shift.setValue(p.max_shift_px or 0.0)
-        self.max_align.setValue(p.max_align_resolution_A or 0.0)
-        self.minibatch.setValue(p.minibatch_iters)
-        self.scale_mode.setCurrentText(p.scale_mode)
-        self.marginalize.setChecked(p.marginalize)
-        self.batch_size.setValue(p.batch_size)
-        self.seed.setValue(p.seed)
         self.use_poses.setChecked(p.use_input_poses)
+        self.field("global_iters").enabled = not p.use_input_poses
         self.relax_sym.setCurrentText(p.relax_symmetry or "none")
+        self.marginalize.setChecked(p.marginalize)
+        self.seed.setValue(p.seed)
 
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:
@@ -396,25 +273,19 @@ class RefineWidget(JobDockMixin, QWidget):
             show_warning(self.mask_warning.text().lstrip("⚠ "))
 
         self._remember_job_folders(out)
-        self._apix = float(ref_scale[-1])
-        self._translate = tuple(ref_translate)
-        ref_vol = np.asarray(ref_vol, dtype=np.float32)
-        self._box = ref_vol.shape[-1]
-        self._history = MapHistory(ref_vol, params.max_iter + 3)
+        model = self.model
+        model.start(particles, ref_path, ref_vol, float(ref_scale[-1]), params, mask_path, tuple(ref_translate))
         self._reset_display()
-        self.sgd_steps_shown = []
         self.state = "running"
         self.log.clear()
-        self._log(f"refinement of {particles} against {ref_path}" + (f" with mask {mask_path}" if mask_path else "")
-                  + f" on {device_label()}")
-        self._log("parameters: " + json.dumps({k: v for k, v in _params_dict(params).items()
-                                              if v != getattr(_DEFAULTS, k) or k in ("symmetry", "max_iter")}))
+        for line in model.start_log(device_label()):
+            self._log(line)
         # the layers exist before the job runs: each iteration then only replaces their data
-        self._show_map(ref_vol, "reference (iteration 0)")
+        self._show_map(model.history.data[0], "reference (iteration 0)")
         self._update_history()
-        self._show_mask(np.zeros_like(ref_vol), 0)
+        self._show_mask(np.zeros_like(model.history.data[0]), 0)
         self._ensure_plots_dock()
-        self.plots.clear(self._apix)
+        self.plots.clear(model.pixel_size)
 
         worker = self._new_worker(_refine_stream, particles, str(ref_path), str(out), params,
                                   mask_path and str(mask_path), self.save_iterations.isChecked(),
@@ -459,9 +330,8 @@ class RefineWidget(JobDockMixin, QWidget):
     def _on_yielded(self, it: Any) -> None:
         if not self._accepting:
             return  # arrived after Stop: ignored
-        if not isinstance(it, SGDStep):  # ab-initio steps are shown on the map layer, not kept in the history
-            self._history.append(it.map)
-        self._pending = it  # a newer iteration replaces one not yet drawn (only its map stays, in the history)
+        self.model.receive(it)  # an iteration's map joins the history even when a newer one is drawn instead
+        self._pending = it  # a newer iteration replaces one not yet drawn
         if not self._render_scheduled:
             self._render_scheduled = True
             QTimer.singleShot(0, self._render)
@@ -475,83 +345,62 @@ class RefineWidget(JobDockMixin, QWidget):
         if self.job_dir is None:
             self.job_dir = getattr(it, "job_dir", None) or self._find_job_dir()
             if self.job_dir is not None:
+                self.model.job_dir = self.job_dir
                 self.job_label.setText(f"job folder: {self.job_dir}")
                 self._log(f"job folder {self.job_dir}")
-        if isinstance(it, SGDStep):
+        if is_sgd_step(it):
             self._steps = [lambda: self._show_sgd_step(it)]
             self._next_step()
             return
-        title = f"iteration {it.iteration} ({it.search}): {it.resolution_A:.2f} Å"
-        steps = [lambda: self._show_map(it.map, title),
+        steps = [lambda: self._show_map(it.map, self.model.map_title(it)),
                  self._update_history,
                  lambda: self._show_mask(it.mask, it.iteration)]
         if self.show_halves.isChecked():
             steps += [lambda: self._show_volume(HALF_LAYERS[0], it.half_a, visible=False),
                       lambda: self._show_volume(HALF_LAYERS[1], it.half_b, visible=False)]
-        steps += [lambda: self.plots.show_fsc(it), lambda: self.plots.show_angular(it), lambda: self._report(it)]
+        steps += [lambda: self.plots.show_fsc(it.fsc, self.model.fsc_title(it)),
+                  lambda: self.plots.show_angular(it.angular_distribution, self.model.angular_title(it)),
+                  lambda: self._report(it)]
         self._steps = steps
         self._next_step()
 
-    def _show_sgd_step(self, step: SGDStep) -> None:
+    def _show_sgd_step(self, step: Any) -> None:
         """Show an ab-initio step's map (working box, resampled to the particle box) on the map layer and say
         how far the ab-initio phase is (a log line every 10th step)."""
-        title = f"ab-initio step {step.step}/{step.n_steps} ({step.resolution_A:.1f} Å)"
-        self._show_map(step.map_in_box(self._box), title)
-        if not self.sgd_steps_shown:
-            self.plots.fsc_title.setText("FSC: ab-initio steps first (no half maps before iteration 1)")
-        self.sgd_steps_shown.append(step.step)
-        elapsed = time.perf_counter() - self._t_start
-        self.status_label.setText(f"ab-initio step {step.step} of {step.n_steps} at {step.resolution_A:.1f} Å "
-                                  f"({elapsed:.0f} s so far); the refinement starts from its map")
-        if step.milestone:
-            self._log(f"ab-initio step {step.step}/{step.n_steps} at {step.resolution_A:.1f} Å "
-                      f"({step.seconds:.2f} s per step)")
+        model = self.model
+        self._show_map(step.map_in_box(model.box), model.map_title(step))
+        if model.sgd_step_shown(step):
+            self.plots.fsc_title.setText(model.SGD_FSC_TITLE)
+        self.status_label.setText(model.status(step, time.perf_counter() - self._t_start))
+        line = model.log_line(step)
+        if line:
+            self._log(line)
 
     def _report(self, it: Any) -> None:
-        t = it.timings
-        parts = ", ".join(f"{k.removesuffix('_s')} {v:.1f} s" for k, v in t.items() if k != "total_s")
-        change = it.pose_summary.get("median_pose_change_deg")
-        self._log(f"iteration {it.iteration} ({it.search}, {it.n_particles} particles, aligned to "
-                  f"{it.align_resolution_A:.1f} Å): {it.resolution_A:.2f} Å masked+corrected, "
-                  f"{it.resolution_unmasked_A:.2f} Å unmasked"
-                  + (f"; median pose change {change:.2f}°" if change is not None and np.isfinite(change) else "")
-                  + f"; {t.get('total_s', float('nan')):.1f} s ({parts})")
-        elapsed = time.perf_counter() - self._t_start
-        self.status_label.setText(f"iteration {it.iteration} of ≤ {self.max_iter.value()}: {it.resolution_A:.2f} Å "
-                                  f"({elapsed:.0f} s so far)")
+        self._log(self.model.log_line(it))
+        self.status_label.setText(self.model.status(it, time.perf_counter() - self._t_start))
         self.iterations_shown.append(it.iteration)
         self.iterationShown.emit(it.iteration)
 
-    @property
-    def _scale3(self) -> tuple:
-        return (self._apix,) * 3
-
-    def own_layer(self, name: str) -> Image | None:
-        """The layer this dock made under ``name`` (MAP_LAYER, HISTORY_LAYER, …), if still in the viewer."""
-        layer = self._own.get(name)
-        return layer if layer is not None and layer in self.viewer.layers else None
-
+    # ------------------------------------------------------------------------------------------------ layers
     def _show_mask(self, mask: np.ndarray, iteration: int) -> None:
-        self._own[MASK_LAYER] = set_mask_layer(self.viewer, MASK_LAYER, mask, (self._scale3, self._translate),
+        m = self.model
+        self._own[MASK_LAYER] = set_mask_layer(self.viewer, MASK_LAYER, mask, (m.scale3, m.translate),
                                                "refinement", {"iteration": iteration},
                                                layer=self.own_layer(MASK_LAYER))
 
     def _show_volume(self, name: str, vol: np.ndarray, visible: bool = True) -> Image:
         data = np.ascontiguousarray(vol, dtype=np.float32)
         limits = robust_limits(data)
-        layers = self.viewer.layers
         layer = self.own_layer(name)
         if layer is not None and layer.data.shape == data.shape:
-            layer.data = data  # in place: the layer keeps the user's display settings
-            lo, hi = layer.contrast_limits_range
-            if limits[0] < lo or limits[1] > hi:
-                layer.contrast_limits_range = (min(lo, limits[0]), max(hi, limits[1]))
-            layer.contrast_limits = limits
+            replace_image_data(layer, data, limits)
             return layer
         if layer is not None:
-            layers.remove(layer)
-        layer = self.viewer.add_image(data, name=name, scale=self._scale3, translate=self._translate,
-                                      contrast_limits=limits, visible=visible, metadata={"pixel_size": self._apix})
+            self.viewer.layers.remove(layer)
+        m = self.model
+        layer = self.viewer.add_image(data, name=name, scale=m.scale3, translate=m.translate,
+                                      contrast_limits=limits, visible=visible, metadata={"pixel_size": m.pixel_size})
         self._own[name] = layer
         return layer
 
@@ -565,12 +414,10 @@ class RefineWidget(JobDockMixin, QWidget):
         A hidden history layer is only marked stale (napari would not update a hidden layer's extent, and it
         costs nothing to wait): it catches up when it is shown (``scrub iterations`` or its eye in the layer list).
         """
-        hist = self._history
+        hist = self.model.history
         stack = hist.data
         dims = self.viewer.dims
-        f = 2.0 if hist.binned else 1.0
-        scale = (1.0, *(f * a for a in self._scale3))
-        translate = (0.0, *(t + (f - 1) * 0.5 * self._apix for t in self._translate))
+        scale, translate = self.model.history_geometry()
         layer = self.own_layer(HISTORY_LAYER)
         if layer is not None and layer.ndim == 4 and layer.data.shape[1:] == stack.shape[1:]:
             if tuple(layer.scale) != scale:
@@ -593,9 +440,9 @@ class RefineWidget(JobDockMixin, QWidget):
 
     def _sync_history(self, event: Any = None) -> None:
         layer = self.own_layer(HISTORY_LAYER)
-        if layer is None or not layer.visible or not self._history_stale or self._history is None:
+        if layer is None or not layer.visible or not self._history_stale or self.model.history is None:
             return
-        stack = self._history.data
+        stack = self.model.history.data
         dims = self.viewer.dims
         axis = dims.ndim - 4
         shown = layer.data.shape[0]
@@ -616,25 +463,20 @@ class RefineWidget(JobDockMixin, QWidget):
         if current is not None:
             current.visible = not on
 
+    # ------------------------------------------------------------------------------------------------ the end
     def _on_returned(self, value: Any) -> None:
         state, payload, elapsed = self._run_returned(value)
+        self.model.job_dir = self.job_dir
         if state == "finished":
-            final = payload.final
-            # the job's map.mrc is final.map: make sure the layer shows exactly that
-            if not self.iterations_shown or self.iterations_shown[-1] != final.iteration:
-                self._history.append(final.map)
-                self._pending = final
+            if self.model.finish(payload):  # the job's map.mrc is final.map: make sure the layer shows exactly that
+                self._pending = payload.final
                 self._flush()
-            self._log(f"finished in {elapsed:.1f} s: {final.resolution_A:.2f} Å (GSFSC 0.143); "
-                      f"outputs in {self.job_dir}")
-            self.status_label.setText(f"finished: {final.resolution_A:.2f} Å after {final.iteration} iterations "
-                                      f"({elapsed:.0f} s)")
-            show_info(f"Refinement finished: {final.resolution_A:.2f} Å"
-                      + (f" ({self.job_dir.name})" if self.job_dir else ""))
+            log, status, notice = self.model.finished_text(elapsed)
+            self._log(log)
+            self.status_label.setText(status)
+            show_info(notice)
         elif state == "stopped":
-            where = (f"after iteration {payload}" if payload else
-                     f"after ab-initio step {self.sgd_steps_shown[-1] if self.sgd_steps_shown else 0}, before the "
-                     "first iteration")
+            where = self.model.stopped_where(payload)
             self._log(f"stopped {where}; the job folder says 'stopped' ({self.job_dir})")
             self.status_label.setText(f"stopped {where}")
         else:
