@@ -7,6 +7,7 @@ the file and the problem and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -696,18 +697,30 @@ def _stop_on_sigterm() -> None:
         signal.signal(signal.SIGTERM, stop)
 
 
+class _CurrentStderrHandler(logging.Handler):
+    """A logging handler that writes to whatever ``sys.stderr`` is when a record is emitted."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:
+            self.handleError(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cryolive`` command."""
     from cryolive.io import InputError
 
     args = build_parser().parse_args(argv)
     _stop_on_sigterm()
-    import logging
-
-    if not logging.getLogger("cryolive").handlers:  # notes such as a reference resampled to the particles
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(f"cryolive {args.command}: warning: %(message)s"))
-        logging.getLogger("cryolive").addHandler(handler)
+    # notes such as a reference resampled to the particles, one line each on the stderr of the moment (main can
+    # run several times in one process, e.g. in tests, each with its own stream and command)
+    logger = logging.getLogger("cryolive")
+    handler = next((h for h in logger.handlers if isinstance(h, _CurrentStderrHandler)), None)
+    if handler is None:
+        handler = _CurrentStderrHandler()
+        logger.addHandler(handler)
+    handler.setFormatter(logging.Formatter(f"cryolive {args.command}: warning: %(message)s"))
     if isinstance(getattr(args, "out", None), str) and not args.out.strip():
         print(f"cryolive {args.command}: error: --out is empty: name the output", file=sys.stderr)
         return 2

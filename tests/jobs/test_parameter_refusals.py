@@ -61,7 +61,7 @@ def test_output_places_that_cannot_be_written(tmp_path, capsys) -> None:
 def test_runs_too_large_for_the_machine(tmp_path, capsys) -> None:
     _refused(capsys, ["simulate", "--box", "100000", "--out", str(tmp_path / "a")], "--box must be at most 1024 px")
     _refused(capsys, ["simulate", "--n", "0", "--out", str(tmp_path / "b")], "--n must be at least 1")
-    _refused(capsys, ["simulate", "--n", "1000000000", "--box", "512", "--out", str(tmp_path / "c")],
+    _refused(capsys, ["simulate", "--n", "1000000000", "--box", "256", "--out", str(tmp_path / "c")],
              "GiB on disk")
     _refused(capsys, ["classify", STAR, "--k", "5000", "--out", str(tmp_path / "d")],
              "--k 5000: more classes than particles (2000)")
