@@ -100,6 +100,7 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
         recs = batch_recs
         _progress(done, len(stack), 1.0, "reconstruct")
     half_a, half_b, full = finalize_halves(*recs, prior=False)
+    del recs, batch_recs, source  # the accumulators (the bulk of the memory) are not needed for the FSC
     write_map(out, to_numpy(full), stack.pixel_size, overwrite=a.overwrite)
     if a.halves:
         for name, v in (("half_A", half_a), ("half_B", half_b)):

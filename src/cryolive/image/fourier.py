@@ -45,38 +45,73 @@ def ifftnc(f: Any) -> Any:
     return m.fft.fftshift(m.fft.ifftn(m.fft.ifftshift(f)))
 
 
-def rfftnc(vol: Any) -> Any:
-    """Centred real 3D FFT of a cubic ``(N, N, N)`` volume ``[z, y, x]`` -> the Hermitian half grid
-    ``(N, N, N // 2 + 1)`` complex64: ``kz`` and ``ky`` centred (zero frequency at index ``N // 2``), ``kx = 0 ..
-    N // 2``. The other half is ``F(-k) = conj F(k)``. NumPy inputs use ``scipy.fft`` on every core."""
+#: elements per chunk of the axis-by-axis inverse transform (bounds its temporaries)
+_CHUNK = 1 << 22
+
+
+def _fft_module(m: Any) -> tuple[Any, dict]:
+    """The FFT module for arrays of ``m`` and its keyword arguments: ``scipy.fft`` on every core (NumPy, in the
+    input's precision, in place where allowed) or ``cupy.fft``."""
+    if m.__name__ == "numpy":
+        import os
+
+        import scipy.fft
+
+        return scipy.fft, {"workers": os.cpu_count() or 1, "overwrite_x": True}
+    return m.fft, {}
+
+
+def _alternating(idx: Any, m: Any) -> Any:
+    """``(-1) ** idx`` as float32 (multiplying real space by it moves the spectrum by half the grid)."""
+    return (1 - 2 * (idx % 2)).astype(m.float32)
+
+
+def padded_rfftnc(vol: Any, big: int) -> Any:
+    """Real 3D FFT of a cubic volume ``(n, n, n)`` (centre voxel ``n // 2``) zero-padded to ``(N, N, N)``, ``N = big``
+    (even): the Hermitian half grid ``(N, N, N // 2 + 1)`` complex64 with ``kz``, ``ky`` centred (zero frequency at
+    index ``N // 2``) and ``kx = 0 .. N // 2`` — the same values as ``fftshift(fftn(ifftshift(pad(vol))))`` on those
+    indices. The volume is placed with its centre at index 0 and multiplied by ``(-1)^(z + y)`` (which centres the
+    spectrum along z and y), so no full-size shifted copy is made: peak memory is the padded volume and the output.
+    """
     m = array_module(vol)
-    shifted = m.fft.ifftshift(vol)
-    if m.__name__ == "numpy":
-        import os
+    v = m.asarray(vol, dtype=m.float32)
+    n = v.shape[0]
+    dest = (m.arange(n) - n // 2) % big  # where voxel a goes: its offset from the centre, wrapped
+    sign = _alternating(dest, m)
+    padded = m.zeros((big, big, big), dtype=m.float32)
+    padded[dest[:, None, None], dest[None, :, None], dest[None, None, :]] = \
+        v * sign[:, None, None] * sign[None, :, None]
+    fft, kw = _fft_module(m)
+    return fft.rfftn(padded, **kw).astype(m.complex64, copy=False)
 
-        import scipy.fft
 
-        out = scipy.fft.rfftn(shifted.astype(m.float32, copy=False), workers=os.cpu_count() or 1)
-    else:
-        out = m.fft.rfftn(shifted)
-    return m.fft.fftshift(out, axes=(0, 1)).astype(m.complex64, copy=False)
+def cropped_irfftnc(f: Any, big: int, n: int) -> Any:
+    """The central ``(n, n, n)`` block (centre voxel ``n // 2``) of the real volume whose padded half grid
+    ``(N, N, N // 2 + 1)`` is laid out as :func:`padded_rfftnc` makes it; float32.
 
-
-def irfftnc(f: Any, n: int) -> Any:
-    """Inverse of :func:`rfftnc`: the half grid ``(n, n, n // 2 + 1)`` -> real ``(n, n, n)`` float32, centred.
-    ``f`` may be overwritten (NumPy: transformed in place to bound memory)."""
-    m = array_module(f)
-    shifted = m.fft.ifftshift(f, axes=(0, 1))
-    if m.__name__ == "numpy":
-        import os
-
-        import scipy.fft
-
-        del f
-        out = scipy.fft.irfftn(shifted, s=(n, n, n), workers=os.cpu_count() or 1, overwrite_x=True)
-    else:
-        out = m.fft.irfftn(shifted, s=(n, n, n))
-    return m.fft.fftshift(out).astype(m.float32, copy=False)
+    ``f``: that half grid, or a function ``f(j0, j1)`` returning its columns ``[:, :, j0:j1]`` (so a caller can
+    compute the grid a few columns at a time and never hold it whole). The inverse runs axis by axis, in chunks,
+    and keeps only the ``n`` planes the crop needs after each axis, so the memory it needs is about ``n / N`` of
+    the grid's.
+    """
+    columns = f if callable(f) else (lambda j0, j1: f[:, :, j0:j1])
+    h = big // 2 + 1
+    m = array_module(columns(0, 1))
+    fft, kw = _fft_module(m)
+    kw = {k: v for k, v in kw.items() if k != "overwrite_x"}
+    keep = (m.arange(n) - n // 2) % big  # offsets from the centre of the kept voxels, wrapped
+    sign = _alternating(keep, m)
+    step = max(1, _CHUNK // (big * big))
+    g = m.empty((n, big, h), dtype=m.complex64)
+    for j in range(0, h, step):  # along z, a few x columns at a time: centred kz gives (-1)^z; n planes kept
+        g[:, :, j:j + step] = fft.ifft(columns(j, min(h, j + step)), axis=0, **kw)[keep] * sign[:, None, None]
+    g2 = m.empty((n, n, h), dtype=m.complex64)
+    step = max(1, _CHUNK // (big * h))
+    for j in range(0, n, step):  # along y, a few z planes at a time
+        g2[j:j + step] = fft.ifft(g[j:j + step], axis=1, **kw)[:, keep] * sign[None, :, None]
+    del g
+    out = fft.irfft(g2, n=big, axis=2, **kw)[:, :, keep]
+    return m.ascontiguousarray(out, dtype=m.float32)
 
 
 def rfft_freqs_2d(n: int) -> tuple[Any, Any]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +22,6 @@ from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import threshold_mask
-from cryolive.projection import Reconstructor
 from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
@@ -127,7 +127,9 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
         assert recs is not None
         t_insert = time.perf_counter() - t0
         job.log(f"inserted {len(stack)} particles in {t_insert:.1f} s ({len(stack) / t_insert:.0f} particles/s)")
-        result = _finish(job, params, stack, *recs, t0=t0, t_insert=t_insert)
+        maps = finalize_halves(*recs, prior=False)
+        del recs, batch_recs, source  # the accumulators (the bulk of the memory) are not needed any more
+        result = _finish(job, params, stack, *maps, t0=t0, t_insert=t_insert)
     except BaseException as exc:
         failed = isinstance(exc, Exception)
         job.log(f"FAILED: {exc}" if failed else "STOPPED by the user; no map was written")
@@ -139,10 +141,11 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
     return result
 
 
-def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, rec_a: Reconstructor,
-            rec_b: Reconstructor, t0: float, t_insert: float) -> ReconstructResult:
+def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, half_a: Any, half_b: Any, full: Any,
+            t0: float, t_insert: float) -> ReconstructResult:
+    """Mask, gold-standard FSC, sharpening and the files of a known-pose reconstruction from its unregularised
+    half maps and full map ``(n, n, n)`` (backend arrays)."""
     apix = stack.pixel_size
-    half_a, half_b, full = finalize_halves(rec_a, rec_b, prior=False)
     if params.mask:
         from cryolive.io import read_matching_mask
 

@@ -20,16 +20,16 @@ their mean, as RELION does: the corners hold no data, only noise that the correc
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from cryolive.backend import scatter_add, xp
-from cryolive.image.fourier import irfftnc, rfft_freqs_2d, shift_phase
+from cryolive.image.fourier import cropped_irfftnc, rfft_freqs_2d, shift_phase
 from cryolive.image.resample import resample_volume
 from cryolive.projection import _kernels
 from cryolive.projection.gridding import (
-    crop_volume,
     fold_to_half,
     gridding_correction,
     half_grid_multiplicity,
@@ -166,25 +166,48 @@ class Reconstructor:
         out.denominator = self.denominator.copy()
         return out
 
-    def _grids(self, plus: Reconstructor | None) -> tuple[Any, Any]:
-        """Fresh copies of the accumulators (plus ``plus``'s) as ``(N, N, N // 2 + 1)`` arrays."""
+    def _hermitian_columns(self, plus: Reconstructor | None) -> Callable[[int, int], tuple[Any, Any]]:
+        """A reader of the accumulators' columns: ``(num, den)[:, :, j0:j1]`` (new arrays) with ``plus``'s added and
+        Friedel symmetry imposed on the ``x = 0`` plane (and the point group's, with ``symmetrise='grid'``). Without
+        symmetry the accumulators are never copied whole."""
         big, h = self.big, self.big // 2 + 1
-        num, den = self.numerator.copy(), self.denominator.copy()
-        if plus is not None:
-            _check_same_grid(self, plus)
-            num += plus.numerator
-            den += plus.denominator
-        return num.reshape(big, big, h), den.reshape(big, big, h)
+        recs = [r for r in (self, plus) if r is not None]
+        for r in recs[1:]:
+            _check_same_grid(self, r)
+        if self.symmetrise == "grid" and len(self._ops) > 1:
+            num, den = self.hermitian_accumulators(plus)
+            return lambda j0, j1: (num[:, :, j0:j1], den[:, :, j0:j1])
+        nums = [r.numerator.reshape(big, big, h) for r in recs]
+        dens = [r.denominator.reshape(big, big, h) for r in recs]
+        n_plane, d_plane = sum(a[:, :, 0] for a in nums), sum(d[:, :, 0] for d in dens)
+        n_plane = n_plane + _mirror_plane(n_plane).conj()
+        d_plane = d_plane + _mirror_plane(d_plane)
+
+        def columns(j0: int, j1: int) -> tuple[Any, Any]:
+            num, den = nums[0][:, :, j0:j1].copy(), dens[0][:, :, j0:j1].copy()
+            for a, d in zip(nums[1:], dens[1:], strict=True):
+                num += a[:, :, j0:j1]
+                den += d[:, :, j0:j1]
+            if j0 == 0:
+                num[:, :, 0], den[:, :, 0] = n_plane, d_plane
+            return num, den
+
+        return columns
 
     def hermitian_accumulators(self, plus: Reconstructor | None = None) -> tuple[Any, Any]:
         """Numerator and denominator half grids ``(N, N, N // 2 + 1)`` (new arrays) with Friedel symmetry imposed on
         the ``x = 0`` plane, and the point group's (with ``symmetrise='grid'``: ``sum_g acc(g k)``, trilinear, as
         RELION symmetrises its back-projector). ``plus``: another reconstructor whose accumulators are added first
         (the full map from two half sets without a third copy)."""
-        num, den = self._grids(plus)
-        p_num, p_den = num[:, :, 0].copy(), den[:, :, 0].copy()
-        num[:, :, 0] = p_num + _mirror_plane(p_num).conj()
-        den[:, :, 0] = p_den + _mirror_plane(p_den)
+        big, h = self.big, self.big // 2 + 1
+        recs = [r for r in (self, plus) if r is not None]
+        for r in recs[1:]:
+            _check_same_grid(self, r)
+        num = sum(r.numerator for r in recs).reshape(big, big, h)
+        den = sum(r.denominator for r in recs).reshape(big, big, h)
+        n_plane, d_plane = num[:, :, 0].copy(), den[:, :, 0].copy()
+        num[:, :, 0] = n_plane + _mirror_plane(n_plane).conj()
+        den[:, :, 0] = d_plane + _mirror_plane(d_plane)
         if self.symmetrise == "grid" and len(self._ops) > 1:
             num, den = _symmetrised_half(num, den, self._ops[1:])
         return num, den
@@ -197,59 +220,56 @@ class Reconstructor:
         e.g. from :func:`cryolive.resolution.fsc.ssnr_from_fsc`), ``1/tau^2(s) = <den>_shell / SSNR(s)`` (RELION's
         tau2 from the FSC); otherwise a constant ``wiener_constant`` times the mean denominator over the sphere
         (default 1e-3: nearly unregularised, for clean data). ``plus``: finalize the sum of this reconstructor's
-        and ``plus``'s accumulators (neither is changed).
+        and ``plus``'s accumulators (neither is changed). Without symmetry the grid is divided and transformed a
+        few columns at a time: the memory beyond the accumulators is about half of one of them.
         """
         m = xp()
-        num, den = self.hermitian_accumulators(plus)
         big, h = self.big, self.big // 2 + 1
+        columns = self._hermitian_columns(plus)
+        step = max(1, _SLAB_VOXELS // (big * big))
+        chunks = [(j, min(h, j + step)) for j in range(0, h, step)]
         mult = half_grid_multiplicity(big)
-        slab = max(1, _SLAB_VOXELS // (big * h))
         if ssnr is not None:
             ssnr_arr = m.asarray(np.asarray(ssnr, dtype=np.float64), dtype=m.float32)
             nshell = len(ssnr_arr)
             sums = m.zeros(nshell, dtype=m.float64)
             counts = m.zeros(nshell, dtype=m.float64)
-            for z0 in range(0, big, slab):
-                shell = m.clip(m.rint(self._radius(z0, min(big, z0 + slab))).astype(m.int32), 0, nshell - 1)
-                wts = m.broadcast_to(mult, shell.shape)
-                sums += m.bincount(shell.ravel(), weights=(den[z0:z0 + slab] * wts).ravel(),
-                                   minlength=nshell)[:nshell]
-                counts += m.bincount(shell.ravel(), weights=wts.ravel(), minlength=nshell)[:nshell]
+            for j0, j1 in chunks:
+                shell = m.clip(m.rint(self._radius(j0, j1)).astype(m.int32), 0, nshell - 1).ravel()
+                wts = m.broadcast_to(mult[j0:j1], (big, big, j1 - j0))
+                sums += m.bincount(shell, weights=(columns(j0, j1)[1] * wts).ravel(), minlength=nshell)[:nshell]
+                counts += m.bincount(shell, weights=wts.ravel(), minlength=nshell)[:nshell]
             tau_inv = (sums / m.maximum(counts, 1) / m.maximum(ssnr_arr, 1e-6)).astype(m.float32)
         else:
             total = weight = 0.0
-            for z0 in range(0, big, slab):
-                inside = self._radius(z0, min(big, z0 + slab)) <= self.box / 2
-                wts = m.broadcast_to(mult, inside.shape) * inside
-                total += float((den[z0:z0 + slab] * wts).sum())
+            for j0, j1 in chunks:
+                wts = mult[j0:j1] * (self._radius(j0, j1) <= self.max_freq * self.box)
+                total += float((columns(j0, j1)[1] * wts).sum())
                 weight += float(wts.sum())
             k = 1e-3 if wiener_constant is None else wiener_constant
             reg_const = k * total / max(weight, 1.0) + 1e-12
-        for z0 in range(0, big, slab):
-            z1 = min(big, z0 + slab)
-            r = self._radius(z0, z1)
-            if ssnr is not None:
-                reg = tau_inv[m.clip(m.rint(r).astype(m.int32), 0, nshell - 1)]
-            else:
-                reg = reg_const
+
+        def ratio(j0: int, j1: int) -> Any:
+            num, den = columns(j0, j1)
+            r = self._radius(j0, j1)
+            reg = tau_inv[m.clip(m.rint(r).astype(m.int32), 0, nshell - 1)] if ssnr is not None else reg_const
             # den + reg is 0 only where no data came (beyond a working box's radius), and there num is 0 too
-            num[z0:z1] = m.where(r <= self.grid_box / 2, num[z0:z1] / m.maximum(den[z0:z1] + reg, _TINY), 0)
-        del den
-        vol = crop_volume(irfftnc(num, big), self.grid_box)
-        del num
+            return m.where(r <= self.grid_box / 2, num / m.maximum(den + reg, _TINY), 0).astype(m.complex64)
+
+        vol = cropped_irfftnc(ratio, big, self.grid_box)
         vol = soft_mask_outside_sphere(vol / gridding_correction(big, self.grid_box))
         if self.grid_box < self.box:  # back to the box n, the same transform values (see Projector)
             vol = resample_volume(vol, self.box) * np.float32((self.grid_box / self.box) ** 3)
         return vol.astype(m.float32)
 
-    def _radius(self, z0: int, z1: int) -> Any:
-        """Radius (pixels of the original box) of the half-grid voxels in planes ``z0:z1``, ``(z1 - z0, N, N/2+1)``."""
+    def _radius(self, j0: int, j1: int) -> Any:
+        """Radius (pixels of the original box) of the half-grid voxels in columns ``x = j0:j1``,
+        ``(N, N, j1 - j0)``."""
         m = xp()
         big = self.big
-        z = m.arange(z0, z1, dtype=m.float32) - big // 2
-        y = m.arange(big, dtype=m.float32) - big // 2
-        x = m.arange(big // 2 + 1, dtype=m.float32)
-        return m.sqrt(z[:, None, None] ** 2 + y[None, :, None] ** 2 + x[None, None, :] ** 2) / self.pad
+        c = m.arange(big, dtype=m.float32) - big // 2
+        x = m.arange(j0, j1, dtype=m.float32)
+        return m.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + x[None, None, :] ** 2) / self.pad
 
 
 def _check_same_grid(a: Reconstructor, b: Reconstructor) -> None:

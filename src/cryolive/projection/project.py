@@ -19,14 +19,13 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import xp
-from cryolive.image.fourier import irfft2c, rfft_freqs_2d, rfftnc, shift_phase
+from cryolive.image.fourier import irfft2c, padded_rfftnc, rfft_freqs_2d, shift_phase
 from cryolive.image.resample import resample_volume
 from cryolive.projection import _kernels
 from cryolive.projection.gridding import (
     fold_to_half,
     gridding_correction,
     half_trilinear_corners,
-    pad_volume,
     slice_points,
     working_box,
 )
@@ -62,7 +61,7 @@ class Projector:
         self.big = self.pad * self.grid_box
         self._scale = float(self.pad * self.box)  # grid units per cycle/pixel of the box n
         corrected = vol / gridding_correction(self.big, self.grid_box)
-        self.ft = rfftnc(pad_volume(corrected, self.pad)).ravel()
+        self.ft = padded_rfftnc(corrected, self.big).ravel()
         del corrected
         ky, kx = rfft_freqs_2d(self.box)
         self._kx, self._ky = kx, ky

@@ -134,14 +134,12 @@ def finalize_halves(rec_a: Reconstructor, rec_b: Reconstructor, passes: int = 2,
     The accumulators are not changed.
     """
     half_a, half_b = rec_a.finalize(), rec_b.finalize()
-    both = rec_a.copy()
-    both.add(rec_b)
-    if not prior:
-        return half_a, half_b, both.finalize()
+    if not prior:  # the full map from the sum of both accumulators (no third copy of them)
+        return half_a, half_b, rec_a.finalize(plus=rec_b)
     for _ in range(max(passes - 1, 0)):
         half_a, half_b = regularised_halves(rec_a, rec_b, half_a, half_b)
     curve = fsc(half_a, half_b)
-    full = both.finalize(ssnr=ssnr_from_fsc(fsc_weight(curve), full_set=False))
+    full = rec_a.finalize(ssnr=ssnr_from_fsc(fsc_weight(curve), full_set=False), plus=rec_b)
     return half_a, half_b, full
 
 
