@@ -331,8 +331,7 @@ def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import InputError, check_map_content, read_map, write_map
     from cryolive.io.preflight import check_output_file
-    from cryolive.masks import mask_volume_fraction, threshold_mask
-    from cryolive.resolution.filters import lowpass
+    from cryolive.masks import mask_volume_fraction, solvent_mask_from_map
 
     check_output_file(a.out)
     if not 0 < a.threshold <= 1:
@@ -343,9 +342,7 @@ def cmd_mask(a: argparse.Namespace) -> int:
         raise InputError(f"--lowpass must be more than 0 Å (got {a.lowpass:g})")
     vol, apix = read_map(a.map)
     check_map_content(vol, a.map)
-    if a.lowpass:
-        vol = lowpass(vol, a.lowpass, apix)
-    mask = to_numpy(threshold_mask(vol, a.threshold, a.dilate, a.soft, apix))
+    mask = to_numpy(solvent_mask_from_map(vol, apix, a.threshold, a.dilate, a.soft, a.lowpass))
     write_map(a.out, mask, apix)
     print(f"wrote {a.out}: volume fraction {mask_volume_fraction(mask):.3f} (threshold {a.threshold} of max, "
           f"dilate {a.dilate} Å, soft edge {a.soft} Å)")

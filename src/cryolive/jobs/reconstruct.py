@@ -20,11 +20,11 @@ from cryolive.io import InputError, ParticleStack, read_particles, write_map
 from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder
-from cryolive.masks import threshold_mask
+from cryolive.masks import solvent_mask_from_map
 from cryolive.params import check_params, param
 from cryolive.projection import Reconstructor
 from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
-from cryolive.resolution.filters import fsc_filter, lowpass
+from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.resolution.sharpen import auto_bfactor, sharpen
 from cryolive.rotations.symmetry import check_symmetry
@@ -149,8 +149,8 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, rec
 
         mask = xp().asarray(read_matching_mask(params.mask, stack.box, apix, params.particles, "mask"))
     else:
-        mask = threshold_mask(lowpass(full, params.mask_lowpass_A, apix), params.mask_threshold,
-                              params.mask_dilate_A, params.mask_soft_A, apix)
+        mask = solvent_mask_from_map(full, apix, params.mask_threshold, params.mask_dilate_A, params.mask_soft_A,
+                                     params.mask_lowpass_A)
     result_fsc = gold_standard_fsc(half_a, half_b, apix, mask=mask, seed=params.seed)
     res = float(result_fsc.res_0143)
     job.log(f"gold-standard FSC: {res:.2f} Å at 0.143, {result_fsc.res_05:.2f} Å at 0.5 (masked, corrected); "

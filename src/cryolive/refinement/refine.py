@@ -40,7 +40,7 @@ from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
-from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
+from cryolive.masks import mask_volume_fraction, soft_sphere, solvent_mask_from_map
 from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.reconstruction.halves import half_sets, regularised_halves
@@ -574,9 +574,9 @@ class _Refiner:
             near = max(p.dynamic_mask_near * res, p.fsc_mask_min_near_A)
             far = max(p.dynamic_mask_far * res, p.fsc_mask_min_far_A)
             # the FSC mask, and a looser refinement mask (twice the widths, at least cryoSPARC's 6 / 14 Å)
-            fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, near, far, self.apix)
-            mask = threshold_mask(smooth, p.dynamic_mask_threshold, max(2 * near, 6.0), max(2 * far, 14.0),
-                                  self.apix)
+            fsc_mask = solvent_mask_from_map(smooth, self.apix, p.dynamic_mask_threshold, near, far)
+            mask = solvent_mask_from_map(smooth, self.apix, p.dynamic_mask_threshold, max(2 * near, 6.0),
+                                         max(2 * far, 14.0))
             # a degenerate mask (a few voxels around a noise peak) makes the masked FSC meaningless: keep the
             # previous mask until the map supports a real one
             if mask_volume_fraction(fsc_mask) >= p.dynamic_mask_min_fraction:
