@@ -38,15 +38,13 @@ def _at_least(*checks: tuple[str, int | None, int]) -> None:
 
 
 def cmd_simulate(a: argparse.Namespace) -> int:
+    from cryolive.params import params_from_args
     from cryolive.rotations.symmetry import check_symmetry
     from cryolive.simulator.dataset import SimulationParams, simulate_dataset
 
     check_symmetry(a.sym)
 
-    p = SimulationParams(n=a.n, box=a.box, pixel_size=a.apix, snr=a.snr, n_states=a.states, seed=a.seed,
-                         symmetry=a.sym, max_shift_px=a.max_shift, defocus_min_A=a.defocus_min,
-                         defocus_max_A=a.defocus_max, scale_sd=a.scale_sd, float16=a.float16,
-                         n_domains=a.domains)
+    p = params_from_args(SimulationParams, a, seed=a.seed, symmetry=a.sym, float16=a.float16)
     out = simulate_dataset(a.out, p, progress=lambda d, t, e: _progress(d, t, e, "simulate"))
     print(f"wrote {p.n} particles (box {p.box}, {p.pixel_size} Å/px, SNR {p.snr}, {p.n_states} state(s)) to {out}")
     print("  particles.star + particles.mrcs, truth/ (maps, poses, states), reference.mrc (truth low-passed)")
@@ -77,12 +75,15 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     from cryolive.io import read_particles, write_map
     from cryolive.io.particles import check_half_sets, check_image_statistics
     from cryolive.io.preflight import check_output_file
+    from cryolive.jobs.reconstruct import ReconstructParams
+    from cryolive.params import check_params, params_from_args
     from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
     from cryolive.resolution.fsc import gold_standard_fsc
     from cryolive.rotations.symmetry import check_symmetry
 
     check_symmetry(a.sym)
-    _at_least(("--batch-size", a.batch_size, 1), ("--workers", a.workers, 1))
+    check_params(params_from_args(ReconstructParams, a, particles=a.star, out=a.out, symmetry=a.sym, seed=a.seed,
+                                  scheduler=a.scheduler))
     out = check_output_file(a.out, overwrite=a.overwrite, overwrite_flag="--overwrite")
     stack = read_particles(a.star)
     check_image_statistics(stack)
@@ -114,16 +115,12 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 def cmd_refine(a: argparse.Namespace) -> int:
     from cryolive.io import InputError
     from cryolive.jobs.refine import refine_job
+    from cryolive.params import params_from_args
     from cryolive.refinement.refine import RefineParams
     from cryolive.refinement.sgd import SGDStep
 
-    p = RefineParams(symmetry=a.sym, initial_lowpass_A=a.lowpass, max_iter=a.max_iter, seed=a.seed,
-                     marginalize=a.marginalize, batch_size=a.batch_size, global_iters=a.global_iters,
-                     max_global_iters=a.max_global_iters,
-                     max_align_resolution_A=a.max_align_res, scale_mode=a.scale,
-                     coarse_step_deg=a.coarse_step, max_shift_px=a.max_shift,
-                     sgd_steps=RefineParams.sgd_steps if a.sgd_steps is None else a.sgd_steps,
-                     use_input_poses=a.use_poses, relax_symmetry=a.relax_sym)
+    p = params_from_args(RefineParams, a, symmetry=a.sym, seed=a.seed, marginalize=a.marginalize,
+                         use_input_poses=a.use_poses, relax_symmetry=a.relax_sym)
     def show(it) -> None:  # noqa: ANN001 - RefineStep
         if isinstance(it, SGDStep):
             if it.milestone:
@@ -161,13 +158,10 @@ def cmd_refine(a: argparse.Namespace) -> int:
 def cmd_motion(a: argparse.Namespace) -> int:
     from cryolive.jobs.motion import motion_job
     from cryolive.motion import MotionParams
+    from cryolive.params import params_from_args
 
-    p = MotionParams(thoroughness=a.thoroughness, final_stage=a.stage, float16=a.float16,
-                     target_particles=a.target_particles, fit_fraction=a.fit_fraction,
-                     override_r=a.override_r, override_theta=a.override_theta, override_z_A=a.override_z,
-                     crop_box=a.crop_box, recenter=a.recenter, skip_wrong_frame_count=a.skip_wrong_frames,
-                     max_prior_strength=a.max_prior_strength, seed=a.seed, gain=a.gain, gain_rot=a.gain_rot,
-                     gain_flip=a.gain_flip, dose_per_frame=a.dose_per_frame)
+    p = params_from_args(MotionParams, a, recenter=a.recenter, skip_wrong_frame_count=a.skip_wrong_frames,
+                         seed=a.seed, gain=a.gain, gain_rot=a.gain_rot, gain_flip=a.gain_flip)
 
     def show(step) -> None:  # noqa: ANN001 - MotionStep
         print(f"{step.stage:5s} {step.done:4d}/{step.total:<4d} {step.micrograph_name}  {step.message}", flush=True)
@@ -243,16 +237,15 @@ def _require(a: argparse.Namespace, options: Sequence[tuple[str, Any]]) -> None:
 def cmd_classify(a: argparse.Namespace) -> int:
     from cryolive.classification.classify import ClassifyParams
     from cryolive.jobs.classify import classify_job
+    from cryolive.params import params_from_args
 
     if a.continue_job:
         return _continue_classes(a, "classify")
     _require(a, (("STAR", a.star), ("--k", a.k), ("--out", a.out)))
     if a.k < 1:
         raise ValueError(f"--k must be at least 1 (got {a.k})")
-    p = ClassifyParams(n_classes=a.k, mode="local" if a.local_search else "fixed", max_iter=a.max_iter,
-                       class_similarity=a.similarity, anneal_iters=a.anneal_iters, online_em_iters=a.online_iters,
-                       minibatch_size=a.minibatch, max_resolution_A=a.max_res, init_lowpass_A=a.lowpass,
-                       symmetry=a.sym, batch_size=a.batch_size, seed=a.seed)
+    p = params_from_args(ClassifyParams, a, mode="local" if a.local_search else "fixed", symmetry=a.sym,
+                         seed=a.seed)
     show = _classify_printer()
     _, result = drain(classify_job(a.star, a.out, p, solvent_mask=a.solvent_mask, focus_mask=a.focus_mask,
                                    consensus=a.consensus), show)
@@ -263,15 +256,13 @@ def cmd_classify(a: argparse.Namespace) -> int:
 def cmd_hetero(a: argparse.Namespace) -> int:
     from cryolive.classification.classify import ClassifyParams
     from cryolive.jobs.classify import classify_job
+    from cryolive.params import params_from_args
 
     if a.continue_job:
         return _continue_classes(a, "hetero")
     _require(a, (("STAR", a.star), ("--ref", a.ref), ("--out", a.out)))
-    p = ClassifyParams(n_classes=len(a.ref), mode="hetero", max_iter=a.max_iter, class_box=a.class_box,
-                       hetero_search="local" if a.local else "global", class_similarity=a.similarity,
-                       anneal_iters=a.anneal_iters, online_em_iters=a.online_iters, minibatch_size=a.minibatch,
-                       max_resolution_A=a.max_res, init_lowpass_A=a.lowpass, coarse_step_deg=a.coarse_step,
-                       symmetry=a.sym, batch_size=a.batch_size, seed=a.seed)
+    p = params_from_args(ClassifyParams, a, n_classes=len(a.ref), mode="hetero",
+                         hetero_search="local" if a.local else "global", symmetry=a.sym, seed=a.seed)
     show = _classify_printer()
     _, result = drain(classify_job(a.star, a.out, p, starts=a.ref, solvent_mask=a.mask), show)
     _report_classes(show, result, a.out)
@@ -283,9 +274,9 @@ def cmd_class2d(a: argparse.Namespace) -> int:
 
     from cryolive.class2d import Class2DParams
     from cryolive.jobs.class2d import class2d_job
+    from cryolive.params import params_from_args
 
-    p = Class2DParams(k=a.k, max_iter=a.max_iter, diameter_A=a.diameter, psi_step_deg=a.psi_step,
-                      max_shift_px=a.max_shift, batch_size=a.batch_size, seed=a.seed)
+    p = params_from_args(Class2DParams, a, seed=a.seed)
     job_dir: list[str] = []
 
     def show(it) -> None:  # noqa: ANN001 - Class2DIteration
@@ -342,8 +333,7 @@ def cmd_mask(a: argparse.Namespace) -> int:
     from cryolive.backend import to_numpy
     from cryolive.io import InputError, check_map_content, read_map, write_map
     from cryolive.io.preflight import check_output_file
-    from cryolive.masks import mask_volume_fraction, threshold_mask
-    from cryolive.resolution.filters import lowpass
+    from cryolive.masks import mask_volume_fraction, solvent_mask_from_map
 
     check_output_file(a.out)
     if not 0 < a.threshold <= 1:
@@ -354,9 +344,7 @@ def cmd_mask(a: argparse.Namespace) -> int:
         raise InputError(f"--lowpass must be more than 0 Å (got {a.lowpass:g})")
     vol, apix = read_map(a.map)
     check_map_content(vol, a.map)
-    if a.lowpass:
-        vol = lowpass(vol, a.lowpass, apix)
-    mask = to_numpy(threshold_mask(vol, a.threshold, a.dilate, a.soft, apix))
+    mask = to_numpy(solvent_mask_from_map(vol, apix, a.threshold, a.dilate, a.soft, a.lowpass))
     write_map(a.out, mask, apix)
     print(f"wrote {a.out}: volume fraction {mask_volume_fraction(mask):.3f} (threshold {a.threshold} of max, "
           f"dilate {a.dilate} Å, soft edge {a.soft} Å)")
@@ -464,25 +452,45 @@ def cmd_gui(a: argparse.Namespace) -> int:
     return 0
 
 
-def _add_em_options(s: argparse.ArgumentParser) -> None:
-    """Options that 3D classification and heterogeneous refinement share (EM schedule, resolution limit)."""
-    s.add_argument("--max-iter", type=int, default=20, help="maximum iterations (20)")
-    s.add_argument("--similarity", type=_fraction, default=0.5, help="initial class similarity in [0, 1] (0.5)")
-    s.add_argument("--anneal-iters", type=int, default=4, help="iterations over which it anneals to 0 (4)")
-    s.add_argument("--online-iters", type=int, default=2, help="online-EM (minibatch) iterations first (2)")
-    s.add_argument("--minibatch", type=int, default=None, help="particles per online-EM iteration (max(1000, 300 K))")
-    s.add_argument("--max-res", type=float, default=None, help="never align beyond this resolution (Å)")
-
-
 def _add_run_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
-    s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with usage errors in one line (the subcommand, the option and the problem) instead of the whole
-    usage text; ``--help`` still prints it all."""
+    usage text; ``--help`` still prints it all. Options from a parameter spec (:meth:`add_spec_options`) are
+    added when the parser is first used, so that ``cryolive`` loads the params modules of its command only."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pending: list[tuple[str, str, dict[str, Any]]] = []
+
+    def add_spec_options(self, module: str, cls_name: str, **kwargs: Any) -> None:
+        """The options :func:`cryolive.params.add_arguments` makes for ``module.cls_name`` (``kwargs``: its
+        ``only``, ``exclude``, ``override``), added when this parser parses or shows its help."""
+        self._pending.append((module, cls_name, kwargs))
+
+    def _add_pending(self) -> None:
+        import importlib
+
+        from cryolive.params import add_arguments
+
+        while self._pending:
+            module, cls_name, kwargs = self._pending.pop(0)
+            add_arguments(self, getattr(importlib.import_module(module), cls_name), **kwargs)
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:  # noqa: ANN401 - argparse's
+        self._add_pending()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._add_pending()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._add_pending()
+        return super().format_usage()
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -494,18 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("simulate", help="simulate particles from a phantom with known poses, CTFs and states")
     s.add_argument("--out", required=True, help="output folder (created; must not exist or be empty)")
-    s.add_argument("--n", type=int, default=2000, help="number of particles (default 2000)")
-    s.add_argument("--box", type=int, default=64, help="box size in pixels (default 64)")
-    s.add_argument("--apix", type=float, default=2.0, help="pixel size in Å (default 2.0)")
-    s.add_argument("--snr", type=float, default=0.1, help="signal-to-noise ratio var(signal)/var(noise) (0.1)")
-    s.add_argument("--states", type=int, default=1, help="conformational states (1: homogeneous)")
+    s.add_spec_options("cryolive.simulator.dataset", "SimulationParams")
     s.add_argument("--seed", type=int, default=0, help="random seed (the data are deterministic for a seed)")
     s.add_argument("--sym", default="C1", help="point-group symmetry of the phantom (C1, Cn, Dn, T, O, I1, I2)")
-    s.add_argument("--domains", type=int, default=4, help="domains in the phantom (default 4)")
-    s.add_argument("--max-shift", type=float, default=4.0, help="maximum origin shift in pixels (4)")
-    s.add_argument("--defocus-min", type=float, default=10000.0, help="minimum defocus in Å (10000)")
-    s.add_argument("--defocus-max", type=float, default=30000.0, help="maximum defocus in Å (30000)")
-    s.add_argument("--scale-sd", type=float, default=0.1, help="spread of per-particle scales (0.1)")
     s.add_argument("--float16", action="store_true", help="write the stack as float16 (half the size)")
     s.set_defaults(func=cmd_simulate)
 
@@ -522,11 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="output map .mrc")
     s.add_argument("--sym", default="C1", help="symmetry applied on insertion (default C1)")
     s.add_argument("--halves", action="store_true", help="also write <out>_half_A.mrc and <out>_half_B.mrc")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_spec_options("cryolive.jobs.reconstruct", "ReconstructParams")
     s.add_argument("--seed", type=int, default=0, help="seed of the random half split when the file has none")
     s.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
-    s.add_argument("--workers", type=int, default=None,
-                   help="back-project on a local Dask cluster of this many processes")
     s.add_argument("--scheduler", metavar="ADDRESS", default=None,
                    help="back-project on an existing Dask cluster (e.g. tcp://host:8786)")
     s.set_defaults(func=cmd_reconstruct)
@@ -541,26 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(the other options are taken from its params.json)")
     s.add_argument("--mask", help="static mask (else a sphere, then a dynamic mask from the half maps)")
     s.add_argument("--sym", default="C1", help="symmetry (C1, Cn, Dn, T, O, I1, I2)")
-    s.add_argument("--lowpass", type=float, default=20.0, help="initial low-pass of the reference in Å (20)")
-    s.add_argument("--max-iter", type=int, default=12, help="maximum iterations (12)")
-    s.add_argument("--global-iters", type=int, default=3, help="iterations with a global search before local (3)")
-    s.add_argument("--max-global-iters", type=int, default=8,
-                   help="global search goes on after --global-iters while > 5 %% of the particles still move by "
-                        "> 20 deg, up to this many global iterations (8; equal to --global-iters: never)")
-    s.add_argument("--sgd-steps", type=int, default=None,
-                   help="minibatch (ab-initio) steps from the reference at low resolution before refining, so a "
-                        "wrong reference still converges (default: RefineParams.sgd_steps; 0 = trust the reference)")
+    s.add_spec_options("cryolive.refinement.refine", "RefineParams")
     s.add_argument("--use-poses", action="store_true",
                    help="start from the particles' own poses with local searches (a previous refinement's)")
     s.add_argument("--relax-sym", default=None, metavar="SYM",
                    help="pseudo-symmetry to relax (RELION's --relax_sym): local searches also try each mate of the "
                         "pose under SYM and keep the best; the map keeps --sym")
-    s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
-    s.add_argument("--max-shift", type=float, default=None, help="shift search range in pixels (10%% of box)")
-    s.add_argument("--max-align-res", type=float, default=None, help="never align beyond this resolution (Å)")
-    s.add_argument("--scale", choices=("minimize", "reset"), default="minimize", help="per-particle scale")
     s.add_argument("--marginalize", action="store_true", help="adaptive marginalisation over the best poses")
-    s.add_argument("--batch-size", type=int, default=256)
     s.add_argument("--save-iterations", action="store_true", help="write the map of every iteration")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_refine)
@@ -575,25 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rotate the gain by N x 90 degrees counter-clockwise, y up (as RELION's --gain_rot)")
     s.add_argument("--gain-flip", type=int, choices=(0, 1, 2), default=0,
                    help="then flip the gain: 0 no, 1 upside down, 2 left-right (as RELION's --gain_flip)")
-    s.add_argument("--dose-per-frame", type=float,
-                   help="e/Å² per frame (default: rlnMicrographDoseRate of the STAR, if any); recorded with the "
-                        "dose weights")
     s.add_argument("--half-a", required=True, help="half map A (particles with rlnRandomSubset 1)")
     s.add_argument("--half-b", required=True, help="half map B (rlnRandomSubset 2)")
     s.add_argument("--mask", help="mask applied to the half maps before projecting references")
     s.add_argument("--out", required=True, help="parent folder of the new job folder job_motion_<nnn>")
     s.add_argument("--hyper", help="hyperparameters.json of a previous job (skips the search)")
     s.add_argument("--dose-weights", help="dose_weights.npz of a previous job (skips the dose estimation)")
-    s.add_argument("--stage", choices=("hyper", "dose", "final"), default="final", help="final processing stage")
-    s.add_argument("--float16", action="store_true", help="write the corrected particles in half precision")
-    s.add_argument("--thoroughness", choices=("fast", "balanced", "extensive"), default="fast")
-    s.add_argument("--target-particles", type=int, default=1000, help="particles for the hyper search (1000)")
-    s.add_argument("--fit-fraction", type=float, default=0.5, help="fraction of Fourier components to fit (0.5)")
-    s.add_argument("--max-prior-strength", type=float, default=1e4, help="largest total prior strength r")
-    s.add_argument("--override-r", type=float, help="total prior strength r (1/px²); give all three overrides")
-    s.add_argument("--override-theta", type=float, help="balance theta (radians, 0 spatial .. pi/2 acceleration)")
-    s.add_argument("--override-z", type=float, help="correlation distance z (Å)")
-    s.add_argument("--crop-box", type=int, help="Fourier-crop the output particles to this box")
+    s.add_spec_options("cryolive.motion", "MotionParams")
     s.add_argument("--recenter", action="store_true", help="re-centre the picks on the refinement's origins")
     s.add_argument("--skip-wrong-frames", action="store_true", help="skip movies with an uncommon frame count")
     s.add_argument("--seed", type=int, default=0)
@@ -602,7 +574,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("classify", help="3D classification with fixed poses (or a local search), focus/solvent masks")
     s.add_argument("star", nargs="?",
                    help="particles with poses and CTFs (RELION STAR or cryoSPARC .cs), e.g. from a refinement")
-    s.add_argument("--k", type=int, help="number of classes")
     s.add_argument("--out", metavar="JOBDIR", help="parent folder of the new job folder job_classify_<nnn>")
     s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
                    help="go on with a killed or stopped classification from its last completed iteration, in its "
@@ -614,8 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--consensus", metavar="MRC",
                    help="consensus map V̄ (default: reconstructed from all particles at their poses)")
     s.add_argument("--local-search", action="store_true", help="local pose search per class around the input poses")
-    _add_em_options(s)
-    s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of starting maps in Å (20)")
+    s.add_spec_options("cryolive.classification.classify", "ClassifyParams", exclude=("class_box", "coarse_step_deg"),
+                       override={"n_classes": {"default": None}, "class_similarity": {"type": _fraction}})
     _add_run_options(s)
     s.set_defaults(func=cmd_classify)
 
@@ -628,27 +599,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
                    help="go on with a killed or stopped heterogeneous refinement from its last completed iteration, "
                         "in its folder (the other options are taken from its params.json)")
-    s.add_argument("--class-box", type=int, default=None, help="box of the class maps (min(box, 128)); past the "
-                   "particle box the FSC beyond the data's Nyquist is not real")
     s.add_argument("--mask", metavar="MRC", help="solvent mask (default: made from the mean starting map)")
     s.add_argument("--local", action="store_true", help="local pose search around the input poses (not global)")
-    _add_em_options(s)
-    s.add_argument("--lowpass", type=float, default=20.0, help="low-pass of the starting maps in Å (20)")
-    s.add_argument("--coarse-step", type=float, default=7.5, help="coarsest angular step in degrees (7.5)")
+    s.add_spec_options("cryolive.classification.classify", "ClassifyParams", exclude=("n_classes",),
+                       override={"class_similarity": {"type": _fraction}})
     _add_run_options(s)
     s.set_defaults(func=cmd_hetero)
 
     s = sub.add_parser("class2d", help="reference-free 2D classification (maximum likelihood, RELION-like)")
     s.add_argument("star", help="particles with CTFs (RELION STAR or cryoSPARC .cs); poses are not needed")
-    s.add_argument("--k", type=int, required=True, help="number of classes")
     s.add_argument("--out", required=True, metavar="JOBDIR",
                    help="parent folder of the new job folder job_class2d_<nnn>")
-    s.add_argument("--diameter", type=float, default=None, metavar="Å",
-                   help="mask diameter in Å (default: 0.9 of the box)")
-    s.add_argument("--max-iter", type=int, default=25, help="EM iterations (25)")
-    s.add_argument("--psi-step", type=float, default=10.0, help="coarse in-plane angular step in degrees (10)")
-    s.add_argument("--max-shift", type=float, default=None, help="origin search radius in pixels (10 %% of the box)")
-    s.add_argument("--batch-size", type=int, default=256)
+    s.add_spec_options("cryolive.class2d", "Class2DParams", override={"k": {"required": True, "default": None}})
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_class2d)
 

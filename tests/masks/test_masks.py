@@ -7,13 +7,18 @@ import pytest
 
 from cryolive.backend import asarray, to_numpy
 from cryolive.masks import (
+    FOCUS_OUTSIDE_WARN_FRACTION,
+    focus_outside_region,
+    focus_outside_solvent,
     fraction_outside,
     mask_volume_fraction,
     soft_edge_from_binary,
     soft_sphere,
+    solvent_mask_from_map,
     sphere_at,
     threshold_mask,
 )
+from cryolive.resolution.filters import lowpass
 
 
 @pytest.fixture(autouse=True)
@@ -100,6 +105,32 @@ def test_fraction_outside() -> None:
     outside = sphere_at(n, (c, c, c + 28), 3.0, p, 0.0)
     assert fraction_outside(inside, big) == 0.0
     assert fraction_outside(outside, big) == 1.0
+
+
+def test_solvent_mask_from_map_is_lowpass_then_threshold() -> None:
+    rng = np.random.default_rng(1)
+    n, p = 32, 2.0
+    blob = to_numpy(soft_sphere(n, 12.0, p, 6.0)) + 0.1 * rng.standard_normal((n, n, n)).astype(np.float32)
+    v = asarray(blob.astype(np.float32))
+    np.testing.assert_array_equal(to_numpy(solvent_mask_from_map(v, p, 0.3, 4.0, 6.0)),
+                                  to_numpy(threshold_mask(v, 0.3, 4.0, 6.0, p)))
+    np.testing.assert_array_equal(to_numpy(solvent_mask_from_map(v, p, 0.3, 4.0, 6.0, lowpass_A=10.0)),
+                                  to_numpy(threshold_mask(lowpass(v, 10.0, p), 0.3, 4.0, 6.0, p)))
+
+
+def test_focus_outside_solvent_one_threshold() -> None:
+    n = 32
+    solvent = np.zeros((n, n, n), np.float32)
+    solvent[:, :, :16] = 1.0
+    for outside, warned in ((0, False), (10, False), (11, True)):  # 0, 0.99 and 1.09 % of the focus region
+        focus = np.zeros((n, n, n), np.float32)
+        focus[5:15, 5:15, 5:15] = 1.0  # 1000 voxels inside
+        focus[20, :outside, 20] = 0.8  # beyond x = 16
+        overlap = focus_outside_solvent(asarray(focus), asarray(solvent))
+        assert overlap.fraction == pytest.approx(outside / (1000 + outside))
+        assert overlap.reaches_outside is warned
+        assert to_numpy(focus_outside_region(asarray(focus), asarray(solvent))).sum() == outside
+    assert FOCUS_OUTSIDE_WARN_FRACTION == 0.01
 
 
 def test_mask_volume_fraction() -> None:

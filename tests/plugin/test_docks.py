@@ -232,6 +232,31 @@ def test_focus_mask_half_outside_is_flagged(make_napari_viewer, qtbot):
     assert w.warning_label.isVisibleTo(w) and "Only a focus mask" in w.warning_label.text()
 
 
+def test_dock_and_classification_warn_on_the_same_masks(make_napari_viewer, qtbot):
+    """One rule (cryolive.masks.focus_outside_solvent): the Masks dock warns about a focus mask reaching outside
+    the solvent mask exactly when the classification job does (the dock used to warn from 0.5 %, the job from 1 %)."""
+    from cryolive.classification.masks import mask_warnings
+
+    viewer = make_napari_viewer()
+    _cube_map(viewer)
+    w = _masks_dock(viewer)
+    _hard_masks(w)
+    _wait_idle(qtbot, w)
+    w.new_paint_layer()
+    paint = viewer.layers["focus paint"]
+    # a 14^3 block inside the 16^3 cube (2744 voxels) and a few voxels beyond its +x face (x >= 24)
+    for rows, warned in ((0, False), (1, False), (3, True)):  # 0, 20 (0.7 %), 60 (2.1 %) voxels outside
+        labels = np.zeros(paint.data.shape, paint.data.dtype)
+        labels[9:23, 9:23, 9:23] = 1
+        labels[14:14 + rows, 14:18, 24:29] = 1
+        paint.data = labels
+        _wait_idle(qtbot, w)
+        job = mask_warnings(True, w.focus_mask, w.solvent_mask)
+        assert w.outside_fraction == pytest.approx(20 * rows / (2744 + 20 * rows))
+        assert w.warning_label.isVisibleTo(w) is bool(job) is warned, (rows, w.warning_text, job)
+        assert ("focus outside solvent" in viewer.layers) is warned
+
+
 def test_focus_sphere_placed_by_click(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _cube_map(viewer)

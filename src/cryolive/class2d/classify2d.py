@@ -56,19 +56,22 @@ PAD = 2  # padding factor of the class Fourier grids
 class Class2DParams:
     """Parameters of 2D classification. Lengths in Å unless named ``_px`` (pixels of the particle box)."""
 
-    k: int = param(50, ge=1, flag="--k", label="Classes")
+    k: int = param(50, ge=1, flag="--k", label="Classes", help="number of classes")
     """Number of classes."""
-    max_iter: int = param(25, ge=1, flag="--max-iter", label="Iterations")
+    max_iter: int = param(25, ge=1, flag="--max-iter", label="Iterations", help="EM iterations")
     """EM iterations after the random initial averages (iteration 0)."""
-    diameter_A: float | None = param(None, gt=0, unit="Å", flag="--diameter", label="Mask diameter")
+    diameter_A: float | None = param(None, gt=0, unit="Å", flag="--diameter", label="Mask diameter",
+                                     help="mask diameter (default: 0.9 of the box)")
     """Diameter (Å) of the soft circular mask on images and averages; None: 0.9 of the box."""
-    psi_step_deg: float = param(10.0, gt=0, le=90, unit="deg", flag="--psi-step", label="In-plane step")
+    psi_step_deg: float = param(10.0, gt=0, le=90, unit="deg", flag="--psi-step", label="In-plane step",
+                                help="coarse in-plane angular step")
     """Coarse in-plane angular step (degrees); the fine level divides it by ``psi_oversampling``."""
     psi_oversampling: int = param(2, ge=1, le=8, label="Fine angles per coarse")
     """Fine angles per coarse angle at the fine level (RELION's oversampling 1 = 2 angles)."""
     fine_candidates: int = param(6, ge=1, label="Fine candidates")
     """(class, coarse angle) pairs of each particle rescored at the fine level."""
-    max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift")
+    max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift",
+                                       help="origin search radius (default: 10 % of the box)")
     """Origins searched: a disc of this radius (pixels) around the box centre; None: 10 % of the box."""
     shift_step_px: float = param(1.0, gt=0, unit="px", label="Shift step")
     """Step of the origin grid (pixels)."""

@@ -88,22 +88,30 @@ class ClassifyParams:
     refinement (class box ``min(box, 128)``, FSC read at 0.5) where they have one.
     """
 
-    n_classes: int = param(3, ge=1, flag="--k", label="Classes")
+    n_classes: int = param(3, ge=1, flag="--k", label="Classes", help="number of classes")
     mode: str = param("fixed", choices=("fixed", "local", "hetero"), label="Poses")
     max_iter: int = param(20, ge=1, flag="--max-iter", label="Maximum iterations")
-    online_em_iters: int = param(2, ge=0, flag="--online-iters", label="Online-EM iterations")
-    minibatch_size: int | None = param(None, ge=1, flag="--minibatch", label="Minibatch size")
+    online_em_iters: int = param(2, ge=0, flag="--online-iters", label="Online-EM iterations",
+                                 help="online-EM (minibatch) iterations first")
+    minibatch_size: int | None = param(None, ge=1, flag="--minibatch", label="Minibatch size",
+                                       help="particles per online-EM iteration (default: max(1000, 300 K))")
     online_step: float = param(0.5, gt=0, le=1, label="Online-EM step")
-    class_similarity: float = param(0.5, ge=0, le=1, flag="--similarity", label="Class similarity")
-    anneal_iters: int = param(4, ge=0, flag="--anneal-iters", label="Annealing iterations")
+    class_similarity: float = param(0.5, ge=0, le=1, flag="--similarity", label="Class similarity",
+                                    help="initial class similarity")
+    anneal_iters: int = param(4, ge=0, flag="--anneal-iters", label="Annealing iterations",
+                              help="iterations over which the class similarity anneals to 0")
     init_subset_size: int | None = None
-    init_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass")
-    max_resolution_A: float | None = param(None, gt=0, unit="Å", flag="--max-res", label="Align no finer than")
+    init_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass",
+                                  help="low-pass of the starting maps")
+    max_resolution_A: float | None = param(None, gt=0, unit="Å", flag="--max-res", label="Align no finer than",
+                                           help="never align beyond this resolution (default: no limit)")
     solvent_threshold: float = 0.1
     solvent_lowpass_A: float = 15.0
     solvent_dilate_A: float = 6.0
     solvent_soft_A: float = 10.0
-    class_box: int | None = param(None, ge=16, unit="px", flag="--class-box", label="Class box")
+    class_box: int | None = param(None, ge=16, unit="px", flag="--class-box", label="Class box",
+                                  help="box of the class maps (default: min(box, 128)); past the particle box the "
+                                       "FSC beyond the data's Nyquist is not real")
     symmetry: str = "C1"
     local_step_deg: float = 1.5
     local_extent_deg: float = 3.0
@@ -111,7 +119,8 @@ class ClassifyParams:
     prior_sigma_deg: float = 2.0
     prior_sigma_px: float = 1.0
     hetero_search: str = "global"
-    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step")
+    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step",
+                                   help="coarsest angular step")
     levels: int = param(3, ge=1, le=8, label="Search levels")
     candidates: int = param(5, ge=1, label="Candidates per level")
     bound_sigma: float = 4.0

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cryolive.backend import xp
-from cryolive.masks import fraction_outside, threshold_mask
-from cryolive.resolution.filters import lowpass
+from cryolive.masks import focus_outside_solvent, solvent_mask_from_map
 
 
 def compose_class_volume(class_vol: Any, consensus: Any, solvent: Any, focus: Any = None) -> Any:
@@ -27,19 +26,21 @@ def compose_class_volume(class_vol: Any, consensus: Any, solvent: Any, focus: An
 
 def auto_solvent_mask(consensus: Any, pixel_size: float, threshold: float = 0.1, lowpass_A: float = 15.0,
                       dilate_A: float = 6.0, soft_A: float = 10.0) -> Any:
-    """Solvent mask from the consensus map: low-passed (Å), thresholded at ``threshold`` × max, dilated, softened.
+    """Solvent mask from the consensus map: low-passed (Å), thresholded at ``threshold`` × max, dilated, softened
+    (:func:`cryolive.masks.solvent_mask_from_map` with the defaults of :class:`ClassifyParams`).
 
     Built from the consensus volume of all particles, never from (focus-masked) class volumes: a mask
     from those would cover only the focus region and undo the on-the-fly subtraction (docs/classification.md).
     """
-    return threshold_mask(lowpass(consensus, lowpass_A, pixel_size), threshold, dilate_A, soft_A, pixel_size)
+    return solvent_mask_from_map(consensus, pixel_size, threshold, dilate_A, soft_A, lowpass_A)
 
 
 def mask_warnings(solvent_given: bool, focus: Any, solvent: Any) -> list[str]:
     """The warnings a user should see about the masks (empty when all is well).
 
     * only a focus mask was given: a single mask is normally a solvent mask (as in RELION and cryoSPARC);
-    * the focus mask reaches outside the solvent mask: says which fraction of it (voxels ≥ 0.5) is clipped.
+    * the focus mask reaches outside the solvent mask (:func:`cryolive.masks.focus_outside_solvent`, the rule
+      the Masks dock warns by too): says which fraction of it (voxels ≥ 0.5) is clipped.
     """
     out: list[str] = []
     if focus is None:
@@ -47,8 +48,8 @@ def mask_warnings(solvent_given: bool, focus: Any, solvent: Any) -> list[str]:
     if not solvent_given:
         out.append("only a focus mask was given: a single mask is normally a solvent mask (give it as the solvent "
                    "mask); the solvent mask was made automatically from the consensus map")
-    frac = fraction_outside(focus, solvent)
-    if frac > 0.01:
-        out.append(f"the focus mask reaches outside the solvent mask: {100 * frac:.0f} % of the focus region lies "
-                   "outside it and is clipped by the solvent mask during classification")
+    overlap = focus_outside_solvent(focus, solvent)
+    if overlap.reaches_outside:
+        out.append(f"the focus mask reaches outside the solvent mask: {100 * overlap.fraction:.0f} % of the focus "
+                   "region lies outside it and is clipped by the solvent mask during classification")
     return out

@@ -21,9 +21,10 @@ from cryolive.io import InputError, ParticleStack, read_particles, write_map
 from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder
-from cryolive.masks import threshold_mask
+from cryolive.masks import solvent_mask_from_map
+from cryolive.params import check_params, param
 from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
-from cryolive.resolution.filters import fsc_filter, lowpass
+from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.resolution.sharpen import auto_bfactor, sharpen
 from cryolive.rotations.symmetry import check_symmetry
@@ -36,7 +37,7 @@ class ReconstructParams:
     particles: str
     out: str = "jobs"
     symmetry: str = "C1"
-    batch_size: int = 256
+    batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
     mask_threshold: float = 0.1
     mask_lowpass_A: float = 15.0
     mask_dilate_A: float = 6.0
@@ -44,7 +45,8 @@ class ReconstructParams:
     mask: str | None = None
     bfactor: float | None = None
     seed: int = 0
-    workers: int | None = None  # back-project on a local Dask cluster of this many processes
+    workers: int | None = param(None, ge=1, flag="--workers", label="Dask workers",
+                                help="back-project on a local Dask cluster of this many processes")
     scheduler: str | None = None  # or on an existing Dask cluster (tcp://host:8786)
 
 
@@ -75,12 +77,11 @@ class ReconstructResult:
 
 
 def check_reconstruct_run(params: ReconstructParams, stack: ParticleStack) -> None:
-    """Refuse, before the job folder exists: a symmetry that does not exist, a batch below 1, particles without
-    poses, an image in both half sets, an output place that cannot be written, and a box the memory cannot
-    hold."""
+    """Refuse, before the job folder exists: a symmetry that does not exist, parameters out of range (a batch
+    below 1), particles without poses, an image in both half sets, an output place that cannot be written, and a
+    box the memory cannot hold."""
     check_symmetry(params.symmetry)
-    if params.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1 (got {params.batch_size})")
+    check_params(params)
     if stack.rotations is None:
         raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); known-pose "
                          "reconstruction needs them (run a refinement first)")
@@ -151,8 +152,8 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, hal
 
         mask = xp().asarray(read_matching_mask(params.mask, stack.box, apix, params.particles, "mask"))
     else:
-        mask = threshold_mask(lowpass(full, params.mask_lowpass_A, apix), params.mask_threshold,
-                              params.mask_dilate_A, params.mask_soft_A, apix)
+        mask = solvent_mask_from_map(full, apix, params.mask_threshold, params.mask_dilate_A, params.mask_soft_A,
+                                     params.mask_lowpass_A)
     result_fsc = gold_standard_fsc(half_a, half_b, apix, mask=mask, seed=params.seed)
     res = float(result_fsc.res_0143)
     job.log(f"gold-standard FSC: {res:.2f} Å at 0.143, {result_fsc.res_05:.2f} Å at 0.5 (masked, corrected); "

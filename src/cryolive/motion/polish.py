@@ -64,32 +64,41 @@ class MotionParams:
 
     thoroughness: str = param("fast", choices=tuple(THOROUGHNESS), flag="--thoroughness", label="Search thoroughness")
     max_prior_strength: float = param(1e4, gt=0, unit="1/px²", flag="--max-prior-strength",
-                                      label="Largest prior strength")
+                                      label="Largest prior strength", help="largest total prior strength r")
     r_start: float = 0.05
     r_growth: float = 4.0
-    fit_fraction: float = param(0.5, gt=0, le=1, flag="--fit-fraction", label="Fitted fraction")
-    target_particles: int = param(1000, ge=1, flag="--target-particles", label="Target particles")
+    fit_fraction: float = param(0.5, gt=0, le=1, flag="--fit-fraction", label="Fitted fraction",
+                                help="fraction of Fourier components to fit")
+    target_particles: int = param(1000, ge=1, flag="--target-particles", label="Target particles",
+                                  help="particles for the hyper-parameter search")
     dose_target_particles: int = 5000
-    override_r: float | None = param(None, gt=0, unit="1/px²", flag="--override-r", label="Prior strength r")
+    override_r: float | None = param(None, gt=0, unit="1/px²", flag="--override-r", label="Prior strength r",
+                                     help="total prior strength r (give all three overrides)")
     override_theta: float | None = param(None, ge=0, le=np.pi / 2, unit="rad", flag="--override-theta",
-                                         label="Balance theta")
-    override_z_A: float | None = param(None, gt=0, unit="Å", flag="--override-z", label="Correlation distance z")
+                                         label="Balance theta", help="balance theta (0 spatial .. pi/2 acceleration)")
+    override_z_A: float | None = param(None, gt=0, unit="Å", flag="--override-z", label="Correlation distance z",
+                                       help="correlation distance z")
     use_all_fcs: bool = True
     window_px: int = 6
     global_window_px: int = 10
     retire_px: float = 0.5
     patience: int = 2
-    final_stage: str = param("final", choices=STAGES, flag="--stage", label="Final stage")
-    crop_box: int | None = param(None, ge=2, unit="px", flag="--crop-box", label="Output box")
+    final_stage: str = param("final", choices=STAGES, flag="--stage", label="Final stage",
+                             help="final processing stage")
+    crop_box: int | None = param(None, ge=2, unit="px", flag="--crop-box", label="Output box",
+                                 help="Fourier-crop the output particles to this box")
     recenter: bool = False
     skip_wrong_frame_count: bool = False
-    float16: bool = param(False, label="save particles in float16")
+    float16: bool = param(False, flag="--float16", label="save particles in float16",
+                          help="write the corrected particles in half precision")
     seed: int = 0
     keep_search_trajectories: bool = False
     gain: str | None = None
     gain_rot: int = 0
     gain_flip: int = 0
-    dose_per_frame: float | None = param(None, gt=0, unit="e/Å²", flag="--dose-per-frame", label="Dose per frame")
+    dose_per_frame: float | None = param(None, gt=0, unit="e/Å²", flag="--dose-per-frame", label="Dose per frame",
+                                         help="dose per frame (default: rlnMicrographDoseRate of the STAR, if any); "
+                                              "recorded with the dose weights")
 
 
 @dataclass(frozen=True)

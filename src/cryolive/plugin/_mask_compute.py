@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryolive.backend import to_numpy
-from cryolive.masks import soft_edge_from_binary, sphere_at, threshold_mask
+from cryolive.masks import focus_outside_region, soft_edge_from_binary, solvent_mask_from_map, sphere_at
 
 PREVIEW_MAX_BOX = 96
 
@@ -48,8 +48,7 @@ def unbin2(vol: np.ndarray, n: int) -> np.ndarray:
 def solvent_mask(vol: np.ndarray, pixel_size: float, p: SolventParams, preview: bool) -> tuple[np.ndarray, bool]:
     """The thresholded soft mask of ``vol``; returns ``(mask, binned)`` with ``binned`` True for a 2× preview.
 
-    At full size this is exactly ``threshold_mask(vol, threshold, dilate_A, soft_A, pixel_size)`` (after the
-    optional low-pass).
+    At full size this is exactly :func:`cryolive.masks.solvent_mask_from_map` (the jobs' automatic masks).
     """
     v = np.asarray(vol, dtype=np.float32)
     n = v.shape[0]
@@ -57,11 +56,7 @@ def solvent_mask(vol: np.ndarray, pixel_size: float, p: SolventParams, preview: 
     apix = float(pixel_size)
     if binned:
         v, apix = bin2(v), 2.0 * apix
-    if p.lowpass_A:
-        from cryolive.resolution.filters import lowpass
-
-        v = to_numpy(lowpass(v, p.lowpass_A, apix)).astype(np.float32)
-    m = to_numpy(threshold_mask(v, p.threshold, p.dilate_A, p.soft_A, apix)).astype(np.float32)
+    m = to_numpy(solvent_mask_from_map(v, apix, p.threshold, p.dilate_A, p.soft_A, p.lowpass_A)).astype(np.float32)
     if binned:
         m = unbin2(m, n)
     return m, binned
@@ -84,10 +79,11 @@ def focus_sphere(n: int, center_zyx: tuple[float, float, float], radius_A: float
 def focus_from_map(vol: np.ndarray, pixel_size: float, threshold: float, dilate_A: float,
                    soft_A: float) -> np.ndarray:
     """A focus mask from thresholding a second map (e.g. a fitted model or a segmented region)."""
-    return to_numpy(threshold_mask(np.asarray(vol, dtype=np.float32), threshold, dilate_A, soft_A,
-                                   pixel_size)).astype(np.float32)
+    return to_numpy(solvent_mask_from_map(np.asarray(vol, dtype=np.float32), pixel_size, threshold, dilate_A,
+                                          soft_A)).astype(np.float32)
 
 
-def outside_region(focus: np.ndarray, solvent: np.ndarray, level: float = 0.5) -> np.ndarray:
-    """1 where the focus mask is ≥ ``level`` and the solvent mask is below it (float32)."""
-    return np.logical_and(focus >= level, solvent < level).astype(np.float32)
+def outside_region(focus: np.ndarray, solvent: np.ndarray) -> np.ndarray:
+    """1 where the focus mask is in its region and the solvent mask is not (float32; see
+    :func:`cryolive.masks.focus_outside_region`)."""
+    return to_numpy(focus_outside_region(focus, solvent)).astype(np.float32)

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from cryolive.masks import fraction_outside, mask_volume_fraction
+from cryolive.masks import MASK_LEVEL, focus_outside_solvent, mask_volume_fraction
 from cryolive.plugin import _mask_compute as mc
 from cryolive.plugin._common import (
     LatestOnlyRunner,
@@ -48,8 +48,6 @@ FOCUS_LAYER = "focus mask"
 OUTSIDE_LAYER = "focus outside solvent"
 PAINT_LAYER = "focus paint"
 DEBOUNCE_MS = 150
-# a focus mask counts as reaching outside the solvent mask above this fraction of its voxels
-OUTSIDE_WARN_FRACTION = 0.005
 
 FOCUS_SOURCES = ("Sphere at a clicked point", "Painted labels", "Threshold of a second map")
 
@@ -510,10 +508,10 @@ class MasksWidget(QWidget):
         elif focus is not None and solvent is not None:
             if focus.shape != solvent.shape:
                 warnings.append(f"The focus mask {focus.shape} and the solvent mask {solvent.shape} differ in box.")
-            elif float(focus.max()) >= 0.5:
-                frac = fraction_outside(focus, solvent)
-                self.outside_fraction = frac
-                if frac > OUTSIDE_WARN_FRACTION:
+            elif float(focus.max()) >= MASK_LEVEL:
+                overlap = focus_outside_solvent(focus, solvent)  # the rule the classification jobs warn by
+                frac = self.outside_fraction = overlap.fraction
+                if overlap.reaches_outside:
                     outside = mc.outside_region(focus, solvent)
                     warnings.append(f"{100 * frac:.1f} % of the focus mask lies outside the solvent mask "
                                     f"(drawn in red as '{OUTSIDE_LAYER}').")

@@ -73,13 +73,6 @@ MASK_LAYER = "refinement mask"
 HALF_LAYERS = ("half map A", "half map B")
 #: the parameters shown at once; the other spec'd fields of RefineParams are under "More parameters"
 MAIN_FIELDS = ("initial_lowpass_A", "max_iter", "global_iters", "sgd_steps")
-#: tooltips that say more than the spec's label
-TOOLTIPS = {
-    "initial_lowpass_A": "initial low-pass of the reference (--lowpass)",
-    "global_iters": "iterations with a global pose search before local refinement (--global-iters)",
-    "sgd_steps": "minibatch (ab-initio) steps from the reference at low resolution before the refinement: lets it "
-                 "converge from a wrong starting map (~0.5 s per step); off (0) trusts the reference (--sgd-steps)",
-}
 _DEFAULTS = RefineParams()
 
 
@@ -177,8 +170,6 @@ class RefineWidget(JobDockMixin, QWidget):
         mf.addRow("Seed", self.seed)
         more.addWidget(more_w)
         root.addWidget(more)
-        for name, tip in TOOLTIPS.items():
-            self.field(name).tooltip = tip
         self.field("sgd_steps").native.setSpecialValueText("off")
         # local searches from iteration 1: the global iterations do not apply
         self.use_poses.toggled.connect(lambda on: setattr(self.field("global_iters"), "enabled", not on))

@@ -40,7 +40,7 @@ from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
-from cryolive.masks import mask_volume_fraction, soft_sphere, threshold_mask
+from cryolive.masks import mask_volume_fraction, soft_sphere, solvent_mask_from_map
 from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.reconstruction.halves import half_sets, regularised_halves
@@ -83,19 +83,24 @@ class RefineParams:
     """
 
     symmetry: str = "C1"
-    initial_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass")
+    initial_lowpass_A: float = param(20.0, gt=0, unit="Å", flag="--lowpass", label="Initial low-pass",
+                                     help="initial low-pass of the reference")
     split_resolution_A: float = param(20.0, gt=0, unit="Å", label="Halves joined below")
     greyscale: bool = True
     max_iter: int = param(12, ge=1, flag="--max-iter", label="Maximum iterations")
     extra_final_passes: int = param(1, ge=0, label="Final passes")
     stop_tolerance: float = param(0.01, ge=0, le=1, label="Stop tolerance")
-    global_iters: int = param(3, ge=0, flag="--global-iters", label="Global iterations")
+    global_iters: int = param(3, ge=0, flag="--global-iters", label="Global iterations",
+                              help="iterations with a global pose search before local refinement")
     # global search goes on past ``global_iters`` while more than ``global_moved_fraction`` of the particles moved
     # by > 20 deg (up to the symmetry) in the last global iteration, up to ``max_global_iters`` global iterations
     # in all: on pseudo-symmetric particles each global iteration moves part of those stuck on a wrong mate
     # (RELION likewise searches globally until its sampling is fine)
     global_moved_fraction: float = param(0.05, ge=0, le=1, label="Global while moving")
-    max_global_iters: int = param(8, ge=0, flag="--max-global-iters", label="Maximum global iterations")
+    max_global_iters: int = param(8, ge=0, flag="--max-global-iters", label="Maximum global iterations",
+                                  help="global search goes on after --global-iters while > 5 % of the particles "
+                                       "still move by > 20 deg, up to this many global iterations (equal to "
+                                       "--global-iters: never)")
     # start from the particles' own poses (a previous refinement's) with local searches from iteration 1, as
     # cryoSPARC's local refinement / RELION's continued auto-refine; off: poses in the input are ignored
     use_input_poses: bool = False
@@ -111,17 +116,23 @@ class RefineParams:
     # (:mod:`cryolive.refinement.sgd`): frees the refinement from a wrong starting map. Off (0) by default, as in
     # RELION's and cryoSPARC's refinements: from a good reference it costs ~0.5 s a step and turned the frame by
     # 3° on the CI data (the map keeps its shape but not exactly the reference's orientation)
-    sgd_steps: int = param(0, ge=0, flag="--sgd-steps", label="Ab-initio steps")
+    sgd_steps: int = param(0, ge=0, flag="--sgd-steps", label="Ab-initio steps",
+                           help="minibatch (ab-initio) steps from the reference at low resolution before the "
+                                "refinement: lets it converge from a wrong starting map (~0.5 s per step); off (0) "
+                                "trusts the reference")
     sgd_batch_size: int = param(200, ge=1, label="Ab-initio batch")
     sgd_resolution_A: float = param(15.0, gt=0, unit="Å", label="Ab-initio resolution")
-    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step")
+    coarse_step_deg: float = param(7.5, gt=0, le=60, unit="deg", flag="--coarse-step", label="Coarse step",
+                                   help="coarsest angular step")
     levels: int = param(3, ge=1, le=8, label="Search levels")
     candidates: int = param(5, ge=1, label="Candidates per level")
     particle_diameter_A: float | None = param(None, gt=0, unit="Å", label="Particle diameter")
     bound_sigma: float = param(4.0, gt=0, label="Bound (sigma)")
-    max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift")
+    max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift",
+                                       help="shift search range (default: 10 % of the box)")
     max_align_resolution_A: float | None = param(None, gt=0, unit="Å", flag="--max-align-res",
-                                                 label="Align no finer than")
+                                                 label="Align no finer than",
+                                                 help="never align beyond this resolution (default: no limit)")
     marginalize: bool = False
     marginal_top: int = param(5, ge=1, label="Poses marginalised")
     # global iterations insert each particle at every pose basin its search kept (up to ``candidates``, at least a
@@ -130,7 +141,8 @@ class RefineParams:
     # the wrong poses into both half maps, which then agree with them (on an elongated pseudo-D2 phantom 60 % of
     # the particles were > 20 deg off after the first iteration)
     marginalize_global: bool = True
-    scale_mode: str = param("minimize", choices=("minimize", "reset"), flag="--scale", label="Scale")
+    scale_mode: str = param("minimize", choices=("minimize", "reset"), flag="--scale", label="Scale",
+                            help="per-particle scale")
     window_inner: float = param(0.85, gt=0, le=1, label="Window inner radius")
     window_outer: float = param(0.99, gt=0, le=1, label="Window outer radius")
     minibatch_iters: int = param(2, ge=0, label="Minibatch iterations")
@@ -562,9 +574,9 @@ class _Refiner:
             near = max(p.dynamic_mask_near * res, p.fsc_mask_min_near_A)
             far = max(p.dynamic_mask_far * res, p.fsc_mask_min_far_A)
             # the FSC mask, and a looser refinement mask (twice the widths, at least cryoSPARC's 6 / 14 Å)
-            fsc_mask = threshold_mask(smooth, p.dynamic_mask_threshold, near, far, self.apix)
-            mask = threshold_mask(smooth, p.dynamic_mask_threshold, max(2 * near, 6.0), max(2 * far, 14.0),
-                                  self.apix)
+            fsc_mask = solvent_mask_from_map(smooth, self.apix, p.dynamic_mask_threshold, near, far)
+            mask = solvent_mask_from_map(smooth, self.apix, p.dynamic_mask_threshold, max(2 * near, 6.0),
+                                         max(2 * far, 14.0))
             # a degenerate mask (a few voxels around a noise peak) makes the masked FSC meaningless: keep the
             # previous mask until the map supports a real one
             if mask_volume_fraction(fsc_mask) >= p.dynamic_mask_min_fraction:

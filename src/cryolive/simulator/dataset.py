@@ -40,19 +40,22 @@ Progress = Callable[[int, int, float], None]
 class SimulationParams:
     """What to simulate. Lengths in Å unless named ``_px``; ``snr`` = var(signal)/var(noise) per image."""
 
-    n: int = param(2000, ge=1, flag="--n", label="Particles")
+    n: int = param(2000, ge=1, flag="--n", label="Particles", help="number of particles")
     box: int = param(64, ge=16, le=1024, unit="px", flag="--box", label="Box")
     pixel_size: float = param(2.0, gt=0, unit="Å", flag="--apix", label="Pixel size")
-    snr: float = param(0.1, gt=0, flag="--snr", label="SNR")
-    n_states: int = param(1, ge=1, le=64, flag="--states", label="States")
+    snr: float = param(0.1, gt=0, flag="--snr", label="SNR", help="signal-to-noise ratio var(signal)/var(noise)")
+    n_states: int = param(1, ge=1, le=64, flag="--states", label="States",
+                          help="conformational states (1: homogeneous)")
     seed: int = 0
     symmetry: str = "C1"
-    max_shift_px: float = param(4.0, ge=0, unit="px", flag="--max-shift", label="Maximum shift")
+    max_shift_px: float = param(4.0, ge=0, unit="px", flag="--max-shift", label="Maximum shift",
+                                help="maximum origin shift")
     defocus_min_A: float = param(10000.0, ge=0, unit="Å", flag="--defocus-min", label="Minimum defocus")
     defocus_max_A: float = param(30000.0, ge=0, unit="Å", flag="--defocus-max", label="Maximum defocus")
-    scale_sd: float = param(0.1, ge=0, flag="--scale-sd", label="Scale spread")
+    scale_sd: float = param(0.1, ge=0, flag="--scale-sd", label="Scale spread",
+                            help="spread of per-particle scales")
     float16: bool = False
-    n_domains: int = param(4, ge=1, flag="--domains", label="Domains")
+    n_domains: int = param(4, ge=1, flag="--domains", label="Domains", help="domains in the phantom")
     move_deg: float = 25.0
     sigma_A: float | None = None
     reference_lowpass_A: float = 20.0
