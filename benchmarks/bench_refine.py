@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cryolive.alignment import pixel_set
 from cryolive.backend import device_label
 from cryolive.image.align3d import align_maps, apply_alignment
 from cryolive.image.ctf import ctf_2d
@@ -33,7 +34,6 @@ from cryolive.io import read_map, read_particles
 from cryolive.jobs import drain
 from cryolive.projection import Projector
 from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
-from cryolive.refinement.pixels import pixel_set
 from cryolive.refinement.refine import RefineIteration, RefineParams, refine
 from cryolive.resolution.filters import lowpass
 from cryolive.resolution.fsc import fsc, resolution_at

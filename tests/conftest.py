@@ -17,7 +17,7 @@ INTEROP = SHARED / "data" / "interop"
 
 def _clear_backend_caches() -> None:
     """Forget the per-backend cached arrays (pixel sets, shell indices), so no emulated array outlives its test."""
-    from cryolive.refinement import pixels
+    from cryolive.alignment import pixels
     from cryolive.resolution import _shells
 
     pixels._pixel_set.cache_clear()

@@ -2,7 +2,8 @@
 
 Layers (docs/architecture.md): the core packages never import ``cryolive.jobs`` (which runs the core and writes job
 folders), and nothing but ``cryolive.plugin`` imports Qt, napari, magicgui, vispy, superqt or psygnal (the ``gui``
-extra); ``cryolive.cli`` reaches napari only through ``cryolive.plugin`` for its ``gui`` command.
+extra); ``cryolive.cli`` reaches napari only through ``cryolive.plugin`` for its ``gui`` command. The engines never
+import one another: what they share (the pose search and score terms) lives in ``cryolive.alignment``, below them.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from cryolive import backend
 GUI_PACKAGES = ("PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy", "napari", "vispy", "magicgui", "superqt", "psygnal")
 #: may import cryolive.jobs (the job layer itself, and what runs jobs)
 JOB_USERS = ("cryolive.jobs", "cryolive.cli", "cryolive.plugin")
+#: the engines (docs/architecture.md): each uses the layers below it, never another engine
+ENGINES = ("cryolive.refinement", "cryolive.classification", "cryolive.class2d", "cryolive.motion",
+           "cryolive.simulator")
 SRC = Path(cryolive.__file__).parent
 
 
@@ -62,7 +66,8 @@ MODULES = _modules()
 
 def test_the_walk_finds_the_layers():
     for name in ("cryolive.cli", "cryolive.jobs.reconstruct", "cryolive.reconstruction.halves",
-                 "cryolive.refinement.refine", "cryolive.motion.polish", "cryolive.io.preflight", "cryolive.plugin"):
+                 "cryolive.alignment.search", "cryolive.refinement.refine", "cryolive.motion.polish",
+                 "cryolive.io.preflight", "cryolive.plugin"):
         assert name in MODULES
 
 
@@ -82,6 +87,20 @@ def test_jobs_and_cli_import_gui_only_through_the_plugin(name):
     assert not gui, f"{name} imports GUI packages directly: {gui}"
     if name.startswith("cryolive.jobs"):
         assert not any(_within(m, ("cryolive.plugin",)) for m in imported), f"{name} imports cryolive.plugin"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _within(n, ENGINES)))
+def test_engines_never_import_one_another(name):
+    own = next(e for e in ENGINES if _within(name, (e,)))
+    others = sorted(m for m in _imports(name, MODULES[name]) if _within(m, ENGINES) and not _within(m, (own,)))
+    assert not others, f"{name} imports another engine: {others} (shared code belongs in a layer below)"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _within(n, ("cryolive.alignment",))))
+def test_alignment_sits_below_the_engines(name):
+    above = ENGINES + ("cryolive.reconstruction",) + JOB_USERS
+    up = sorted(m for m in _imports(name, MODULES[name]) if _within(m, above))
+    assert not up, f"{name} (alignment) imports a layer above it: {up}"
 
 
 def test_core_imports_no_qt_or_napari():

@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.alignment.noise import add_to_shells, shell_power, sigma_at
+from cryolive.alignment.pixels import soft_window
 from cryolive.backend import scatter_add, to_numpy, xp
 from cryolive.image.ctf import ctf_values
 from cryolive.image.fourier import rfft2c, shift_images
 from cryolive.io import ParticleStack
 from cryolive.params import param
-from cryolive.refinement.pixels import shell_power, soft_window
 
 PAD = 2  # padding factor of the class Fourier grids
 
@@ -285,7 +286,7 @@ def _logsumexp_normalise(ll: Any) -> tuple[Any, Any]:
 
 def _soft_mask(n: int, radius_px: float, edge_px: float = 4.0) -> Any:
     """Soft disc ``(n, n)``: 1 inside ``radius_px``, raised cosine to 0 over ``edge_px`` (re-uses
-    :func:`~cryolive.refinement.pixels.soft_window`)."""
+    :func:`~cryolive.alignment.pixels.soft_window`)."""
     half = n / 2
     return soft_window(n, radius_px / half, (radius_px + edge_px) / half)
 
@@ -368,8 +369,7 @@ class _Classifier:
     def _weights(self, rect: _Rect) -> Any:
         """``1 / sigma^2`` at the rectangle pixels (0 outside the disc), ``(Fy, Fx)``."""
         m = self.m
-        s2 = m.asarray(np.maximum(self.sigma2, 1e-12 * self.sigma2.max()), dtype=m.float32)
-        return m.where(rect.inside, 1.0 / s2[m.clip(rect.ring, 0, len(self.sigma2) - 1)], 0.0).astype(m.float32)
+        return m.where(rect.inside, 1.0 / sigma_at(self.sigma2, rect.ring), 0.0).astype(m.float32)
 
     def _initial_sigma2(self) -> np.ndarray:
         """Noise power per shell from the images (their power minus that of their mean), as RELION starts."""
@@ -464,11 +464,7 @@ class _Classifier:
                                   + rect.qy[None] * shift_px[:, 1, None, None]) / self.n)
         model = ctf * fine[ref_best] * phase
         res = (m.abs(x - model) ** 2 * rect.mult).reshape(len(idx), -1)
-        ring = m.broadcast_to(rect.ring.ravel(), res.shape).ravel()
-        wts = m.broadcast_to(rect.mult.ravel(), res.shape).ravel()
-        nsh = len(res_acc)
-        res_acc += to_numpy(m.bincount(ring, weights=res.ravel(), minlength=nsh)[:nsh])
-        res_cnt += to_numpy(m.bincount(ring, weights=wts, minlength=nsh)[:nsh])
+        add_to_shells(res_acc, res_cnt, res, rect.ring.ravel(), rect.mult.ravel())
         csum = m.zeros(k_cls, dtype=m.float64)
         scatter_add(csum, cls.ravel(), wsum.ravel().astype(m.float64))
         return to_numpy(csum), to_numpy(post.reshape(len(idx), -1).max(axis=1))

@@ -40,6 +40,11 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.alignment.grid import GridProjections, project_grid
+from cryolive.alignment.noise import noise_image, shell_power
+from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
+from cryolive.alignment.score import Scorer, score_poses
+from cryolive.alignment.search import Candidates, SearchPlan, local_level, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
 from cryolive.classification.masks import auto_solvent_mask, compose_class_volume, mask_warnings
 from cryolive.classification.metrics import effective_classes
@@ -50,25 +55,6 @@ from cryolive.masks import soft_sphere
 from cryolive.params import param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.reconstruction.halves import finalize_halves, half_sets
-from cryolive.refinement.pixels import (
-    PixelSet,
-    ctf_at,
-    noise_image,
-    pixel_set,
-    shell_power,
-    soft_window,
-    whitened_terms,
-)
-from cryolive.refinement.search import (
-    Candidates,
-    GridProjections,
-    SearchPlan,
-    local_level,
-    origin_range_px,
-    score_poses,
-    search_poses,
-    shift_phases,
-)
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import fsc, gold_standard_fsc, resolution_at
 from cryolive.rotations.grids import local_offsets, so3_grid
@@ -268,6 +254,7 @@ class _Classifier:
                              "(rlnAngleRot/Tilt/Psi); run a refinement first, or use heterogeneous refinement")
         self.nc = int(p.class_box or (min(self.n, 128) if p.mode == "hetero" else self.n))
         self.apix = stack.pixel_size * self.n / self.nc
+        self.scorer = Scorer(stack.ctf, self.apix)  # scores in the class box
         self.rng = np.random.default_rng(p.seed)
         self.half = half_sets(stack, p.seed)
         n_tot = len(stack)
@@ -314,14 +301,11 @@ class _Classifier:
         return (resample_rfft2(rfft2c(img * self.window), self.n, self.nc),
                 resample_rfft2(rfft2c(img), self.n, self.nc))
 
-    def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
-        return ctf_at(self.stack.ctf.subset(idx), pix, self.apix)
-
     def _ctf_image(self, idx: np.ndarray) -> Any:
         m = self.m
         full = pixel_set(self.nc, self.nc / 2)
         c = m.zeros((len(idx), self.nc * (self.nc // 2 + 1)), dtype=m.float32)
-        c[:, full.index] = self._ctf_at(idx, full)
+        c[:, full.index] = self.scorer.ctf_at(idx, full)
         return c.reshape(len(idx), self.nc, self.nc // 2 + 1)
 
     def _reconstruct(self, idx: np.ndarray, weights: np.ndarray | None = None,
@@ -384,8 +368,8 @@ class _Classifier:
         if self.consensus is None:
             return shell_power(f, self.nc)
         acc, cnt = np.zeros(self.nc // 2 + 1), np.zeros(self.nc // 2 + 1)
-        self._residual_power(Projector(self.consensus * self.solvent), f, idx, self.rot[idx, 0],
-                             self._class_shifts(idx, 0), acc, cnt)
+        self.scorer.residual_power(Projector(self.consensus * self.solvent), f, idx, self.rot[idx, 0],
+                                   self._class_shifts(idx, 0), pixel_set(self.nc, self.nc / 2), acc, cnt)
         return acc / np.maximum(cnt, 1e-12)
 
     def _init_classes(self, starts: list[np.ndarray] | None) -> None:
@@ -508,26 +492,24 @@ class _Classifier:
             r = min(r, self.nc * self.apix / p.max_resolution_A)
         return float(min(max(r, 4.0), r_data))
 
-    def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
-        return whitened_terms(f, self._ctf_at(idx, pix), self.sigma2, pix)
-
     def _plan(self) -> SearchPlan:
+        """The hetero search plan in the class box; its last level keeps as many poses as its lattice around one
+        candidate holds (rotation offsets x 3 x 3 shifts), the poses a class's evidence is marginalised over
+        (:func:`_marginal`)."""
         p = self.p
-        last = len(local_offsets(p.coarse_step_deg / 2**p.levels, 1.5 * p.coarse_step_deg / 2**p.levels,
-                                 cover=False))
-        return SearchPlan(self.nc, p.coarse_step_deg, p.levels, p.candidates, p.bound_sigma,
-                          self.max_shift * self.nc / self.n, marginal_top=9 * last)
+        plan = SearchPlan.of(p, self.nc, self.max_shift * self.nc / self.n)
+        return dataclasses.replace(plan, marginal_top=9 * len(plan.rotation_offsets(p.levels)))
 
     def _scores(self, projs: list[Projector], grids: list[GridProjections | None], f: Any, idx: np.ndarray,
                 pix: PixelSet, radii: list[float]) -> np.ndarray:
         """Log-likelihood ``(B, K)`` of each image under each class; updates per-class poses in local/hetero."""
         p = self.p
-        y, c2w = self._whitened(f, idx, pix)
+        y, c2w = self.scorer.whitened(f, idx, pix, self.sigma2)
         ones = np.ones(len(idx))
         ll = np.empty((len(idx), len(projs)))
         for c, proj in enumerate(projs):
             if p.mode == "fixed" or self.poses_frozen:
-                cross, norm = score_poses(proj, y, c2w, self.rot[idx, c], self._class_shifts(idx, c), pix.kx, pix.ky)
+                cross, norm = score_poses(proj, y, c2w, self.rot[idx, c], self._class_shifts(idx, c), pix)
                 ll[:, c] = to_numpy(cross - 0.5 * norm)
                 continue
             prev = None
@@ -540,13 +522,9 @@ class _Classifier:
                 cand = local_level(proj, y, c2w, ones, cand, offsets, soff, pix.kx, pix.ky,
                                    keep=len(offsets) * len(soff))
             else:
-                plan = self._plan()
                 local = p.hetero_search == "local" and self.have_poses
                 prev = (self.rot[idx, c], self._class_shifts(idx, c)) if local else None
-                rr = radii[-(plan.levels - max(plan.levels - 1, 1) + 1):] if local else radii
-                counts = [pix.count_within(r) for r in rr[:-1]] + [len(pix)]
-                cand, _ = search_poses(plan, proj, grids[c], y, c2w, ones, pix.kx, pix.ky, counts, prev,
-                                       radii=rr)
+                cand, _ = search_poses(self._plan(), proj, grids[c], y, c2w, ones, pix, radii, prev)
             if p.mode == "local" or prev is not None:
                 cand = self._with_pose_prior(cand, idx)
             rot, sh, _ = cand.best()
@@ -567,19 +545,6 @@ class _Classifier:
         prior = -0.5 * (ang / p.prior_sigma_deg) ** 2 - 0.5 * (dt**2).sum(-1) / p.prior_sigma_px**2
         return Candidates(cand.rotations, cand.shifts, cand.scores + prior)
 
-    def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
-                        acc: np.ndarray, cnt: np.ndarray) -> None:
-        m = self.m
-        full = pixel_set(self.nc, self.nc / 2)
-        x = f.reshape(f.shape[0], -1)[:, full.index]
-        model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
-        res = m.abs(x - self._ctf_at(idx, full) * model) ** 2 * full.mult
-        nsh = self.nc // 2 + 1
-        shells = m.broadcast_to(full.shell, res.shape).ravel()
-        acc += to_numpy(m.bincount(shells, weights=res.ravel(), minlength=nsh)[:nsh])
-        cnt += to_numpy(m.bincount(shells, weights=m.broadcast_to(full.mult, res.shape).ravel(),
-                                   minlength=nsh)[:nsh])
-
     # ------------------------------------------------------------------------------------------- iteration
     def iteration(self, it: int, subset: np.ndarray, online: bool) -> dict[str, Any]:
         m, p, k = self.m, self.p, self.p.n_classes
@@ -598,9 +563,8 @@ class _Classifier:
         projs = [Projector(r) for r in self.refs]
         grids: list[GridProjections | None] = [None] * k
         if p.mode == "hetero" and not (p.hetero_search == "local" and self.have_poses):
-            k0 = pix.count_within(radii[0])
             grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
-            grids = [GridProjections.make(pr, grid_rots, pix.kx[:k0], pix.ky[:k0]) for pr in projs]
+            grids = [project_grid(pr, grid_rots, pix, radii[0]) for pr in projs]
         new = [[Reconstructor(self.nc, symmetry=p.symmetry) for _ in range(2)] for _ in range(k)]
         nsh = self.nc // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
@@ -619,8 +583,9 @@ class _Classifier:
             for c in range(k):
                 sel = np.nonzero(best == c)[0]
                 if len(sel):
-                    self._residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
-                                         self._class_shifts(idx[sel], c), acc, cnt)
+                    self.scorer.residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
+                                               self._class_shifts(idx[sel], c), pixel_set(self.nc, self.nc / 2),
+                                               acc, cnt)
             t_e += time.perf_counter() - te
             tm = time.perf_counter()
             ctf = self._ctf_image(idx)

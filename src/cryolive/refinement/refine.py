@@ -4,7 +4,7 @@ Each iteration (docs/maths.md: "The score", "Pose search", "Expectation–maximi
 "Reconstruction, half maps and the Wiener prior"):
 
 1. E step, per half set against its own half map (gold standard): coarse-to-fine pose search
-   (:mod:`cryolive.refinement.search`) scored with the Gaussian log-likelihood over Fourier pixels up to the
+   (:mod:`cryolive.alignment.search`) scored with the Gaussian log-likelihood over Fourier pixels up to the
    alignment resolution, whitened by the per-shell noise spectrum ``sigma^2``; per-particle scale by least squares.
 2. M step: Fourier insertion of the particles at their best pose (or, with marginalisation, at their most
    probable poses weighted by the posterior) into two half-set reconstructors; Wiener prior from the half-map FSC.
@@ -36,6 +36,11 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.alignment.grid import GridProjections, project_grid
+from cryolive.alignment.noise import noise_image, shell_power
+from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
+from cryolive.alignment.score import Scorer, score_poses
+from cryolive.alignment.search import Candidates, SearchPlan, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
@@ -44,24 +49,6 @@ from cryolive.masks import mask_volume_fraction, soft_sphere, solvent_mask_from_
 from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
 from cryolive.reconstruction.halves import half_sets, regularised_halves
-from cryolive.refinement.pixels import (
-    PixelSet,
-    ctf_at,
-    noise_image,
-    pixel_set,
-    shell_power,
-    soft_window,
-    whitened_terms,
-)
-from cryolive.refinement.search import (
-    Candidates,
-    GridProjections,
-    SearchPlan,
-    origin_range_px,
-    score_poses,
-    search_poses,
-    shift_phases,
-)
 from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass, lowpass_below
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
@@ -329,6 +316,7 @@ class _Refiner:
         m = xp()
         self.m, self.stack, self.p = m, stack, p
         self.n, self.apix = stack.box, stack.pixel_size
+        self.scorer = Scorer(stack.ctf, self.apix)
         ref = _checked_reference(reference, self.n)
         self.rng = np.random.default_rng(p.seed)
         self.half = half_sets(stack, p.seed)
@@ -378,35 +366,26 @@ class _Refiner:
         return self._plan().level_radii(r_align, first_level, radius_A, self.apix)
 
     # ----------------------------------------------------------------------------------------------- E step
-    def _whitened(self, f: Any, idx: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
-        """Score terms of images ``f`` at the pixels ``pix``: ``Y = w C X`` and ``w C^2`` (w = mult / sigma^2)."""
-        return whitened_terms(f, self._ctf_at(idx, pix), self.sigma2, pix)
-
-    def _ctf_at(self, idx: np.ndarray, pix: PixelSet) -> Any:
-        return ctf_at(self.stack.ctf.subset(idx), pix, self.apix)
-
     def _marginal(self, local: bool) -> bool:
         """Whether this iteration inserts each particle at several poses weighted by their posterior."""
         return self.p.marginalize or (self.p.marginalize_global and not local)
 
     def _plan(self, marginal: bool | None = None) -> SearchPlan:
+        """The search plan; ``marginal``: the last level keeps the poses marginalised over (None: as
+        ``marginalize`` says)."""
         p = self.p
         marginal = p.marginalize if marginal is None else marginal
         top = (p.marginal_top if p.marginalize else p.candidates) if marginal else None
-        return SearchPlan(self.n, p.coarse_step_deg, p.levels, p.candidates, p.bound_sigma, self.max_shift, top)
+        return SearchPlan.of(p, self.n, self.max_shift, top)
 
     def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
                       pix: PixelSet, radii: list[float], local: bool, free_scale: bool,
                       sample: bool = False) -> tuple[Candidates, int]:
         plan = self._plan(self._marginal(local))
-        y, c2w = self._whitened(f, idx, pix)
+        y, c2w = self.scorer.whitened(f, idx, pix, self.sigma2)
         previous = (self.state.rotations[idx], self.state.shifts[idx]) if local else None
-        if local:
-            radii = radii[-(plan.levels - max(plan.levels - 1, 1) + 1):]
-        counts = [pix.count_within(r) for r in radii[:-1]] + [len(pix)]
-        return search_poses(plan, proj, grid, y, c2w, self.state.scales[idx], pix.kx, pix.ky, counts, previous,
-                            free_scale, radii, rng=self.rng if sample and not local else None,
-                            mates=self.relax_ops if local else None)
+        return search_poses(plan, proj, grid, y, c2w, self.state.scales[idx], pix, radii, previous, free_scale,
+                            rng=self.rng if sample and not local else None, mates=self.relax_ops if local else None)
 
     def _update_scales(self, proj: Projector, f: Any, idx: np.ndarray, pix: PixelSet, rot: np.ndarray,
                        sh: np.ndarray) -> None:
@@ -415,27 +394,9 @@ class _Refiner:
         if self.p.scale_mode == "reset":
             return
         pix = pixel_set(self.n, self._level_radii(pix.r_max, 0)[0])
-        cross, norm = score_poses(proj, *self._whitened(f, idx, pix), rot, sh, pix.kx, pix.ky)
+        cross, norm = score_poses(proj, *self.scorer.whitened(f, idx, pix, self.sigma2), rot, sh, pix)
         a = to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)
         self.state.scales[idx] = np.clip(np.where(np.isfinite(a), a, 1.0), 0.2, 5.0)
-
-    def _residual_power(self, proj: Projector, f: Any, idx: np.ndarray, rot: np.ndarray, sh: np.ndarray,
-                        acc: np.ndarray, cnt: np.ndarray) -> None:
-        """Add the residual power ``|X - a C P V|^2`` per shell of the particles ``idx`` at their best poses to
-        ``acc`` (and the pixel counts to ``cnt``), out to the projector's working radius (shells beyond keep
-        their noise estimate)."""
-        m = self.m
-        full = pixel_set(self.n, proj.max_freq * self.n)
-        x = f.reshape(f.shape[0], -1)[:, full.index]
-        c = self._ctf_at(idx, full)
-        model = proj.slice_pixels(rot, full.kx, full.ky) * m.conj(shift_phases(full.kx, full.ky, sh))
-        a = m.asarray(self.state.scales[idx], dtype=m.float32)[:, None]
-        res = m.abs(x - a * c * model) ** 2 * full.mult
-        nsh = self.n // 2 + 1
-        shells = m.broadcast_to(full.shell, res.shape).ravel()
-        acc += to_numpy(m.bincount(shells, weights=res.ravel(), minlength=nsh)[:nsh])
-        cnt += to_numpy(m.bincount(shells, weights=m.broadcast_to(full.mult, res.shape).ravel(),
-                                   minlength=nsh)[:nsh])
 
     # ------------------------------------------------------------------------------------------- iteration
     def _working_freq(self, r_align: float, full_box: bool) -> float:
@@ -448,7 +409,7 @@ class _Refiner:
     def iteration(self, it: int, subset: np.ndarray, local: bool, free_scale: bool,
                   sample: bool = False, full_box: bool = True) -> dict[str, Any]:
         """One E + M step over ``subset``; ``sample``: draw global poses from the coarse posterior (see
-        :func:`~cryolive.refinement.search.search_poses`) instead of taking the best; ``full_box``: work at the
+        :func:`~cryolive.alignment.search.search_poses`) instead of taking the best; ``full_box``: work at the
         whole box instead of the working box (:meth:`_working_freq`)."""
         m, p = self.m, self.p
         t0 = time.perf_counter()
@@ -463,9 +424,8 @@ class _Refiner:
             # HEALPix grid): with one fixed grid, particles of both halves snap to the same discrete poses and
             # the back-projection pattern they share inflates the FSC
             grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
-            k0 = pix.count_within(radii[0])
-            grids = [GridProjections.make(pr, grid_rots @ random_perturbation(self.rng, p.coarse_step_deg / 2),
-                                          pix.kx[:k0], pix.ky[:k0]) for pr in projs]
+            grids = [project_grid(pr, grid_rots @ random_perturbation(self.rng, p.coarse_step_deg / 2), pix, radii[0])
+                     for pr in projs]
         recs = [Reconstructor(self.n, symmetry=p.symmetry, max_freq=work_freq) for _ in range(2)]
         nsh = self.n // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
@@ -492,7 +452,9 @@ class _Refiner:
                 self.state.rotations[idx], self.state.shifts[idx] = rot, sh
                 self.state.seen[idx] = True
                 self._update_scales(proj, f, idx, pix, rot, sh)
-                self._residual_power(proj, f, idx, rot, sh, acc, cnt)
+                # the residuals out to the projector's working radius (shells beyond keep their noise estimate)
+                self.scorer.residual_power(proj, f, idx, rot, sh, pixel_set(self.n, proj.max_freq * self.n), acc,
+                                           cnt, scales=self.state.scales[idx])
                 t_search += time.perf_counter() - ts
                 ti = time.perf_counter()
                 ctf2d = self._ctf_2d(idx) * m.asarray(self.state.scales[idx], dtype=m.float32)[:, None, None]
@@ -591,12 +553,11 @@ class _Refiner:
         pix = pixel_set(self.n, r_align)
         radii = self._level_radii(r_align, 0)
         proj = Projector(self.refs[0])
-        grid = GridProjections.make(proj, so3_grid(self.p.coarse_step_deg, self.p.symmetry),
-                                    pix.kx[:pix.count_within(radii[0])], pix.ky[:pix.count_within(radii[0])])
+        grid = project_grid(proj, so3_grid(self.p.coarse_step_deg, self.p.symmetry), pix, radii[0])
         f = self._images(sub)
         cand, _ = self._search_batch(proj, grid, f, sub, pix, radii, local=False, free_scale=True)
         rot, sh, _ = cand.best()
-        cross, norm = score_poses(proj, *self._whitened(f, sub, pix), rot, sh, pix.kx, pix.ky)
+        cross, norm = score_poses(proj, *self.scorer.whitened(f, sub, pix, self.sigma2), rot, sh, pix)
         factor = float(np.median(to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)))
         if not np.isfinite(factor) or factor <= 0:
             return 1.0

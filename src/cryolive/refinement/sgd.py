@@ -8,7 +8,7 @@ way) but not the molecule. This step instead updates the map after every small r
 1. Images are cropped in Fourier space to a small working box (Nyquist at ``final_resolution_A`` or finer), so
    a step costs milliseconds per particle.
 2. Every particle of the minibatch is scored against the current map over a global SO(3) grid x in-plane shifts
-   (scale-free Gaussian log-likelihood, see :mod:`cryolive.refinement.search`, only frequencies up to the
+   (scale-free Gaussian log-likelihood, see :mod:`cryolive.alignment.score`, only frequencies up to the
    current resolution); its ``top`` best poses get posterior weights ``softmax(beta LL)``.
 3. The minibatch is inserted at those poses with those weights; the map's sufficient statistics (numerator and
    denominator of the Fourier reconstruction) are a running average, ``S <- (1 - rate) S + rate S_batch``, so
@@ -31,6 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.alignment.grid import project_grid
+from cryolive.alignment.noise import noise_image, shell_power
+from cryolive.alignment.pixels import pixel_set, soft_window
+from cryolive.alignment.score import whitened_terms
+from cryolive.alignment.search import global_level, origin_range_px, shift_grid
 from cryolive.backend import to_numpy, xp
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
@@ -38,8 +43,6 @@ from cryolive.image.resample import box_for_resolution, resample_rfft2, resample
 from cryolive.io import ParticleStack
 from cryolive.masks import soft_sphere
 from cryolive.projection import Projector, Reconstructor
-from cryolive.refinement.pixels import noise_image, pixel_set, shell_power, soft_window, whitened_terms
-from cryolive.refinement.search import GridProjections, global_level, origin_range_px, shift_grid
 from cryolive.resolution.filters import lowpass
 from cryolive.rotations.grids import random_perturbation, so3_grid
 
@@ -152,7 +155,7 @@ def sgd_reconstruct(stack: ParticleStack, start: Any, params: SGDParams | None =
         f, c = data.images(idx), data.ctf(idx)
         y, c2w = whitened_terms(f, c.reshape(len(idx), -1)[:, pix.index], sigma2, pix)
         proj = Projector(vol)
-        grid = GridProjections.make(proj, grid_rots @ random_perturbation(rng, p.step_deg / 2), pix.kx, pix.ky)
+        grid = project_grid(proj, grid_rots @ random_perturbation(rng, p.step_deg / 2), pix)
         cand, _ = global_level(grid, y, c2w, np.ones(len(idx)), shifts,
                                pix.kx, pix.ky, p.top, np.inf, free_scale=True)
         ll = beta * (cand.scores - cand.scores[:, :1])

@@ -1,4 +1,4 @@
-"""Fourier pixels that enter a score, and the per-shell noise model.
+"""Which Fourier pixels enter a score: pixel sets sorted by radius, and the real-space window of the images scored.
 
 A :class:`PixelSet` lists the ``rfft2`` pixels of a box-``n`` image inside a radius, **sorted by radius**, so the
 set for a smaller radius is a prefix of the set for a larger one (the coarse-to-fine search slices ``[:K]``).
@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from cryolive.backend import backend_name, to_numpy, xp
-from cryolive.image.ctf import ctf_values
 
 
 @dataclass(frozen=True)
@@ -59,55 +58,6 @@ def _pixel_set(n: int, r_max: float, backend: str) -> PixelSet:
 def pixel_set(n: int, r_max: float) -> PixelSet:
     """The pixels of a box-``n`` ``rfft2`` image within ``r_max`` pixels of the origin (cached)."""
     return _pixel_set(int(n), float(min(r_max, n / 2)), backend_name())
-
-
-def _floored(sigma2: np.ndarray) -> np.ndarray:
-    """``sigma2`` floored at 1e-12 of its maximum, so whitening never divides by zero."""
-    return np.maximum(sigma2, 1e-12 * max(float(sigma2.max()), 1e-30))
-
-
-def sigma_at(sigma2: np.ndarray, pix: PixelSet) -> Any:
-    """Noise power ``sigma2`` (per integer shell, NumPy) at the pixels of ``pix``: ``(K,)`` float32 (backend),
-    floored (see :func:`_floored`)."""
-    m = xp()
-    s2 = m.asarray(_floored(sigma2), dtype=m.float32)
-    return s2[m.clip(pix.shell, 0, len(sigma2) - 1)]
-
-
-def noise_image(sigma2: np.ndarray, n: int) -> Any:
-    """``sigma2`` as an ``rfft2`` image ``(n, n // 2 + 1)``, floored; corners beyond Nyquist take the last shell's
-    value."""
-    m = xp()
-    full = pixel_set(n, n / 2)
-    img = m.full(n * (n // 2 + 1), float(_floored(sigma2)[-1]), dtype=m.float32)
-    img[full.index] = sigma_at(sigma2, full)
-    return img.reshape(n, n // 2 + 1)
-
-
-def ctf_at(ctf: Any, pix: PixelSet, pixel_size: float) -> Any:
-    """CTF values ``(B, K)`` at the pixels ``pix`` for ``B`` particles' CTF parameters ``ctf``
-    (:class:`~cryolive.image.ctf.CTFParams`), on a box of ``pix.n`` pixels of ``pixel_size`` Å."""
-    m = xp()
-    return ctf_values(ctf, pix.radius / (pix.n * pixel_size), m.arctan2(pix.ky, pix.kx))
-
-
-def whitened_terms(f: Any, ctf: Any, sigma2: np.ndarray, pix: PixelSet) -> tuple[Any, Any]:
-    """Score terms of image transforms ``f`` ``(B, n, n // 2 + 1)`` at the pixels ``pix``: ``Y = w C X`` and
-    ``w C^2`` (both ``(B, K)``), with ``w = mult / sigma^2`` and ``ctf`` the CTF values ``(B, K)`` there."""
-    x = f.reshape(f.shape[0], -1)[:, pix.index]
-    w = pix.mult / sigma_at(sigma2, pix)
-    return x * (w * ctf), w * ctf * ctf
-
-
-def shell_power(f_imgs: Any, n: int) -> np.ndarray:
-    """Mean ``|X|^2`` per integer shell ``0 .. n // 2`` over images ``(B, n, n // 2 + 1)`` (Friedel-weighted)."""
-    ps = pixel_set(n, n / 2)
-    m = xp()
-    flat = m.abs(f_imgs.reshape(f_imgs.shape[0], -1)[:, ps.index]) ** 2
-    w = ps.mult[None] * m.ones_like(flat)
-    sums = m.bincount(m.broadcast_to(ps.shell, flat.shape).ravel(), weights=(flat * w).ravel(), minlength=n // 2 + 1)
-    cnts = m.bincount(m.broadcast_to(ps.shell, flat.shape).ravel(), weights=w.ravel(), minlength=n // 2 + 1)
-    return to_numpy(sums[: n // 2 + 1] / m.maximum(cnts[: n // 2 + 1], 1e-12))
 
 
 def soft_window(n: int, inner: float = 0.85, outer: float = 0.99) -> Any:

@@ -1,22 +1,18 @@
-"""Coarse-to-fine pose search with a Gaussian log-likelihood score (docs/maths.md, "The score" and
-"Pose search").
+"""Coarse-to-fine pose search with the Gaussian log-likelihood score of :mod:`cryolive.alignment.score`
+(docs/maths.md, "The score" and "Pose search").
 
-For image ``i`` (whitened by the per-shell noise ``sigma^2``) and a model ``a_i C_i P_r V`` shifted to origin ``t``:
+Images enter as their whitened terms ``Y (B, K)`` and ``w C^2 (B, K)`` at a pixel set sorted by radius; over all
+images and poses the cross term is one real matrix product ``[Re Z, Im Z] @ [Re R, Im R]^T`` with ``Z`` the shifted
+images (images x shifts) and ``R`` the projections (poses): that is where the time goes, batched, with no Python
+loop over particles or poses.
 
-    LL(i, r, t) = a_i cross(i, r, t) - a_i^2 / 2 norm(i, r)
-    cross = Re sum_k Y_i(k) e^{-2 pi i k.t} conj(R_r(k)),   Y_i = w C_i X_i,   w = mult / sigma^2(|k|)
-    norm  = sum_k w C_i^2 |R_r(k)|^2
-
-(the ``|X|^2`` term does not depend on the pose). Over all images and poses the cross term is one real matrix
-product ``[Re Z, Im Z] @ [Re R, Im R]^T`` with ``Z`` the shifted images (images x shifts) and ``R`` the
-projections (poses): that is where the time goes, batched, with no Python loop over particles or poses.
-
-Search levels: level 0 scores a global SO(3) grid (step ``coarse_step``) x a shift grid at low resolution and
-keeps the best ``keep`` (rotation, shift) candidates whose score is within a statistical bound of the best
-(``bound_sigma`` standard deviations of the cross term, ``a sqrt(norm)``: a pose that far behind at the coarse
-level is pruned); each further level halves the angular and shift steps, scores a small local lattice around every
-surviving candidate at a higher resolution, and keeps fewer candidates. Local search (a good map) starts at a
-finer level around the previous pose.
+Search levels: level 0 scores a global SO(3) grid (step ``coarse_step``, projections from
+:mod:`cryolive.alignment.grid`) x a shift grid at low resolution and keeps the best ``keep`` (rotation, shift)
+candidates whose score is within a statistical bound of the best (``bound_sigma`` standard deviations of the cross
+term, ``a sqrt(norm)``: a pose that far behind at the coarse level is pruned); each further level halves the
+angular and shift steps, scores a small local lattice around every surviving candidate at a higher resolution, and
+keeps fewer candidates. Local search (a good map) starts at a finer level around the previous pose. Rotations are
+RELION's ``A`` ``(3, 3)``, origins pixels of the box searched, angles degrees.
 """
 
 from __future__ import annotations
@@ -26,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.alignment.grid import GridProjections
+from cryolive.alignment.pixels import PixelSet
+from cryolive.alignment.score import shift_phases
 from cryolive.backend import to_numpy, xp
 from cryolive.projection import Projector
 from cryolive.rotations.grids import local_offsets
@@ -44,13 +43,6 @@ class Candidates:
         j = np.argmax(self.scores, axis=1)
         b = np.arange(len(j))
         return self.rotations[b, j], self.shifts[b, j], self.scores[b, j]
-
-
-def shift_phases(kx: Any, ky: Any, shifts: np.ndarray) -> Any:
-    """``exp(-2 pi i (kx tx + ky ty))`` for origins ``shifts (..., 2)`` px and pixels ``kx, ky (K,)``: ``(..., K)``."""
-    m = xp()
-    s = m.asarray(shifts, dtype=m.float32)
-    return m.exp(-2j * np.pi * (s[..., 0:1] * kx + s[..., 1:2] * ky)).astype(m.complex64)
 
 
 def origin_range_px(box: int, max_shift_px: float | None) -> float:
@@ -108,23 +100,6 @@ def _diverse_top_k(scores: np.ndarray, rotations: np.ndarray, k: int, min_sep_de
             np.put_along_axis(taken, picked[:, :t + 1], True, 1)
             picked[none_left, t] = np.argmax(~taken[none_left], axis=1)
     return np.take_along_axis(cand, picked, 1)
-
-
-@dataclass(frozen=True)
-class GridProjections:
-    """Projections of a fixed rotation grid at the first ``K`` pixels of a pixel set (reused for every batch)."""
-
-    rotations: np.ndarray  # (G, 3, 3)
-    reim: Any  # (G, 2K) float32: [Re R, Im R] side by side, so the cross term is one real matrix product
-    power: Any  # |R|^2 (G, K)
-
-    @classmethod
-    def make(cls, proj: Projector, rotations: np.ndarray, kx: Any, ky: Any, chunk: int = 4096) -> GridProjections:
-        m = xp()
-        parts = [proj.slice_pixels(rotations[i:i + chunk], kx, ky) for i in range(0, len(rotations), chunk)]
-        r = m.concatenate(parts, axis=0)
-        return cls(np.asarray(rotations), m.ascontiguousarray(m.concatenate([r.real, r.imag], axis=1)),
-                   (r.real**2 + r.imag**2).astype(m.float32))
 
 
 def global_level(grid: GridProjections, y: Any, c2w: Any, scale: Any, shifts: np.ndarray, kx: Any, ky: Any,
@@ -224,16 +199,6 @@ def local_level(proj: Projector, y: Any, c2w: Any, scale: Any, cand: Candidates,
     return Candidates(new_rot, new_sh, np.take_along_axis(best, top, 1))
 
 
-def score_poses(proj: Projector, y: Any, c2w: Any, rotations: np.ndarray, shifts: np.ndarray, kx: Any,
-                ky: Any) -> tuple[Any, Any]:
-    """``cross (B,)`` and ``norm (B,)`` of one pose per image (for the least-squares scale ``cross / norm``)."""
-    m = xp()
-    r = proj.slice_pixels(rotations, kx, ky)
-    cross = m.real(m.sum(y * shift_phases(kx, ky, shifts) * r.conj(), axis=1))
-    norm = m.sum(c2w * (r.real**2 + r.imag**2), axis=1)
-    return cross, norm
-
-
 @dataclass(frozen=True)
 class SearchPlan:
     """How :func:`search_poses` runs: box ``n`` (pixels), grid step (degrees), levels, candidates kept, the prune
@@ -247,6 +212,24 @@ class SearchPlan:
     bound_sigma: float
     max_shift_px: float
     marginal_top: int | None = None
+
+    @classmethod
+    def of(cls, params: Any, n: int, max_shift_px: float, marginal_top: int | None = None) -> SearchPlan:
+        """The plan of an engine's parameters ``params`` (anything with ``coarse_step_deg``, ``levels``,
+        ``candidates`` and ``bound_sigma``: :class:`~cryolive.refinement.refine.RefineParams`,
+        :class:`~cryolive.classification.classify.ClassifyParams`) on a box of ``n`` pixels."""
+        return cls(n, params.coarse_step_deg, params.levels, params.candidates, params.bound_sigma, max_shift_px,
+                   marginal_top)
+
+    def first_level(self, local: bool) -> int:
+        """The level a search starts at: 0 (the global grid), or ``max(L - 1, 1)`` for a local search."""
+        return max(self.levels - 1, 1) if local else 0
+
+    def rotation_offsets(self, level: int, extent_steps: float = 1.5) -> np.ndarray:
+        """The local lattice ``(O, 3, 3)`` a level scores around each candidate: rotations on a grid of the level's
+        step (``coarse_step_deg / 2**level``) out to ``extent_steps`` steps."""
+        st = self.coarse_step_deg / 2**level
+        return local_offsets(st, extent_steps * st, cover=False)
 
     def shift_step(self, radius_px: float) -> float:
         """Shift sampling (pixels) that keeps the phase error at Fourier radius ``radius_px`` below ~1 radian."""
@@ -267,17 +250,18 @@ class SearchPlan:
 
 
 def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None, y: Any, c2w: Any, scale: Any,
-                 kx: Any, ky: Any, counts: list[int], previous: tuple[np.ndarray, np.ndarray] | None = None,
-                 free_scale: bool = False, radii: list[float] | None = None,
-                 rng: np.random.Generator | None = None,
+                 pix: PixelSet, radii: list[float], previous: tuple[np.ndarray, np.ndarray] | None = None,
+                 free_scale: bool = False, rng: np.random.Generator | None = None,
                  mates: np.ndarray | None = None) -> tuple[Candidates, int]:
-    """Coarse-to-fine search of images ``y (B, K)`` (whitened, see the module docstring) against one projector.
+    """Coarse-to-fine search of images ``y, c2w (B, K)`` (whitened terms at the pixels ``pix``, see
+    :mod:`cryolive.alignment.score`) against one projector; ``scale (B,)`` the particles' scales.
 
     Global (``previous`` None): level 0 scores ``grid`` x a shift grid, then levels 1..L refine locally.
     Local (``previous = (rotations (B, 3, 3), origins (B, 2) px)``): starts at level ``max(L - 1, 1)`` around
-    the previous pose. ``counts[i]`` is how many pixels (a prefix of ``kx, ky``) level ``i`` of the run scores and
-    ``radii[i]`` its Fourier radius (pixels), both for the levels the run visits. Returns the candidates
-    (best first) and how many the bound pruned.
+    the previous pose. ``radii`` holds the Fourier radius (pixels) of every level ``0 .. L``
+    (:meth:`SearchPlan.level_radii` from level 0); a level scores the pixels of ``pix`` within its radius (a
+    prefix of the set), the last level all of them. Returns the candidates (best first) and how many the bound
+    pruned.
 
     Symmetry relaxation (``mates``: operators ``(G, 3, 3)`` of a pseudo-symmetry, acting on the right of RELION's
     ``A`` as the reconstruction's symmetry operators do): a local search starts from every mate ``A_prev S_g`` of
@@ -292,6 +276,9 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
     """
     p = plan
     pruned = 0
+    kx, ky = pix.kx, pix.ky
+    radii = radii[p.first_level(previous is not None):]
+    counts = [pix.count_within(r) for r in radii[:-1]] + [len(pix)]
     if previous is None:
         k0 = counts[0]
         sstep = p.shift_step(radii[0])
@@ -310,12 +297,10 @@ def search_poses(plan: SearchPlan, proj: Projector, grid: GridProjections | None
         ops = np.eye(3)[None] if mates is None else np.asarray(mates)
         cand = Candidates(rot[:, None] @ ops[None], np.repeat(sh[:, None], len(ops), axis=1),
                           np.zeros((len(rot), len(ops))))
-        levels = range(max(p.levels - 1, 1), p.levels + 1)
+        levels = range(p.first_level(local=True), p.levels + 1)
         keeps = [2] * (len(levels) - 1) + [1]
     for lv, k, radius, keep in zip(levels, counts, radii, keeps, strict=True):
-        st = p.coarse_step_deg / 2**lv
-        extent = 1.5 * st if previous is None or lv > levels.start else 2.0 * st
-        offsets = local_offsets(st, extent, cover=False)
+        offsets = p.rotation_offsets(lv, 1.5 if previous is None or lv > levels.start else 2.0)
         ds = p.shift_step(radius) / 2
         soff = np.array([[dx, dy] for dy in (-ds, 0, ds) for dx in (-ds, 0, ds)])
         if p.marginal_top and lv == p.levels:

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cryolive.refinement.search import GridProjections, global_level
+from cryolive.alignment import GridProjections, global_level
 
 
 def _grid(g: int = 40, k: int = 30, seed: int = 0):
