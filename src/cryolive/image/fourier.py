@@ -24,40 +24,45 @@ from cryolive.backend import array_module, xp
 def rfft2c(img: Any) -> Any:
     """Centred real FFT of images ``(..., n, n)`` -> ``(..., n, n // 2 + 1)`` complex."""
     m = array_module(img)
-    return m.fft.rfft2(m.fft.ifftshift(img, axes=(-2, -1)), axes=(-2, -1))
+    fft, kw = fft_module(m)
+    return fft.rfft2(m.fft.ifftshift(img, axes=(-2, -1)), axes=(-2, -1), **kw)
 
 
 def irfft2c(f: Any, n: int) -> Any:
     """Inverse of :func:`rfft2c` for images of box ``n``."""
     m = array_module(f)
-    return m.fft.fftshift(m.fft.irfft2(f, s=(n, n), axes=(-2, -1)), axes=(-2, -1))
+    fft, kw = fft_module(m, overwrite=False)
+    return m.fft.fftshift(fft.irfft2(f, s=(n, n), axes=(-2, -1), **kw), axes=(-2, -1))
 
 
 def fftnc(vol: Any) -> Any:
     """Centred full 3D FFT, output also centred (zero frequency at index ``n // 2``)."""
     m = array_module(vol)
-    return m.fft.fftshift(m.fft.fftn(m.fft.ifftshift(vol)))
+    fft, kw = fft_module(m)
+    return m.fft.fftshift(fft.fftn(m.fft.ifftshift(vol), **kw))
 
 
 def ifftnc(f: Any) -> Any:
     """Inverse of :func:`fftnc` (real part not taken)."""
     m = array_module(f)
-    return m.fft.fftshift(m.fft.ifftn(m.fft.ifftshift(f)))
+    fft, kw = fft_module(m)
+    return m.fft.fftshift(fft.ifftn(m.fft.ifftshift(f), **kw))
 
 
 #: elements per chunk of the axis-by-axis inverse transform (bounds its temporaries)
 _CHUNK = 1 << 22
 
 
-def _fft_module(m: Any) -> tuple[Any, dict]:
-    """The FFT module for arrays of ``m`` and its keyword arguments: ``scipy.fft`` on every core (NumPy, in the
-    input's precision, in place where allowed) or ``cupy.fft``."""
+def fft_module(m: Any, overwrite: bool = True) -> tuple[Any, dict]:
+    """The FFT module for arrays of ``m`` and its keyword arguments: ``scipy.fft`` on every core for NumPy (same
+    pocketfft as ``numpy.fft``, in the input's precision; ``overwrite``: the input may be destroyed, for inputs the
+    caller made itself) or ``cupy.fft``."""
     if m.__name__ == "numpy":
         import os
 
         import scipy.fft
 
-        return scipy.fft, {"workers": os.cpu_count() or 1, "overwrite_x": True}
+        return scipy.fft, {"workers": os.cpu_count() or 1, "overwrite_x": overwrite}
     return m.fft, {}
 
 
@@ -81,7 +86,7 @@ def padded_rfftnc(vol: Any, big: int) -> Any:
     padded = m.zeros((big, big, big), dtype=m.float32)
     padded[dest[:, None, None], dest[None, :, None], dest[None, None, :]] = \
         v * sign[:, None, None] * sign[None, :, None]
-    fft, kw = _fft_module(m)
+    fft, kw = fft_module(m)
     return fft.rfftn(padded, **kw).astype(m.complex64, copy=False)
 
 
@@ -97,7 +102,7 @@ def cropped_irfftnc(f: Any, big: int, n: int) -> Any:
     columns = f if callable(f) else (lambda j0, j1: f[:, :, j0:j1])
     h = big // 2 + 1
     m = array_module(columns(0, 1))
-    fft, kw = _fft_module(m)
+    fft, kw = fft_module(m)
     kw = {k: v for k, v in kw.items() if k != "overwrite_x"}
     keep = (m.arange(n) - n // 2) % big  # offsets from the centre of the kept voxels, wrapped
     sign = _alternating(keep, m)

@@ -101,9 +101,13 @@ def apply_radial(vol: Any, weight_of_radius: Any) -> Any:
     ``weight_of_radius`` receives the :func:`rfft_radius_px` grid (pixels) and returns weights of the same
     shape.
     """
+    from cryolive.image.fourier import fft_module
+
     m = xp()
     n = check_cubic(vol)
-    f = m.fft.rfftn(m.asarray(vol, dtype=m.float32))
+    fft, kw = fft_module(m, overwrite=False)
+    f = fft.rfftn(m.asarray(vol, dtype=m.float32), **kw)
     w = weight_of_radius(rfft_radius_px(n))
-    out = m.fft.irfftn(f * w.astype(f.real.dtype), s=(n, n, n))
+    f *= w.astype(f.real.dtype)
+    out = fft.irfftn(f, s=(n, n, n), **{**kw, "overwrite_x": True} if kw else {})
     return out.astype(m.float32)
