@@ -157,14 +157,17 @@ def scatter_add_all(ops: list[tuple[Any, Any, Any]]) -> None:
 
 def free_device_bytes() -> int | None:
     """Bytes the device can still hand out: the driver's free memory (``cudaMemGetInfo``) plus the blocks CuPy's
-    memory pool holds cached but unused. None on NumPy (host memory is not sized here)."""
+    memory pool holds cached but unused, no more than the pool's own limit allows when one is set. None on NumPy
+    (host memory is not sized here)."""
     if backend_name() != "cupy":
         return None
     import cupy
 
     free, _total = cupy.cuda.runtime.memGetInfo()
     pool = cupy.get_default_memory_pool()
-    return int(free) + int(pool.free_bytes())
+    avail = int(free) + int(pool.free_bytes())
+    limit = int(pool.get_limit())  # 0: no limit
+    return max(0, min(avail, limit - int(pool.used_bytes()))) if limit else avail
 
 
 def free_memory_pool() -> None:
