@@ -12,7 +12,10 @@ It computes with NumPy but keeps CuPy's rules about where data live, which is wh
 
 The module is installed as ``cupy`` (and ``cupyx``, ``cupyx.scipy.ndimage``) in ``sys.modules`` by the
 ``emulated_device`` fixture, so the product's own ``if xp().__name__ == "cupy"`` branches run. Passing here does
-not prove the CuPy path (kernels, precision, memory), but a failure here is a failure there.
+not prove the CuPy path (kernels, precision, memory), but a failure here is a failure there. For the batch sizing
+and out-of-memory tests (``tests/core/test_batching.py``) it has ``cupy.cuda.runtime.memGetInfo`` (a roomy device,
+``EMULATED_FREE_BYTES``), a memory pool that counts ``free_all_blocks`` calls, and
+``cupy.cuda.memory.OutOfMemoryError`` to raise.
 """
 
 from __future__ import annotations
@@ -188,6 +191,21 @@ class _Cuda(types.SimpleNamespace):
     pass
 
 
+#: what the emulated ``cupy.cuda.runtime.memGetInfo()`` reports: (free, total) bytes
+EMULATED_FREE_BYTES = 64 * 2**30
+EMULATED_TOTAL_BYTES = 80 * 2**30
+
+
+class OutOfMemoryError(MemoryError):
+    """``cupy.cuda.memory.OutOfMemoryError`` (a ``MemoryError``, as in CuPy), for fault injection."""
+
+    def __init__(self, size: int, total: int, limit: int = 0) -> None:
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
+OutOfMemoryError.__module__ = "cupy.cuda.memory"
+
+
 def make_modules() -> dict[str, types.ModuleType]:
     """The emulated ``cupy``, ``cupyx``, ``cupyx.scipy`` and ``cupyx.scipy.ndimage`` modules, by name."""
     cp = _Namespace("cupy", np)
@@ -214,15 +232,31 @@ def make_modules() -> dict[str, types.ModuleType]:
     cp.fft = _Namespace("cupy.fft", np.fft)
     cp.linalg = _Namespace("cupy.linalg", np.linalg)
     device = types.SimpleNamespace(id=0, synchronize=lambda: None)
-    cp.cuda = _Cuda(is_available=lambda: True, Device=lambda *a: device,
-                    runtime=types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"emulated device"}))
+    # a roomy device by default (batches stay at the user's size); tests set free memory through memGetInfo
+    runtime = types.SimpleNamespace(getDeviceProperties=lambda i: {"name": b"emulated device"},
+                                    memGetInfo=lambda: (EMULATED_FREE_BYTES, EMULATED_TOTAL_BYTES))
+    cp.cuda = _Cuda(is_available=lambda: True, Device=lambda *a: device, runtime=runtime,
+                    memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError))
 
     class _Pool:
+        """CuPy's default memory pool: nothing cached; counts ``free_all_blocks`` calls."""
+
+        freed = 0
+
         def used_bytes(self) -> int:
             return 0
 
+        def free_bytes(self) -> int:
+            return 0
+
+        def total_bytes(self) -> int:
+            return 0
+
+        def get_limit(self) -> int:
+            return 0
+
         def free_all_blocks(self) -> None:
-            return None
+            self.freed += 1
 
     pool = _Pool()
     cp.get_default_memory_pool = lambda: pool

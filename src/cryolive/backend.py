@@ -116,22 +116,85 @@ def scatter_add(target: Any, index: Any, values: Any) -> None:
     """``target.ravel()[index] += values`` with repeated indices accumulated (in place, 1-D ``target``).
 
     NumPy uses ``bincount`` (much faster than ``np.add.at``); CuPy uses atomic ``cupyx.scatter_add``.
-    Complex data are split into real and imaginary parts.
+    Complex data are split into real and imaginary parts. One step: see :func:`scatter_add_all`.
+    """
+    scatter_add_all([(target, index, values)])
+
+
+def scatter_add_all(ops: list[tuple[Any, Any, Any]]) -> None:
+    """Several :func:`scatter_add` ``(target, index, values)`` as one step that either adds everything or changes
+    nothing: every temporary (split real and imaginary parts, casts, doubled indices, NumPy's ``bincount`` sums) is
+    made before the first target is touched, so an out-of-memory error on the way leaves all targets as they were
+    (the batch that raised can be retried, :mod:`cryolive.batching`). The adds themselves allocate nothing large.
     """
     mod = xp()
     if mod.__name__ == "cupy":
         import cupyx
 
-        if mod.iscomplexobj(target):
-            real = target.view(mod.float32 if target.dtype == mod.complex64 else mod.float64)
-            cupyx.scatter_add(real, 2 * index, values.real.astype(real.dtype))
-            cupyx.scatter_add(real, 2 * index + 1, values.imag.astype(real.dtype))
-        else:
-            cupyx.scatter_add(target, index, values.astype(target.dtype))
+        kernels = []
+        for target, index, values in ops:
+            if mod.iscomplexobj(target):
+                real = target.view(mod.float32 if target.dtype == mod.complex64 else mod.float64)
+                kernels.append((real, 2 * index, values.real.astype(real.dtype)))
+                kernels.append((real, 2 * index + 1, values.imag.astype(real.dtype)))
+            else:
+                kernels.append((target, index, values.astype(target.dtype)))
+        for target, index, values in kernels:
+            cupyx.scatter_add(target, index, values)
         return
-    size = target.size
-    if np.iscomplexobj(target):
-        target += np.bincount(index, weights=values.real, minlength=size).astype(target.real.dtype)
-        target += 1j * np.bincount(index, weights=values.imag, minlength=size).astype(target.real.dtype)
-    else:
-        target += np.bincount(index, weights=values, minlength=size).astype(target.dtype)
+    sums = []
+    for target, index, values in ops:
+        size = target.size
+        if np.iscomplexobj(target):
+            part = np.bincount(index, weights=values.real, minlength=size).astype(target.dtype)
+            part.imag = np.bincount(index, weights=values.imag, minlength=size)
+        else:
+            part = np.bincount(index, weights=values, minlength=size).astype(target.dtype)
+        sums.append((target, part))
+    for target, part in sums:
+        target += part
+
+
+def free_device_bytes() -> int | None:
+    """Bytes the device can still hand out: the driver's free memory (``cudaMemGetInfo``) plus the blocks CuPy's
+    memory pool holds cached but unused, no more than the pool's own limit allows when one is set. None on NumPy
+    (host memory is not sized here)."""
+    if backend_name() != "cupy":
+        return None
+    import cupy
+
+    free, _total = cupy.cuda.runtime.memGetInfo()
+    pool = cupy.get_default_memory_pool()
+    avail = int(free) + int(pool.free_bytes())
+    limit = int(pool.get_limit())  # 0: no limit
+    return max(0, min(avail, limit - int(pool.used_bytes()))) if limit else avail
+
+
+def free_memory_pool() -> None:
+    """Give the cached blocks of CuPy's memory pool back to the driver (after an out-of-memory error); nothing on
+    NumPy."""
+    if backend_name() == "cupy":
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+
+
+class OutOfDeviceMemory(MemoryError):
+    """Out of memory even with a batch of one item: nothing smaller is left to try (:mod:`cryolive.batching`).
+    Not retried again by an enclosing batch loop (:func:`is_out_of_memory` is False for it)."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means an allocation failed, so that a smaller batch may succeed: ``MemoryError`` (which
+    CuPy's ``cupy.cuda.memory.OutOfMemoryError`` is), and CUDA errors from CuPy's libraries that report an
+    allocation failure (``cudaErrorMemoryAllocation`` "out of memory", cuFFT/cuBLAS ``..._ALLOC_FAILED``).
+    :class:`OutOfDeviceMemory` is not: it was already tried down to a batch of one."""
+    if isinstance(exc, OutOfDeviceMemory):
+        return False
+    if isinstance(exc, MemoryError):
+        return True
+    for cls in type(exc).__mro__:
+        if cls.__module__.startswith(("cupy", "cupy_backends")):
+            text = str(exc).lower()
+            return cls.__name__ == "OutOfMemoryError" or "out of memory" in text or "alloc_failed" in text
+    return False

@@ -35,6 +35,7 @@ in-plane part of RELION's ``A = Rz(psi)``); origins in pixels inside, Å in the 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ import numpy as np
 
 from cryolive.alignment.noise import add_to_shells, shell_power, sigma_at
 from cryolive.alignment.pixels import soft_window
-from cryolive.backend import scatter_add, to_numpy, xp
+from cryolive.backend import scatter_add, scatter_add_all, to_numpy, xp
+from cryolive.batching import AdaptiveBatch
 from cryolive.image.ctf import ctf_values
 from cryolive.image.fourier import rfft2c, shift_images
 from cryolive.io import ParticleStack
@@ -324,6 +326,7 @@ class _Classifier:
         self.n = n = stack.box
         self.apix = stack.pixel_size
         self.rng = np.random.default_rng(p.seed)
+        self.batches = AdaptiveBatch(p.batch_size, label="2D classification")  # particle batches that fit the device
         diameter = p.diameter_A if p.diameter_A else 0.9 * n * self.apix
         self.mask = _soft_mask(n, 0.5 * diameter / self.apix)
         self.grid_corr = _gridding_correction_2d(n)
@@ -397,6 +400,13 @@ class _Classifier:
         return out.reshape((-1,) + rect.shape).astype(m.complex64)
 
     # ------------------------------------------------------------------------------------------ E step
+    def _batch_bytes(self, rect: _Rect, hypotheses: int) -> float:
+        """Rough device bytes per particle of a batch scoring ``hypotheses`` fine references at every origin
+        (references, products and partial DFTs over the rectangle, scores per origin), plus its image; sizes the
+        first batch from the free device memory (:class:`~cryolive.batching.AdaptiveBatch`)."""
+        fy, fx = rect.shape
+        return hypotheses * (24.0 * fy * fx + 20.0 * len(self.shifts) ** 2) + 16.0 * self.n**2
+
     def _chunk(self, n_refs: int, rect: _Rect) -> int:
         fy, fx = rect.shape
         return max(1, int(1.2e7 // (n_refs * fy * max(fx, len(self.shifts)))))
@@ -404,7 +414,12 @@ class _Classifier:
     def e_step(self, idx: np.ndarray, rect: _Rect, coarse: Any, fine: Any, ex: Any, ey: Any,
                sums: _Sums, res_acc: np.ndarray, res_cnt: np.ndarray) -> tuple[np.ndarray, Any]:
         """Score a batch of particles, update their best hypotheses, add their weighted data to ``sums`` and
-        their residual power per shell to ``res_acc/res_cnt``. Returns (class posterior sums (K,), max prob)."""
+        their residual power per shell to ``res_acc/res_cnt``. Returns (class posterior sums (K,), max prob).
+
+        All or nothing, so that a batch that runs out of device memory can be retried smaller
+        (:mod:`cryolive.batching`): everything is computed first; ``sums`` then change in one
+        :func:`~cryolive.backend.scatter_add_all` and the host sums after it. The best hypotheses are overwritten
+        (a retry writes them again)."""
         m, p = self.m, self.p
         k_cls, o = p.k, p.psi_oversampling
         n_c = len(self.psi_coarse)
@@ -457,27 +472,30 @@ class _Classifier:
         contrib = g * (x * ctf_w)[bsel]
         var = (m.abs(g) ** 2) * (ctf * ctf_w)[bsel]
         dval = wsum[bsel, jsel][:, None, None] * (ctf * ctf_w)[bsel]
-        self._scatter(sums, fidx[bsel, jsel], contrib, dval, var)
         # residuals at the best hypothesis (noise model)
         shift_px = m.asarray(self.best_shift[idx], dtype=m.float32)
         phase = m.exp(2j * m.pi * (rect.qx[None] * shift_px[:, 0, None, None]
                                   + rect.qy[None] * shift_px[:, 1, None, None]) / self.n)
         model = ctf * fine[ref_best] * phase
         res = (m.abs(x - model) ** 2 * rect.mult).reshape(len(idx), -1)
-        add_to_shells(res_acc, res_cnt, res, rect.ring.ravel(), rect.mult.ravel())
+        acc, cnt = np.zeros_like(res_acc), np.zeros_like(res_cnt)  # added to the sums at the commit below
+        add_to_shells(acc, cnt, res, rect.ring.ravel(), rect.mult.ravel())
         csum = m.zeros(k_cls, dtype=m.float64)
         scatter_add(csum, cls.ravel(), wsum.ravel().astype(m.float64))
-        return to_numpy(csum), to_numpy(post.reshape(len(idx), -1).max(axis=1))
+        csum, pmax = to_numpy(csum), to_numpy(post.reshape(len(idx), -1).max(axis=1))
+        self._scatter(sums, fidx[bsel, jsel], contrib, dval, var)  # the commit
+        res_acc += acc
+        res_cnt += cnt
+        return csum, pmax
 
     @staticmethod
     def _scatter(sums: _Sums, ref: Any, s: Any, d: Any, v: Any) -> None:
-        """Add per-hypothesis arrays ``(M, Fy, Fx)`` into ``sums`` at references ``ref (M,)``."""
+        """Add per-hypothesis arrays ``(M, Fy, Fx)`` into ``sums`` at references ``ref (M,)`` (all or nothing)."""
         m = xp()
         f = s.shape[1] * s.shape[2]
         index = (ref[:, None] * f + m.arange(f)[None]).ravel()
-        scatter_add(sums.s.reshape(-1), index, s.reshape(-1))
-        scatter_add(sums.d.reshape(-1), index, d.reshape(-1))
-        scatter_add(sums.v.reshape(-1), index, v.reshape(-1))
+        scatter_add_all([(sums.s.reshape(-1), index, s.reshape(-1)), (sums.d.reshape(-1), index, d.reshape(-1)),
+                         (sums.v.reshape(-1), index, v.reshape(-1))])  # one step: all three or none
 
     # ------------------------------------------------------------------------------------------ M step
     def m_step(self, sums: _Sums, rect: _Rect, psi: np.ndarray, classes: list[int]) -> None:
@@ -570,13 +588,16 @@ class _Classifier:
         rect = _Rect.make(self.n, self.r)
         sums = _Sums.zeros(p.k, rect.shape)
         w = self._weights(rect)
-        for s0 in range(0, n_sub, p.batch_size):
-            idx = subset[s0:s0 + p.batch_size]
+
+        def add(s0: int, s1: int) -> None:  # all or nothing: the sums change last, in one step
+            idx = subset[s0:s1]
             x = rect.take(self._images(idx))
             ctf = self._ctf(idx, rect)
             cw = ctf * w
-            ref = m.asarray(cls[s0:s0 + p.batch_size])
-            self._scatter(sums, ref, x * cw, ctf * cw, ctf * cw)
+            self._scatter(sums, m.asarray(cls[s0:s1]), x * cw, ctf * cw, ctf * cw)
+
+        for _ in self.batches.run(n_sub, add, self._batch_bytes(rect, 1)):
+            pass
         self.m_step(sums, rect, np.zeros(1), list(range(p.k)))
 
     def iteration(self, it: int, subset: np.ndarray) -> dict[str, Any]:
@@ -593,9 +614,9 @@ class _Classifier:
         old = self.assigned[subset].copy()
         csum = np.zeros(p.k)
         pmax = []
-        for s0 in range(0, len(subset), p.batch_size):
-            idx = subset[s0:s0 + p.batch_size]
-            c, pm = self.e_step(idx, rect, coarse, fine, ex, ey, sums, res_acc, res_cnt)
+        hyp = min(p.fine_candidates, coarse.shape[0]) * p.psi_oversampling
+        for _, _, (c, pm) in self.batches.run(len(subset), lambda a, b: self.e_step(
+                subset[a:b], rect, coarse, fine, ex, ey, sums, res_acc, res_cnt), self._batch_bytes(rect, hyp)):
             csum += c
             pmax.append(pm)
         upd = res_cnt > 0
@@ -615,7 +636,7 @@ class _Classifier:
     def _reseed(self, subset: np.ndarray, counts: np.ndarray) -> list[int]:
         """Re-seed classes with fewer than ``min_class_fraction`` of the mean class size from a random half of
         the largest class (at those particles' best angles and origins). Returns the re-seeded classes."""
-        m, p = self.m, self.p
+        p = self.p
         small = np.nonzero(counts < p.min_class_fraction * len(subset) / p.k)[0]
         done: list[int] = []
         for k in small:
@@ -625,28 +646,32 @@ class _Classifier:
                 break
             half = np.sort(self.rng.choice(members, size=len(members) // 2, replace=False))
             rect = _Rect.make(self.n, self.r)
-            n_a = len(self.psi_fine)
-            sums = _Sums.zeros(p.k * n_a, rect.shape)
-            ex, ey = _shift_kernels(rect, self.shifts)
-            w = self._weights(rect)
-            t = len(self.shifts)
-            for s0 in range(0, len(half), p.batch_size):
-                idx = half[s0:s0 + p.batch_size]
-                x = rect.take(self._images(idx))
-                ctf = self._ctf(idx, rect)
-                cw = ctf * w
-                onehot = np.zeros((len(idx), t, t), np.float32)
-                ix = np.rint((self.best_shift[idx] - self.shifts[0]) / self.p.shift_step_px).astype(int)
-                onehot[np.arange(len(idx)), ix[:, 1], ix[:, 0]] = 1.0
-                g = _origin_weights_to_fourier(m.asarray(onehot), ex, ey)
-                ref = m.asarray(k * n_a + self.best_ref[idx] % n_a)
-                self._scatter(sums, ref, g * x * cw, ctf * cw, ctf * cw)
+            sums = _Sums.zeros(p.k * len(self.psi_fine), rect.shape)
+            for _ in self.batches.run(len(half), functools.partial(self._seed_sums, half, int(k), sums, rect),
+                                      self._batch_bytes(rect, 1)):
+                pass
             self.m_step(sums, rect, self.psi_fine, [int(k)])
             self.log_prior[[k, big]] = self.log_prior[big] + np.log(0.5)
             self.assigned[half] = k
             counts[k], counts[big] = len(half), counts[big] - len(half)
             done.append(int(k))
         return done
+
+    def _seed_sums(self, members: np.ndarray, k: int, sums: _Sums, rect: _Rect, s0: int, s1: int) -> None:
+        """Add particles ``members[s0:s1]`` to class ``k``'s ``sums`` at their best angle and origin (all or
+        nothing: the sums change last, in one step)."""
+        m, n_a, t = self.m, len(self.psi_fine), len(self.shifts)
+        ex, ey = _shift_kernels(rect, self.shifts)
+        idx = members[s0:s1]
+        x = rect.take(self._images(idx))
+        ctf = self._ctf(idx, rect)
+        cw = ctf * self._weights(rect)
+        onehot = np.zeros((len(idx), t, t), np.float32)
+        ix = np.rint((self.best_shift[idx] - self.shifts[0]) / self.p.shift_step_px).astype(int)
+        onehot[np.arange(len(idx)), ix[:, 1], ix[:, 0]] = 1.0
+        g = _origin_weights_to_fourier(m.asarray(onehot), ex, ey)
+        ref = m.asarray(k * n_a + self.best_ref[idx] % n_a)
+        self._scatter(sums, ref, g * x * cw, ctf * cw, ctf * cw)
 
     def _update_limit(self, counts: np.ndarray) -> None:
         """Next E step's outermost shell: the best class resolution (classes with particles) plus a margin."""

@@ -46,6 +46,7 @@ from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import Candidates, SearchPlan, local_level, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
+from cryolive.batching import LOCAL_POSES, AdaptiveBatch, pose_search_bytes, rollback
 from cryolive.classification.masks import auto_solvent_mask, compose_class_volume, mask_warnings
 from cryolive.classification.metrics import effective_classes
 from cryolive.image.fourier import rfft2c
@@ -256,6 +257,7 @@ class _Classifier:
         self.apix = stack.pixel_size * self.n / self.nc
         self.scorer = Scorer(stack.ctf, self.apix)  # scores in the class box
         self.rng = np.random.default_rng(p.seed)
+        self.batches = AdaptiveBatch(p.batch_size, label="classification")  # see iteration
         self.half = half_sets(stack, p.seed)
         n_tot = len(stack)
         rot0 = stack.rotations if stack.rotations is not None else np.tile(np.eye(3), (n_tot, 1, 1))
@@ -311,17 +313,19 @@ class _Classifier:
     def _reconstruct(self, idx: np.ndarray, weights: np.ndarray | None = None,
                      cls: int = 0) -> tuple[Reconstructor, Reconstructor]:
         """Half-set reconstructions of particles ``idx`` at class ``cls``'s poses (no noise weighting)."""
-        m = self.m
         recs = (Reconstructor(self.nc, symmetry=self.p.symmetry), Reconstructor(self.nc, symmetry=self.p.symmetry))
-        for s0 in range(0, len(idx), self.p.batch_size):
-            b = idx[s0:s0 + self.p.batch_size]
-            f, ctf = self._images(b)[1], self._ctf_image(b)
+
+        def read(a: int, b: int) -> tuple[Any, Any]:  # the step of a batch that fits the device (cryolive.batching)
+            return self._images(idx[a:b])[1], self._ctf_image(idx[a:b])
+
+        for s0, s1, (f, ctf) in self.batches.run(len(idx), read, 64 * self.n**2):  # insertion (adaptive) commits
+            b = idx[s0:s1]
             for h, rec in zip((1, 2), recs, strict=True):
                 sel = np.nonzero(self.half[b] == h)[0]
                 if len(sel):
-                    g = m.asarray(sel)
-                    rec.insert(f[g], self.rot[b[sel], cls], ctf=ctf[g], shifts=self._class_shifts(b[sel], cls),
-                               weights=None if weights is None else weights[s0:s0 + self.p.batch_size][sel])
+                    rec.insert(f, self.rot[b[sel], cls], ctf=ctf, shifts=self._class_shifts(b[sel], cls),
+                               weights=None if weights is None else weights[s0:s1][sel], take=sel)
+            f = ctf = None
         return recs
 
     def _class_shifts(self, idx: np.ndarray, cls: int) -> np.ndarray:
@@ -571,33 +575,49 @@ class _Classifier:
         t_e = t_m = 0.0
         noise = noise_image(self.sigma2, self.nc)
         old_assigned = self.assigned[subset].copy()
-        for s0 in range(0, len(subset), p.batch_size):
-            idx = subset[s0:s0 + p.batch_size]
+
+        def e_step(a: int, b: int) -> tuple[Any, Any, np.ndarray, np.ndarray, np.ndarray, float]:
+            """Scores, posteriors, poses and residual power of particles ``subset[a:b]`` for a batch that fits the
+            device (:mod:`cryolive.batching`): the writes to the poses, posteriors and assignments are rolled back
+            if it runs out of memory, and the insertion is left to the commit below, once it has succeeded, so no
+            particle is inserted or counted twice."""
+            idx = subset[a:b]
             te = time.perf_counter()
-            f, f_raw = self._images(idx)
-            ll = self._scores(projs, grids, f, idx, pix, radii)
-            post = posteriors_from_scores(ll, self.log_prior, beta)
-            self.posteriors[idx] = post
-            best = np.argmax(post, axis=1)
-            self.assigned[idx] = best
-            for c in range(k):
-                sel = np.nonzero(best == c)[0]
-                if len(sel):
-                    self.scorer.residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
-                                               self._class_shifts(idx[sel], c), pixel_set(self.nc, self.nc / 2),
-                                               acc, cnt)
-            t_e += time.perf_counter() - te
+            acc_b, cnt_b = np.zeros(nsh), np.zeros(nsh)
+            with rollback(idx, (self.rot, self.sh, self.posteriors, self.assigned)):
+                f, f_raw = self._images(idx)
+                ll = self._scores(projs, grids, f, idx, pix, radii)
+                post = posteriors_from_scores(ll, self.log_prior, beta)
+                self.posteriors[idx] = post
+                best = np.argmax(post, axis=1)
+                self.assigned[idx] = best
+                for c in range(k):
+                    sel = np.nonzero(best == c)[0]
+                    if len(sel):
+                        self.scorer.residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
+                                                   self._class_shifts(idx[sel], c), pixel_set(self.nc, self.nc / 2),
+                                                   acc_b, cnt_b)
+                ctf = self._ctf_image(idx)
+            return f_raw, ctf, post, acc_b, cnt_b, time.perf_counter() - te
+
+        poses = {"fixed": 1, "local": len(local_offsets(p.local_step_deg, p.local_extent_deg, cover=False)),
+                 "hetero": p.candidates * LOCAL_POSES}[p.mode]
+        item_bytes = pose_search_bytes(len(pix), poses, self.nc)
+        for s0, s1, (f_raw, ctf, post, acc_b, cnt_b, dt) in self.batches.run(len(subset), e_step, item_bytes):
+            idx = subset[s0:s1]
+            acc += acc_b
+            cnt += cnt_b
+            t_e += dt
             tm = time.perf_counter()
-            ctf = self._ctf_image(idx)
             for c in range(k):
                 for h in (1, 2):
                     sel = np.nonzero((self.half[idx] == h) & (post[:, c] >= p.min_weight))[0]
                     if len(sel) == 0:
                         continue
-                    g = m.asarray(sel)
-                    new[c][h - 1].insert(f_raw[g], self.rot[idx[sel], c], ctf=ctf[g],
+                    new[c][h - 1].insert(f_raw, self.rot[idx[sel], c], ctf=ctf, take=sel,
                                          shifts=self._class_shifts(idx[sel], c), weights=post[sel, c],
                                          noise_power=noise)
+            f_raw = ctf = None  # this batch's device arrays go before the next batch is scored
             t_m += time.perf_counter() - tm
         self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
         tr = time.perf_counter()

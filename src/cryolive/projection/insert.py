@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from cryolive.backend import scatter_add, xp
+from cryolive.backend import scatter_add_all, xp
+from cryolive.batching import AdaptiveBatch
 from cryolive.image.fourier import cropped_irfftnc, rfft_freqs_2d, shift_phase
 from cryolive.image.resample import resample_volume
 from cryolive.projection import _kernels
@@ -42,6 +43,9 @@ from cryolive.projection.gridding import (
 #: voxels per z-slab when the half grids are read (bounds the temporaries of finalize and symmetrisation)
 _SLAB_VOXELS = 1 << 22
 _TINY = np.float32(1e-30)
+#: device bytes one inserted pixel of one image needs on the way (trilinear corners, weights, values, the scatter's
+#: split parts): what sizes the insertion chunks from the free memory
+INSERT_BYTES_PER_PIXEL = 600
 
 
 def _mirror_plane(plane: Any) -> Any:
@@ -91,19 +95,50 @@ class Reconstructor:
         self._kx_sel = m.ascontiguousarray(kx.ravel()[self._sel], dtype=m.float32)
         self._ky_sel = m.ascontiguousarray(ky.ravel()[self._sel], dtype=m.float32)
         self._col_weight = m.where(self._kx_sel == 0, 0.5, 1.0).astype(m.float32)
+        self.chunks = AdaptiveBatch(None, label="insertion")  # images per insertion step (see insert)
 
     def insert(self, f_images: Any, rotations: Any, ctf: Any = None, shifts: Any = None,
-               weights: Any = None, noise_power: Any = None) -> None:
+               weights: Any = None, noise_power: Any = None, take: Any = None) -> None:
         """Insert image transforms ``(B, n, n // 2 + 1)`` taken at RELION poses ``rotations (B, 3, 3)``.
 
         ``ctf``: CTF values of the same shape (None = 1); ``shifts``: ``(B, 2)`` origins in pixels (images are
         re-centred by shifting ``+origin``); ``weights``: ``(B,)`` pose weights / scales ``w_i a_i``... applied to
         both terms as ``w`` (numerator ``w C X``, denominator ``w C^2``); ``noise_power``: per-pixel ``sigma^2``
-        broadcastable to one image (both terms divided by it).
+        broadcastable to one image (both terms divided by it). ``take``: positions ``(B,)`` (host integers) of the
+        images to insert in ``f_images`` and ``ctf``, which then hold a whole batch (the other arguments are for the
+        ``B`` images taken): the selection is then copied chunk by chunk.
+
+        The images go in chunks that fit the device's free memory (:class:`~cryolive.batching.AdaptiveBatch`,
+        ``INSERT_BYTES_PER_PIXEL`` a pixel): every chunk is one all-or-nothing step (its temporaries are all made
+        before one :func:`~cryolive.backend.scatter_add_all`), so on out-of-memory the chunk is halved and the
+        insertion goes on without adding any image twice; the smaller chunk is kept for later calls.
         """
+        rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
+        b = rot.shape[0]
+        n_src = len(f_images)
+        take = None if take is None else np.asarray(take)
+
+        def rows(a: Any, s: int, e: int, count: int, pos: Any) -> Any:  # per-image arguments cut to the chunk
+            if a is None or np.ndim(a) == 0 or len(a) != count or count == 1:
+                return a
+            return a[s:e] if pos is None else a[pos]
+
+        def chunk(s: int, e: int, op: np.ndarray) -> None:
+            pos = None if take is None else take[s:e]
+            data, c2 = self._weighted(rows(f_images, s, e, n_src, pos), rows(ctf, s, e, n_src, pos),
+                                      rows(shifts, s, e, b, None), rows(weights, s, e, b, None), noise_power)
+            self._insert_slices(data, c2, rot[s:e] @ op)
+
+        per_image = INSERT_BYTES_PER_PIXEL * int(self._sel.size)
+        for op in self._ops if self.symmetrise == "insert" else self._ops[:1]:
+            for _ in self.chunks.run(b, lambda s, e, op=op: chunk(s, e, op), item_bytes=per_image):
+                pass
+        self.n_images += b
+
+    def _weighted(self, f_images: Any, ctf: Any, shifts: Any, weights: Any, noise_power: Any) -> tuple[Any, Any]:
+        """The inserted terms at the selected pixels, ``w C X`` (complex64) and ``w C^2`` (float32), ``(B, P)``."""
         m = xp()
         f = m.asarray(f_images).astype(m.complex64)
-        rot = np.asarray(rotations, dtype=np.float64).reshape(-1, 3, 3)
         b = f.shape[0]
         if shifts is not None:
             s = m.asarray(shifts, dtype=m.float32)
@@ -121,9 +156,7 @@ class Reconstructor:
             scale = scale / m.broadcast_to(m.asarray(noise_power, dtype=m.float32), self._kx.shape).ravel()[sel]
         data = (f * (c * scale)).astype(m.complex64)
         c2 = m.ascontiguousarray(m.broadcast_to(c * c * scale, f.shape), dtype=m.float32)
-        for op in self._ops if self.symmetrise == "insert" else self._ops[:1]:
-            self._insert_slices(data, c2, rot @ op)
-        self.n_images += b
+        return data, c2
 
     def _insert_slices(self, data: Any, c2: Any, rot: np.ndarray) -> None:
         """Scatter ``data (B, P)`` and ``c2 (B, P)`` (the selected pixels) at poses ``rot (B, 3, 3)``."""
@@ -137,8 +170,9 @@ class Reconstructor:
         idx, wts = half_trilinear_corners(pts, self.big)
         flat_idx = m.concatenate([i.ravel() for i in idx])
         w = m.stack(wts)
-        scatter_add(self.numerator, flat_idx, (w * data[None]).ravel())
-        scatter_add(self.denominator, flat_idx, (w * c2[None]).ravel())
+        # one step: both value arrays exist before either accumulator changes
+        scatter_add_all([(self.numerator, flat_idx, (w * data[None]).ravel()),
+                         (self.denominator, flat_idx, (w * c2[None]).ravel())])
 
     def add(self, other: Reconstructor) -> None:
         """Add another reconstructor's accumulators (same box, pad and symmetry)."""

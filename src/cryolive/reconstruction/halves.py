@@ -24,11 +24,16 @@ import numpy as np
 import pandas as pd
 
 from cryolive.backend import to_numpy, xp
+from cryolive.batching import AdaptiveBatch
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
 from cryolive.projection import Reconstructor
 from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fsc, ssnr_from_fsc
+
+#: device bytes a back-projected image needs per pixel of its box before insertion (the image, its transforms and
+#: CTF); the insertion sizes its own chunks
+BACKPROJECT_BYTES_PER_PIXEL = 48
 
 
 def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
@@ -100,6 +105,11 @@ def backproject_halves(stack: ParticleStack, half: np.ndarray, symmetry: str = "
     pixels). Yields ``(n_done, (rec_A, rec_B))`` after each batch (the same two objects each time). Images are read
     from disk in batches, so memory is bounded by ``batch_size``. Poses must be present (:class:`InputError`
     otherwise).
+
+    On the GPU the batch is at most ``batch_size`` and what the free device memory holds
+    (:class:`~cryolive.batching.AdaptiveBatch`); out of memory, it is halved and the job goes on. A batch is read,
+    transformed and its CTFs made in one step that changes nothing, then inserted (the commit): the insertion
+    adapts its own chunks, so an image is never inserted twice.
     """
     if stack.rotations is None:
         raise InputError(f"{stack.source}: the particles have no poses (rlnAngleRot/Tilt/Psi); "
@@ -107,17 +117,20 @@ def backproject_halves(stack: ParticleStack, half: np.ndarray, symmetry: str = "
     m = xp()
     recs = (Reconstructor(stack.box, symmetry=symmetry), Reconstructor(stack.box, symmetry=symmetry))
     shifts_px = (np.zeros((len(stack), 2)) if stack.shifts is None else stack.shifts / stack.pixel_size)
-    done = 0
-    for idx, imgs in stack.iter_batches(batch_size):
-        idx = np.asarray(idx)
-        f = rfft2c(m.asarray(imgs, dtype=m.float32))
-        ctf = ctf_2d(stack.ctf.subset(idx), stack.box, stack.pixel_size)
+
+    def transforms(start: int, stop: int) -> tuple[np.ndarray, Any, Any]:
+        idx = np.arange(start, stop)
+        f = rfft2c(m.asarray(stack.images(idx), dtype=m.float32))
+        return idx, f, ctf_2d(stack.ctf.subset(idx), stack.box, stack.pixel_size)
+
+    batches = AdaptiveBatch(batch_size, label="back-projection")
+    for _, done, (idx, f, ctf) in batches.run(len(stack), transforms, item_bytes=BACKPROJECT_BYTES_PER_PIXEL
+                                              * stack.box**2):
         for h, rec in zip((1, 2), recs, strict=True):
             sel = np.nonzero(half[idx] == h)[0]
             if len(sel):
-                gsel = m.asarray(sel)
-                rec.insert(f[gsel], stack.rotations[idx[sel]], ctf=ctf[gsel], shifts=shifts_px[idx[sel]])
-        done += len(idx)
+                rec.insert(f, stack.rotations[idx[sel]], ctf=ctf, shifts=shifts_px[idx[sel]], take=sel)
+        del f, ctf  # this batch's device arrays, before the next one is read
         yield done, recs
 
 

@@ -42,6 +42,7 @@ from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import Candidates, SearchPlan, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
+from cryolive.batching import LOCAL_POSES, AdaptiveBatch, pose_search_bytes, rollback
 from cryolive.image.ctf import ctf_2d
 from cryolive.image.fourier import rfft2c
 from cryolive.io import InputError, ParticleStack
@@ -319,6 +320,7 @@ class _Refiner:
         self.scorer = Scorer(stack.ctf, self.apix)
         ref = _checked_reference(reference, self.n)
         self.rng = np.random.default_rng(p.seed)
+        self.batches = AdaptiveBatch(p.batch_size, label="refinement")  # E/M batches (see iteration)
         self.half = half_sets(stack, p.seed)
         self.state = _initial_state(stack, p.use_input_poses)
         self.global_iters = 0 if p.use_input_poses else p.global_iters
@@ -436,28 +438,46 @@ class _Refiner:
         sig_map_full = noise_image(self.sigma2, self.n)  # sigma^2 is fixed during the E step
         # sigma^2 is measured on windowed images: whole images carry 1 / mean(window^2) times that noise power
         sig_map_raw = sig_map_full / float(m.mean(self.window**2))
-        for s0 in range(0, len(subset), p.batch_size):
-            idx_all = subset[s0:s0 + p.batch_size]
-            f_all, raw_all = self._image_pair(idx_all)
-            for h in (1, 2):
-                sel = np.nonzero(self.half[idx_all] == h)[0]
-                if len(sel) == 0:
-                    continue
-                idx, f, raw = idx_all[sel], f_all[m.asarray(sel)], raw_all[m.asarray(sel)]
-                proj, grid = projs[h - 1], grids[h - 1]
+        st = self.state
+
+        def e_step(a: int, b: int) -> tuple[list[tuple], np.ndarray, np.ndarray, int, float]:
+            """Search, scales, residual power and CTFs of particles ``subset[a:b]`` (both half sets) for a batch
+            that fits the device (:mod:`cryolive.batching`): the writes to the poses, scales and random state are
+            rolled back if it runs out of memory, and the insertion is left to the commit below, once it has
+            succeeded, so no particle is inserted or counted twice."""
+            idx_all = subset[a:b]
+            acc_b, cnt_b, found, pruned_b = np.zeros(nsh), np.zeros(nsh), [], 0
+            with rollback(idx_all, (st.rotations, st.shifts, st.seen, st.scales), self.rng):
+                f_all, raw_all = self._image_pair(idx_all)
                 ts = time.perf_counter()
-                cand, pruned = self._search_batch(proj, grid, f, idx, pix, radii, local, free_scale, sample)
-                pruned_total += pruned
-                rot, sh, _ = cand.best()
-                self.state.rotations[idx], self.state.shifts[idx] = rot, sh
-                self.state.seen[idx] = True
-                self._update_scales(proj, f, idx, pix, rot, sh)
-                # the residuals out to the projector's working radius (shells beyond keep their noise estimate)
-                self.scorer.residual_power(proj, f, idx, rot, sh, pixel_set(self.n, proj.max_freq * self.n), acc,
-                                           cnt, scales=self.state.scales[idx])
-                t_search += time.perf_counter() - ts
+                for h in (1, 2):
+                    sel = np.nonzero(self.half[idx_all] == h)[0]
+                    if len(sel) == 0:
+                        continue
+                    idx, f, raw = idx_all[sel], f_all[m.asarray(sel)], raw_all[m.asarray(sel)]
+                    proj, grid = projs[h - 1], grids[h - 1]
+                    cand, pruned = self._search_batch(proj, grid, f, idx, pix, radii, local, free_scale, sample)
+                    pruned_b += pruned
+                    rot, sh, _ = cand.best()
+                    st.rotations[idx], st.shifts[idx] = rot, sh
+                    st.seen[idx] = True
+                    self._update_scales(proj, f, idx, pix, rot, sh)
+                    # the residuals out to the projector's working radius (shells beyond keep their noise estimate)
+                    self.scorer.residual_power(proj, f, idx, rot, sh, pixel_set(self.n, proj.max_freq * self.n),
+                                               acc_b, cnt_b, scales=st.scales[idx])
+                    ctf2d = self._ctf_2d(idx) * m.asarray(st.scales[idx], dtype=m.float32)[:, None, None]
+                    found.append((h, raw, cand, rot, sh, ctf2d))
+            return found, acc_b, cnt_b, pruned_b, time.perf_counter() - ts
+
+        mates = 1 if self.relax_ops is None else len(self.relax_ops)
+        item_bytes = pose_search_bytes(len(pix), max(p.candidates, p.marginal_top, mates) * LOCAL_POSES, self.n)
+        for _, _, (found, acc_b, cnt_b, pruned_b, dt) in self.batches.run(len(subset), e_step, item_bytes):
+            acc += acc_b
+            cnt += cnt_b
+            pruned_total += pruned_b
+            t_search += dt
+            for h, raw, cand, rot, sh, ctf2d in found:
                 ti = time.perf_counter()
-                ctf2d = self._ctf_2d(idx) * m.asarray(self.state.scales[idx], dtype=m.float32)[:, None, None]
                 if self._marginal(local) and cand.scores.shape[1] > 1:
                     wts = np.exp(cand.scores - cand.scores[:, :1])
                     wts /= wts.sum(axis=1, keepdims=True)
@@ -467,6 +487,7 @@ class _Refiner:
                 else:
                     recs[h - 1].insert(raw, rot, ctf=ctf2d, shifts=sh, noise_power=sig_map_raw)
                 t_insert += time.perf_counter() - ti
+            found = raw = ctf2d = None  # this batch's device arrays go before the next batch is searched
         self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
         if p.scale_mode == "minimize":  # the map carries the absolute scale: keep the median particle scale at 1
             self.state.scales[subset] /= float(np.median(self.state.scales[subset]))
