@@ -73,3 +73,26 @@ def test_marginalisation_and_scale_reset_run_and_stay_sane(tmp_path):
 
     assert fsc(fin.map, truth)[1:4].min() > 0.8
     assert fin.angular_distribution.sum() == 800
+
+
+def test_working_box_follows_the_resolution_and_the_last_iteration_uses_the_whole_box():
+    """Iterations before the final passes work in a box cut to the alignment radius (with its margin); the last
+    uses the particle box, and the map is as good against the truth as with the whole box throughout."""
+    stack = read_particles(sample_path("particles.star"))
+    ref, _ = read_map(sample_path("reference.mrc"))
+    truth, _ = read_map(sample_path("truth_map.mrc"))
+    n = stack.box
+    runs = {}
+    for wb in (True, False):
+        p = RefineParams(**{**FAST, "max_iter": 3, "working_box": wb, "working_margin_px": 2.0})
+        its = [s for s in drain(refine(stack, ref, p))[0] if isinstance(s, RefineIteration)]
+        runs[wb] = its
+    boxes = [it.working_box for it in runs[True]]
+    assert boxes[0] < n and boxes[-1] == n, boxes
+    assert all(it.working_box == n for it in runs[False])
+    # the first iteration's resolution is not claimed beyond what its box holds
+    assert runs[True][0].resolution_A >= 2 * stack.pixel_size * n / boxes[0] * 0.99
+    from cryolive.resolution.fsc import fsc, resolution_at
+
+    res = {wb: resolution_at(fsc(its[-1].map, truth), n, stack.pixel_size, 0.5) for wb, its in runs.items()}
+    assert res[True] <= 1.05 * res[False], res

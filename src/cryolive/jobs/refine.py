@@ -211,7 +211,7 @@ def _on_sgd_step(job: JobFolder, step: SGDStep, box: int, apix: float) -> None:
 def _summary(it: RefineIteration) -> dict:
     return {"iteration": it.iteration, "search": it.search, "n_particles": it.n_particles,
             "align_resolution_A": round(it.align_resolution_A, 3), "resolution_A": round(it.resolution_A, 3),
-            "resolution_unmasked_A": round(it.resolution_unmasked_A, 3),
+            "resolution_unmasked_A": round(it.resolution_unmasked_A, 3), "working_box_px": it.working_box,
             **{k: round(v, 4) for k, v in it.pose_summary.items()},
             **{k: round(v, 2) for k, v in it.timings.items()}}
 
@@ -219,7 +219,7 @@ def _summary(it: RefineIteration) -> dict:
 def _log_iteration(job: JobFolder, it: RefineIteration) -> None:
     t = it.timings
     job.log(f"iteration {it.iteration} ({it.search}, {it.n_particles} particles, aligned to "
-            f"{it.align_resolution_A:.1f} Å): GSFSC {it.resolution_A:.2f} Å "
+            f"{it.align_resolution_A:.1f} Å, working box {it.working_box} px): GSFSC {it.resolution_A:.2f} Å "
             f"(unmasked {it.resolution_unmasked_A:.2f} Å); "
             f"median pose change {it.pose_summary['median_pose_change_deg']:.2f}°; "
             f"search {t['search_s']:.1f} s, insertion {t['insert_s']:.1f} s, total {t['total_s']:.1f} s")

@@ -175,6 +175,7 @@ class RefineIteration:
     timings: dict[str, float] = field(default_factory=dict)
     fsc_mask: np.ndarray | None = None  # the (tighter) mask the corrected FSC used
     checkpoint: RefineCheckpoint | None = None  # what the next iteration starts from (to continue a killed job)
+    working_box: int = 0  # box (px) the iteration's projectors and reconstructions worked in (RefineParams.working_box)
 
 
 @dataclass(frozen=True)
@@ -690,7 +691,7 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
             mask=to_numpy(r.mask).astype(np.float32),
             angular_distribution=_angular_histogram(r.state.rotations[subset]),
             pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"],
-            fsc_mask=to_numpy(r.fsc_mask).astype(np.float32))
+            fsc_mask=to_numpy(r.fsc_mask).astype(np.float32), working_box=int(out["working_box"]))
         history.append({"iteration": it, "resolution_A": r.resolution, "n_particles": len(subset),
                         "working_box_px": out["working_box"], **out["pose_summary"], **out["timings"]})
         if _keep_global(r, p, it, local, out["pose_summary"]["moved_20deg_fraction"]):
