@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from cryolive import backend
+from cryolive.alignment.score import Scorer
 from cryolive.backend import OutOfDeviceMemory, is_out_of_memory, scatter_add_all
 from cryolive.batching import FREE_FRACTION, AdaptiveBatch, batch_size_for, rollback
 from cryolive.io import ParticleStack, read_map, read_particles
 from cryolive.jobs import drain
 from cryolive.projection import Reconstructor
 from cryolive.reconstruction.halves import BACKPROJECT_BYTES_PER_PIXEL, reconstruct
-from cryolive.refinement import refine as refine_module
 from cryolive.refinement.refine import RefineParams, refine
 
 
@@ -287,7 +287,7 @@ def test_refinement_goes_on_with_half_the_batch(xp_backend, tiny, inject_oom, ca
         # was done: the batch is rolled back and retried at 32, and again at 16 (32 runs out too). In iteration 1
         # (global search, 3 batches of 64 = 6 calls with more than 8 particles), or in iteration 2 (local search
         # from the poses the batch had written: without the roll-back the retry would start from those)
-        fault = inject_oom(refine_module._Refiner, "_residual_power", above=8, times=2,
+        fault = inject_oom(Scorer, "residual_power", above=8, times=2,
                            skip=1 if where == "global search" else 7, size=lambda proj, f, idx, *rest: len(idx))
     with caplog.at_level(logging.WARNING, logger="cryolive"):
         steps, hurt = drain(refine(stack, ref, params))
