@@ -6,7 +6,9 @@ They compute exactly what the vectorised NumPy/CuPy path in :mod:`cryolive.proje
 (:func:`~cryolive.projection.gridding.fold_to_half`, :func:`~cryolive.projection.gridding.half_trilinear_corners`)
 without its temporaries: per pixel, the 3D point ``A^T (kx, ky, 0) N`` is folded into ``x >= 0`` (value
 conjugated), its 8 trilinear neighbours are found with the same clamping, and their values are read or added.
-Grids are flat C-ordered ``(N, N, N // 2 + 1)`` ``[z, y, x]`` arrays. ``available()`` says whether numba imported;
+Grids are flat C-ordered ``(N, N, N // 2 + 1)`` ``[z, y, x]`` arrays. The few lines that
+compute and fold the point are written out in both loops on purpose: through a shared inlined helper the gather ran
+~1.6x slower (measured at box 128). ``available()`` says whether numba imported;
 without it the vectorised path is used.
 """
 

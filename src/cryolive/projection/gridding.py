@@ -1,4 +1,4 @@
-"""Padding, trilinear interpolation on a centred 3D Fourier grid, and the gridding correction.
+"""Trilinear interpolation on a centred, padded 3D Fourier half grid, the gridding correction and the working box.
 
 The padded Fourier grid has size ``N = pad * n`` on each axis and is *centred*: frequency index ``m`` (cycles per
 ``N`` voxels, in ``[-N/2, N/2)``) sits at array index ``m + N // 2``; arrays are ``[z, y, x]``. A frequency ``f``
@@ -8,7 +8,7 @@ Trilinear interpolation in Fourier space multiplies real space by ``sinc^2(x / N
 voxels from the centre); :func:`gridding_correction` returns that product so projectors can pre-divide and
 reconstructors can post-divide by it.
 
-Volumes' transforms are real-valued in real space, so ``F(-k) = conj F(k)``: projectors and reconstructors keep
+Maps are real, so their transforms obey ``F(-k) = conj F(k)``: projectors and reconstructors keep
 only the **Hermitian half grid** ``(N, N, N // 2 + 1)`` ``[z, y, x]`` (``kz``, ``ky`` centred at ``N // 2``;
 ``kx = 0 .. N / 2``), half the memory of the full cube. A point with ``x < 0`` is *folded* to ``-p`` (and its
 value conjugated) before interpolation (:func:`fold_to_half`, :func:`half_trilinear_corners`).
@@ -19,24 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 from cryolive.backend import xp
-
-
-def pad_volume(vol: Any, pad: int = 2) -> Any:
-    """Zero-pad a cubic volume ``(n, n, n)`` to ``(pad n,)*3`` keeping the centre voxel at ``N // 2``."""
-    m = xp()
-    n = vol.shape[0]
-    big = pad * n
-    out = m.zeros((big, big, big), dtype=m.float32)
-    o = big // 2 - n // 2
-    out[o:o + n, o:o + n, o:o + n] = vol
-    return out
-
-
-def crop_volume(vol: Any, n: int) -> Any:
-    """Inverse of :func:`pad_volume`: the central ``(n, n, n)`` block (centre voxel kept at ``n // 2``)."""
-    big = vol.shape[0]
-    o = big // 2 - n // 2
-    return vol[o:o + n, o:o + n, o:o + n]
 
 
 def gridding_correction(big: int, n: int | None = None) -> Any:
@@ -75,37 +57,6 @@ def soft_mask_outside_sphere(vol: Any, width_px: float = 3.0) -> Any:
     return vol * (1.0 - outside) + background * outside
 
 
-def trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]:
-    """Flat indices and weights of the 8 grid neighbours of ``points``.
-
-    ``points``: ``(..., 3)`` float32 frequency coordinates **(x, y, z)** in padded-grid units (centred, i.e. 0 is
-    the zero frequency), inside the padded grid's Nyquist sphere. Returns two lists of 8 arrays of shape
-    ``points.shape[:-1]``: flat indices into a C-ordered ``(N, N, N)`` ``[z, y, x]`` array and trilinear weights.
-    The lower corner is clamped to ``N - 2`` so the upper one stays inside the array (a point exactly at the
-    padded Nyquist takes the edge value instead of wrapping around).
-    """
-    m = xp()
-    p = points.astype(m.float32, copy=False) + m.float32(big // 2)
-    i0 = m.clip(m.floor(p), 0, big - 2)
-    frac = m.clip(p - i0, 0.0, 1.0)
-    i0 = i0.astype(m.int32)
-    base = (i0[..., 2] * big + i0[..., 1]) * big + i0[..., 0]
-    # contiguous copies: products of the strided (x, y, z) views are several times slower
-    fx, fy, fz = (m.ascontiguousarray(frac[..., i]) for i in range(3))
-    gx, gy, gz = 1.0 - fx, 1.0 - fy, 1.0 - fz
-    b2 = big * big
-    wzy = (gz * gy, gz * fy, fz * gy, fz * fy)
-    offs = (0, big, b2, b2 + big)
-    idx, wts = [], []
-    for off, w in zip(offs, wzy, strict=True):
-        corner = base + off if off else base
-        idx.append(corner)
-        wts.append(w * gx)
-        idx.append(corner + 1)
-        wts.append(w * fx)
-    return idx, wts
-
-
 def slice_points(rotations: Any, kx: Any, ky: Any, scale: float) -> Any:
     """3D frequency points ``A^T (kx, ky, 0) * scale`` of central slices, shape ``(B,) + kx.shape + (3,)``.
 
@@ -139,7 +90,8 @@ def half_trilinear_corners(points: Any, big: int) -> tuple[list[Any], list[Any]]
     """Flat indices into the half grid ``(N, N, N // 2 + 1)`` and trilinear weights of the 8 neighbours of
     already folded ``points`` (``(..., 3)``, x, y, z in padded-grid units, ``x >= 0``): two lists of 8 arrays of
     shape ``points.shape[:-1]``. Lower corners are clamped so that every corner is inside the array (``x`` to
-    ``[0, N/2 - 1]``, ``y``, ``z`` to ``[-N/2, N/2 - 2]``), as :func:`trilinear_corners` does."""
+    ``[0, N/2 - 1]``, ``y``, ``z`` to ``[-N/2, N/2 - 2]``: a point exactly at the padded Nyquist takes the edge
+    value)."""
     m = xp()
     half, h = big // 2, big // 2 + 1
     p = points.astype(m.float32, copy=False)
