@@ -270,9 +270,13 @@ def run_case(box: int, n: int, a: argparse.Namespace) -> list[Row]:
     if not a.skip_refine:
         parent = case / "refine"
         before = set(parent.glob("job_refine_*")) if parent.exists() else set()
-        m = run_measured([*_cryolive_cmd(), "refine", str(star), "--ref", str(data / "truth" / "truth_map.mrc"),
-                          "--lowpass", f"{a.ref_lowpass:g}", "--use-poses", "--max-iter", "2", "--out", str(parent)],
-                         case, case / "cryolive_refine.log")
+        try:
+            m = run_measured([*_cryolive_cmd(), "refine", str(star), "--ref", str(data / "truth" / "truth_map.mrc"),
+                              "--lowpass", f"{a.ref_lowpass:g}", "--use-poses", "--max-iter", "2", "--out",
+                              str(parent)], case, case / "cryolive_refine.log")
+        except RuntimeError as exc:  # e.g. refused for memory: say so and go on with the other boxes
+            print(f"   refine (cryolive) did not run: {str(exc).splitlines()[-1]}", file=sys.stderr, flush=True)
+            return rows
         new = sorted(set(parent.glob("job_refine_*")) - before)
         if len(new) != 1:
             raise RuntimeError(f"{parent}: expected one new job_refine_* folder, found {[p.name for p in new]}")

@@ -75,7 +75,8 @@ def check_classify_run(p: ClassifyParams, n_particles: int, box: int) -> None:
     if p.n_classes > n_particles:
         raise InputError(f"--k {p.n_classes}: more classes than particles ({n_particles})")
     cb = p.class_box or (min(box, 128) if p.mode == "hetero" else box)
-    check_memory(p.n_classes * 320.0 * cb**3 + 400.0 * cb**3, f"{p.n_classes} classes at a box of {cb} px",
+    # per class: two half-set accumulators and a projector on half grids (~130 bytes per voxel of the class box)
+    check_memory(p.n_classes * 160.0 * cb**3 + 250.0 * cb**3, f"{p.n_classes} classes at a box of {cb} px",
                  "use fewer classes (--k) or a smaller --class-box")
 
 

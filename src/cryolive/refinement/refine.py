@@ -489,6 +489,8 @@ class _Refiner:
                     recs[h - 1].insert(raw, rot, ctf=ctf2d, shifts=sh, noise_power=sig_map_raw)
                 t_insert += time.perf_counter() - ti
             found = raw = ctf2d = None  # this batch's device arrays go before the next batch is searched
+        projs.clear()  # the projectors are done: their memory is free for the reconstructions
+        grids.clear()
         self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
         if p.scale_mode == "minimize":  # the map carries the absolute scale: keep the median particle scale at 1
             self.state.scales[subset] /= float(np.median(self.state.scales[subset]))
