@@ -207,3 +207,30 @@ def test_classification_form_is_built_from_the_spec(make_napari_viewer):
     assert w.params() == p and w.mode == "local" and w.main_form.widgets["mode"].native.currentText().startswith("3D")
     w.set_mode("hetero")  # K follows the starting maps picked (none yet: 1)
     assert w.params().mode == "hetero" and w.params().n_classes == 1 and not w.field("n_classes").enabled
+
+
+def test_continue_an_interrupted_classification(make_napari_viewer, qtbot, tmp_path, dataset):
+    import json
+    import socket
+
+    from cryolive.jobs.classify import classify_job
+    from cryolive.jobs.jobdir import job_state
+
+    params = ClassifyParams(n_classes=2, max_iter=2, online_em_iters=0, anneal_iters=1)
+    gen = classify_job(str(dataset / "particles.star"), str(tmp_path / "jobs"), params)
+    first = next(gen)  # iteration 1 and its checkpoint; then the process "dies"
+    gen.close()
+    job = Path(first.job_dir)
+    done = json.loads((job / "status.json").read_text())["last_iteration"]
+    status = {"state": "running", "pid": 999999, "host": socket.gethostname(), "iteration": done}
+    (job / "status.json").write_text(json.dumps(status))
+
+    viewer = make_napari_viewer()
+    w = _dock(viewer, dataset, tmp_path / "jobs")
+    assert w.continue_row.isVisibleTo(w) and w.continue_btn.text() == f"Continue {job.name}"
+    with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        qtbot.mouseClick(w.continue_btn, _left())
+        assert w.status_label.text().startswith(f"continued {job.name} after iteration 1")
+    assert finished.args == ["finished"] and job_state(job)["state"] == "finished"
+    assert w.job_dir == job and w.iterations_shown == [2] and w.class_list.count() == 2
+    assert not w.continue_row.isVisibleTo(w)

@@ -130,3 +130,28 @@ def test_model_imports_no_qt():
             "'napari', 'magicgui', 'superqt', 'psygnal', 'vispy')]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_interrupted_classifications_are_listed_and_continue_from_their_folder(tmp_path):
+    import dataclasses
+    import json
+    import socket
+
+    from cryolive.plugin.classify_model import interrupted_classifications
+
+    out = tmp_path / "jobs"
+    prm = {"particles": "p.star", "starts": [], **dataclasses.asdict(dataclasses.replace(PARAMS, n_classes=3))}
+    for name, state in (("job_classify_001", "running"), ("job_hetero_001", "finished"),
+                        ("job_refine_001", "running")):
+        job = out / name
+        job.mkdir(parents=True)
+        (job / "params.json").write_text(json.dumps(prm))
+        (job / "status.json").write_text(json.dumps({"state": state, "pid": 999999, "host": socket.gethostname(),
+                                                     "iteration": 1}))
+        (job / "checkpoint.npz").write_bytes(b"")
+    job = out / "job_classify_001"
+    assert interrupted_classifications(out) == [(job, "job_classify_001 was interrupted after iteration 1")]
+    model = ClassifyRunModel()
+    model.start("other.star", PARAMS)
+    assert model.continue_from(job) == "continued job_classify_001 after iteration 1…"
+    assert model.job_dir == job and model.particles_path == "p.star" and model.n_classes == 3

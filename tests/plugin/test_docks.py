@@ -515,3 +515,42 @@ def test_refinement_form_is_built_from_the_spec(make_napari_viewer, tmp_path):
     shown["particle_diameter_A"].value = shown["particle_diameter_A"].min  # "auto"
     shown["max_iter"].value = 5
     assert w.params() == dataclasses.replace(p, particle_diameter_A=None, max_iter=5)
+
+
+def _interrupt(job: Path) -> None:
+    """Make a stopped job folder read as one whose process was killed (its pid is gone)."""
+    import socket
+
+    done = json.loads((job / "status.json").read_text())["last_iteration"]  # as the running job last wrote it
+    status = {"state": "running", "pid": 999999, "host": socket.gethostname(), "iteration": done}
+    (job / "status.json").write_text(json.dumps(status))
+
+
+def test_refinement_dock_continues_an_interrupted_job(make_napari_viewer, qtbot, tmp_path):
+    from cryolive.jobs.jobdir import job_state
+    from cryolive.jobs.refine import refine_job
+
+    gen = refine_job(str(sample_path("particles.star")), str(sample_path("reference.mrc")), str(tmp_path / "jobs"),
+                     TINY)
+    first = next(gen)  # iteration 1 (and its checkpoint); then the process "dies"
+    gen.close()
+    job = Path(first.job_dir) if getattr(first, "job_dir", None) else next((tmp_path / "jobs").glob("job_refine_*"))
+    _interrupt(job)
+    assert job_state(job)["state"] == "interrupted"
+
+    viewer = make_napari_viewer()
+    w = _refine_dock(viewer, tmp_path / "elsewhere")
+    assert not w.continue_row.isVisibleTo(w)
+    w.out_edit.setText(str(tmp_path / "jobs"))  # the output folder holds the interrupted job: Continue is offered
+    assert w.continue_row.isVisibleTo(w) and not w.continue_combo.isVisibleTo(w)
+    assert w.continue_btn.text() == f"Continue {job.name}" and w.interrupted_jobs() == [job]
+    with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        w.continue_btn.click()
+        assert w.running and not w.continue_row.isVisibleTo(w)
+        assert w.status_label.text().startswith(f"continued {job.name} after iteration 1")
+    assert finished.args == ["finished"]
+    assert w.job_dir == job and job_state(job)["state"] == "finished"
+    assert w.iterations_shown and w.iterations_shown[0] == 2  # the continued run streamed its iterations
+    np.testing.assert_array_equal(viewer.layers["refinement map"].data, read_map(job / "map.mrc")[0])
+    assert w.status_label.text().startswith("finished") and "continued" in w.log.toPlainText()
+    assert not w.continue_row.isVisibleTo(w)  # nothing left to continue

@@ -157,3 +157,45 @@ def test_model_imports_no_qt():
             "'napari', 'magicgui', 'superqt', 'psygnal', 'vispy')]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _fake_job(out: Path, name: str, state: str, iteration: int, params: dict, checkpoint: bool = True,
+              mtime: float | None = None) -> Path:
+    """A job folder as a killed (``state`` "running", pid 999999) or ended job leaves it."""
+    import os
+    import socket
+
+    job = out / name
+    job.mkdir(parents=True)
+    (job / "params.json").write_text(json.dumps(params))
+    (job / "status.json").write_text(json.dumps({"state": state, "pid": 999999, "host": socket.gethostname(),
+                                                 "iteration": iteration}))
+    if checkpoint:
+        (job / "checkpoint.npz").write_bytes(b"")
+    if mtime is not None:
+        os.utime(job / "status.json", (mtime, mtime))
+    return job
+
+
+def test_interrupted_refinements_are_listed_newest_first_and_continue_from_their_folder(tmp_path):
+    from cryolive.io import write_map
+    from cryolive.plugin.refine_model import interrupted_refinements
+
+    write_map(tmp_path / "ref.mrc", _map(1.0), APIX)
+    prm = {"particles": "p.star", "reference": str(tmp_path / "ref.mrc"), "mask": None,
+           **dataclasses.asdict(RefineParams(max_iter=6, symmetry="C2")), "backend": "numpy"}
+    out = tmp_path / "jobs"
+    assert interrupted_refinements(out) == []  # no folder yet
+    old = _fake_job(out, "job_refine_001", "running", 2, prm, mtime=1000.0)
+    new = _fake_job(out, "job_refine_003", "running", 4, prm, mtime=2000.0)
+    _fake_job(out, "job_refine_002", "finished", 6, prm)
+    _fake_job(out, "job_refine_004", "stopped", 1, prm)
+    _fake_job(out, "job_refine_005", "running", 0, prm, checkpoint=False)  # nothing to continue from
+    _fake_job(out, "job_classify_001", "running", 3, prm)  # another dock's kind
+    assert interrupted_refinements(out) == [(new, "job_refine_003 was interrupted after iteration 4"),
+                                            (old, "job_refine_001 was interrupted after iteration 2")]
+    model = RefineRunModel()
+    assert model.continue_from(new) == "continued job_refine_003 after iteration 4…"
+    assert model.job_dir == new and model.done_before == 4 and model.particles_path == "p.star"
+    assert model.params.max_iter == 6 and model.params.symmetry == "C2"
+    assert model.history.count == 1 and model.pixel_size == pytest.approx(APIX)

@@ -144,6 +144,25 @@ def job_state(path: str | os.PathLike) -> dict[str, Any]:
     return status
 
 
+def interrupted_jobs(parent: str | os.PathLike, patterns: Collection[str]) -> list[Path]:
+    """The job folders under ``parent`` whose names match one of ``patterns`` (globs such as ``job_refine_*``) that
+    were interrupted (:func:`job_state`) and can go on from their :data:`CHECKPOINT`, newest first (by the time
+    their ``status.json`` was last written). Empty when ``parent`` is not a folder."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    found = {path for pattern in patterns for path in parent.glob(pattern) if path.is_dir()}
+    jobs = [path for path in found if (path / CHECKPOINT).is_file() and job_state(path)["state"] == "interrupted"]
+    return sorted(jobs, key=lambda path: ((path / "status.json").stat().st_mtime, path.name), reverse=True)
+
+
+def interrupted_text(folder: str | os.PathLike) -> str:
+    """How far an interrupted job got: "job_refine_003 was interrupted after iteration 4"."""
+    iteration = job_state(folder).get("iteration")
+    where = f"after iteration {iteration}" if iteration else "before its first iteration ended"
+    return f"{Path(folder).name} was interrupted {where}"
+
+
 def _process_alive(pid: int) -> bool:
     if pid <= 0:
         return False

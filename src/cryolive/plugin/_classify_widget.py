@@ -86,6 +86,7 @@ from cryolive.plugin.classify_model import (
     class_layer_name,
     diff_layer_name,
     difference_map,
+    interrupted_classifications,
 )
 
 #: the parameters shown at once; the other spec'd fields of ClassifyParams are under "Advanced"
@@ -113,6 +114,13 @@ def _classify_stream(particles: str, out: str, params: ClassifyParams, inputs: d
     from cryolive.jobs.classify import classify_job
 
     return (yield from job_stream(handle, lambda: classify_job(particles, out, params, **inputs)))
+
+
+def _continue_stream(job_dir: str, handle: JobHandle) -> Generator:
+    """:func:`_classify_stream` for an interrupted job that goes on in its folder ``job_dir``."""
+    from cryolive.jobs.classify import continue_classify_job
+
+    return (yield from job_stream(handle, lambda: continue_classify_job(job_dir)))
 
 
 # ---------------------------------------------------------------------------------------------------- the dock
@@ -230,6 +238,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         mode.changed.connect(self._mode_changed)
         self.starts_list.itemSelectionChanged.connect(self._mode_changed)
         self._mode_changed()
+        self._watch_interrupted()
 
     def _compare_rows(self) -> QVBoxLayout:
         rows = QVBoxLayout()
@@ -340,6 +349,41 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.end_compare()
         self._remember_job_folders(out)
         self.model.start(particles, params)
+        self._begin_run()
+        self._log(self.model.start_log(device_label(), {k: self._input_layers[v] for k, v in inputs.items()
+                                                        if isinstance(v, str)}))
+        worker = self._new_worker(_classify_stream, particles, str(out), params, inputs, total=params.max_iter,
+                                  desc="cryolive classes")
+        worker.start()
+
+    def _interrupted(self, out: Path) -> list[tuple[Path, str]]:
+        return interrupted_classifications(out)
+
+    def continue_job(self, job_dir: str | Path) -> None:
+        """Go on with the interrupted classification or heterogeneous refinement in ``job_dir`` (as the CLI's
+        ``--continue``): the same layers, plots and controls as a run started here."""
+        if self.running:
+            return
+        job_dir = Path(job_dir)
+        try:
+            status = self.model.continue_from(job_dir)
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            show_error(f"{job_dir}: cannot continue ({exc})")
+            self.refresh_interrupted()
+            return
+        self._input_layers = {}
+        self.end_compare()
+        self._remember_job_folders(job_dir.parent)
+        self._begin_run()
+        self._log(self.model.start_log(device_label()))
+        worker = self._new_worker(_continue_stream, str(job_dir), total=self.model.params.max_iter,
+                                  desc="cryolive classes")
+        self._continue_started(job_dir, status)
+        worker.start()
+
+    def _begin_run(self) -> None:
+        """Once the model knows the run: clear the display, the class list and the log."""
+        params = self.model.params
         self._reset_display()
         self.layer_updates = {}
         self.warnings_box.clear()
@@ -351,14 +395,8 @@ class ClassifyWidget(JobDockMixin, QWidget):
                 self.viewer.layers.remove(self._own.pop(name))
         self.state = "running"
         self.log.clear()
-        self._log(self.model.start_log(device_label(), {k: self._input_layers[v] for k, v in inputs.items()
-                                                        if isinstance(v, str)}))
         self._ensure_plots_dock()
         self.plots.clear()
-
-        worker = self._new_worker(_classify_stream, particles, str(out), params, inputs, total=params.max_iter,
-                                  desc="cryolive classes")
-        worker.start()
 
     # ------------------------------------------------------------------------------------------------ results
     def _on_yielded(self, it: Any) -> None:

@@ -7,7 +7,10 @@ in ``__init__`` (``viewer``, ``plots``, the worker and job state, ``state`` "idl
 ``_on_yielded``, ``_on_returned``, ``particles_edit``/``out_edit``, ``log`` (a text area) and the ``runFinished``
 signal; and sets ``JOB_GLOBS`` (its job folders' name patterns) and ``PLOTS_DOCK`` (the
 name of its plots dock). The mixin holds Pause/Resume, Stop, the one-display-step-per-event-loop-pass drawing, the
-end of a run, failure reports and the plots dock.
+end of a run, failure reports and the plots dock. A dock that can continue interrupted jobs provides
+``_interrupted(out)`` (its model's ``(job folder, text)`` list) and ``continue_job(job_dir)``, and calls
+:meth:`~JobDockMixin._watch_interrupted` once ``out_edit`` exists: a Continue button (and a list when there are
+several) then offers the output folder's interrupted jobs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QBoxLayout, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import QBoxLayout, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 #: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
 #: other timers (the viewer's) would wait
@@ -124,6 +127,18 @@ class JobDockMixin:
         for b in (self.start_btn, self.pause_btn, self.stop_btn):
             row.addWidget(b)
         root.addLayout(row)
+        self.continue_row = QWidget()
+        crow = QHBoxLayout(self.continue_row)
+        crow.setContentsMargins(0, 0, 0, 0)
+        self.continue_combo = QComboBox()
+        self.continue_combo.setToolTip("the interrupted jobs in the output folder (their process is gone), newest "
+                                       "first")
+        self.continue_btn = QPushButton("Continue")
+        self.continue_btn.setToolTip("go on with the interrupted job in its folder, from its last iteration")
+        crow.addWidget(self.continue_combo, 1)
+        crow.addWidget(self.continue_btn)
+        self.continue_row.setVisible(False)
+        root.addWidget(self.continue_row)
         self.status_label = QLabel("ready")
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
@@ -131,6 +146,57 @@ class JobDockMixin:
         self.job_label.setWordWrap(True)
         self.job_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         root.addWidget(self.job_label)
+
+    # ------------------------------------------------------------------------------------------------ continue
+    def _interrupted(self, out: Path) -> list[tuple[Path, str]]:
+        """The interrupted jobs of this dock's kind in ``out``, newest first: ``(job folder, text)``."""
+        return []
+
+    def continue_job(self, job_dir: str | Path) -> None:
+        """Go on with the interrupted job in ``job_dir`` (the dock's own run, as Start)."""
+
+    def _watch_interrupted(self) -> None:
+        """Offer the output folder's interrupted jobs now and whenever the folder changes."""
+        self.continue_combo.currentIndexChanged.connect(self._continue_choice_changed)
+        self.continue_btn.clicked.connect(self._continue_clicked)
+        self.out_edit.textChanged.connect(self.refresh_interrupted)
+        self.refresh_interrupted()
+
+    def refresh_interrupted(self, *_: Any) -> None:
+        """List the interrupted jobs in the output folder; the Continue row shows only when there is one (the
+        list only when there are several) and no run is going."""
+        jobs = [] if self.running else self._interrupted(Path(self.out_edit.text().strip() or "jobs").expanduser())
+        combo = self.continue_combo
+        combo.blockSignals(True)
+        combo.clear()
+        for job, text in jobs:
+            combo.addItem(text, str(job))
+        combo.blockSignals(False)
+        combo.setVisible(len(jobs) > 1)
+        self.continue_row.setVisible(bool(jobs))
+        self._continue_choice_changed()
+
+    def interrupted_jobs(self) -> list[Path]:
+        """The jobs the Continue row offers, newest first."""
+        combo = self.continue_combo
+        return [Path(combo.itemData(i)) for i in range(combo.count())]
+
+    def _continue_choice_changed(self, *_: Any) -> None:
+        job = self.continue_combo.currentData()
+        self.continue_btn.setText(f"Continue {Path(job).name}" if job else "Continue")
+        self.continue_btn.setToolTip(self.continue_combo.currentText())
+
+    def _continue_clicked(self) -> None:
+        job = self.continue_combo.currentData()
+        if job:
+            self.continue_job(Path(job))
+
+    def _continue_started(self, job_dir: Path, status: str) -> None:
+        """After ``_new_worker`` for a continued job: the job folder is known, the status says it continued."""
+        self.job_dir = job_dir
+        self.job_label.setText(f"job folder: {job_dir}")
+        self.status_label.setText(status)
+        self._log(f"{status.rstrip('…')} in {job_dir}")
 
     def _browse_particles(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Particles", "", "Particles (*.star *.cs)")
@@ -162,6 +228,7 @@ class JobDockMixin:
         self.pause_btn.setEnabled(True)
         self.pause_btn.setText("Pause")
         self.stop_btn.setEnabled(True)
+        self.continue_row.setVisible(False)
         self.status_label.setText("running iteration 1…")
         return worker
 
@@ -300,6 +367,7 @@ class JobDockMixin:
         self.pause_btn.setEnabled(False)
         self.pause_btn.setText("Pause")
         self.stop_btn.setEnabled(False)
+        self.refresh_interrupted()
         self.runFinished.emit(self.state)
 
     def _log(self, text: str) -> None:

@@ -64,7 +64,13 @@ from cryolive.plugin._common import (
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
 from cryolive.plugin._plots import RefinePlotsWidget
-from cryolive.plugin.refine_model import RefineRunModel, is_sgd_step, mask_choice_warning, relax_symmetry_value
+from cryolive.plugin.refine_model import (
+    RefineRunModel,
+    interrupted_refinements,
+    is_sgd_step,
+    mask_choice_warning,
+    relax_symmetry_value,
+)
 from cryolive.refinement.refine import RefineParams
 
 MAP_LAYER = "refinement map"
@@ -88,6 +94,13 @@ def _refine_stream(particles: str, reference: str, out: str, params: RefineParam
 
     return (yield from job_stream(handle, lambda: refine_job(particles, reference, out, params, mask_path=mask,
                                                              save_iterations=save_iterations)))
+
+
+def _continue_stream(job_dir: str, save_iterations: bool, handle: JobHandle) -> Generator:
+    """:func:`_refine_stream` for an interrupted refinement that goes on in its folder ``job_dir``."""
+    from cryolive.jobs.refine import continue_refine_job
+
+    return (yield from job_stream(handle, lambda: continue_refine_job(job_dir, save_iterations=save_iterations)))
 
 
 # ---------------------------------------------------------------------------------------------------- the dock
@@ -202,6 +215,7 @@ class RefineWidget(JobDockMixin, QWidget):
         self.scrub.toggled.connect(self._apply_scrub)
         self._ref_changed()
         self._check_mask_choice()
+        self._watch_interrupted()
 
     def _browse_reference(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Reference map", "", "MRC maps (*.mrc *.map)")
@@ -264,8 +278,39 @@ class RefineWidget(JobDockMixin, QWidget):
             show_warning(self.mask_warning.text().lstrip("⚠ "))
 
         self._remember_job_folders(out)
+        self.model.start(particles, ref_path, ref_vol, float(ref_scale[-1]), params, mask_path,
+                         tuple(ref_translate))
+        worker = self._begin_run(_refine_stream, particles, str(ref_path), str(out), params,
+                                 mask_path and str(mask_path), self.save_iterations.isChecked(),
+                                 total=params.sgd_steps + params.max_iter)
+        self._go(worker)
+
+    def _interrupted(self, out: Path) -> list[tuple[Path, str]]:
+        return interrupted_refinements(out)
+
+    def continue_job(self, job_dir: str | Path) -> None:
+        """Go on with the interrupted refinement in ``job_dir`` (as the CLI's ``--continue``): the same layers,
+        plots and controls as a run started here."""
+        if self.running:
+            return
+        job_dir = Path(job_dir)
+        try:
+            status = self.model.continue_from(job_dir)
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            show_error(f"{job_dir}: cannot continue ({exc})")
+            self.refresh_interrupted()
+            return
+        self._input_layers = {}
+        self._remember_job_folders(job_dir.parent)
+        params = self.model.params
+        worker = self._begin_run(_continue_stream, str(job_dir), self.save_iterations.isChecked(),
+                                 total=max(params.max_iter - self.model.done_before, 1))
+        self._continue_started(job_dir, status)
+        self._go(worker)
+
+    def _begin_run(self, stream: Any, *args: Any, total: int) -> Any:
+        """Once the model knows the run: clear the log, make the layers and plots, and the worker (not started)."""
         model = self.model
-        model.start(particles, ref_path, ref_vol, float(ref_scale[-1]), params, mask_path, tuple(ref_translate))
         self._reset_display()
         self.state = "running"
         self.log.clear()
@@ -278,9 +323,10 @@ class RefineWidget(JobDockMixin, QWidget):
         self._ensure_plots_dock()
         self.plots.clear(model.pixel_size)
 
-        worker = self._new_worker(_refine_stream, particles, str(ref_path), str(out), params,
-                                  mask_path and str(mask_path), self.save_iterations.isChecked(),
-                                  total=params.sgd_steps + params.max_iter, desc="cryolive refinement")
+        return self._new_worker(stream, *args, total=total, desc="cryolive refinement")
+
+    def _go(self, worker: Any) -> None:
+        """Start the worker of a run :meth:`_begin_run` prepared."""
         # let Qt lay out the new layers and plots now, as part of the click, not while the job competes for the CPU
         QApplication.processEvents()
         # a full garbage collection now: napari's heap has some 300 000 objects, and a full collection (which

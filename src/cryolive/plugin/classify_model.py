@@ -21,6 +21,8 @@ Classes are numbered from 1 (RELION's ``rlnClassNumber``) everywhere here; sizes
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -29,11 +31,23 @@ from typing import Any
 import numpy as np
 
 from cryolive.classification.classify import ClassifyParams
+from cryolive.jobs.jobdir import interrupted_jobs, interrupted_text, job_state
 
 #: the dock's modes: (what the mode list says, ``ClassifyParams.mode``)
 MODES = (("3D classification (fixed poses)", "fixed"),
          ("3D classification (local pose search)", "local"),
          ("heterogeneous refinement", "hetero"))
+
+
+#: the names of the job folders of 3D classifications and heterogeneous refinements
+JOB_GLOBS = ("job_classify_*", "job_hetero_*")
+
+
+def interrupted_classifications(out: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The 3D classifications and heterogeneous refinements in the output folder ``out`` that were interrupted
+    (their process is gone) and can be continued, newest first: ``(job folder, "job_classify_002 was interrupted
+    after iteration 3")``."""
+    return [(job, interrupted_text(job)) for job in interrupted_jobs(out, JOB_GLOBS)]
 
 
 def mode_text(mode: str) -> str:
@@ -103,6 +117,18 @@ class ClassifyRunModel:
         self.job_dir = None
         self.selected = []
         self.compared = None
+
+    def continue_from(self, job_dir: str | os.PathLike) -> str:
+        """Forget the previous run: the interrupted job in ``job_dir`` goes on (its particles and parameters from
+        ``params.json``). Returns the status line ("continued job_classify_002 after iteration 3…"); OSError or
+        ValueError when ``params.json`` cannot be read."""
+        folder = Path(job_dir)
+        prm = json.loads((folder / "params.json").read_text())
+        names = {f.name for f in dataclasses.fields(ClassifyParams)}
+        done = int(job_state(folder).get("iteration") or 0)
+        self.start(prm["particles"], ClassifyParams(**{k: v for k, v in prm.items() if k in names}))
+        self.job_dir = folder
+        return f"continued {folder.name} after iteration {done}…"
 
     def receive(self, it: Any) -> None:
         """An iteration yielded by the job (main thread, before it is drawn): its sizes join the history (every

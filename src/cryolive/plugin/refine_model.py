@@ -28,9 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from cryolive.jobs.jobdir import interrupted_jobs, interrupted_text, job_state
 from cryolive.refinement.refine import RefineParams
 from cryolive.refinement.sgd import SGDStep
 
+#: the names of refinement job folders
+JOB_GLOBS = ("job_refine_*",)
 #: fields always named in the log's "parameters:" line (the others only when they differ from the default)
 ALWAYS_LOGGED = ("symmetry", "max_iter")
 #: the default memory bound of a :class:`MapHistory` (bytes): above it the maps are kept 2x binned
@@ -106,6 +109,17 @@ def mask_choice_warning(name: str, kind: str | None, data: np.ndarray) -> str:
     return ""
 
 
+def interrupted_refinements(out: str | Path) -> list[tuple[Path, str]]:
+    """The refinements in the output folder ``out`` that were interrupted (their process is gone) and can be
+    continued, newest first: ``(job folder, "job_refine_003 was interrupted after iteration 4")``."""
+    return [(job, interrupted_text(job)) for job in interrupted_jobs(out, JOB_GLOBS)]
+
+
+def continued_text(job_dir: str | Path, done: int) -> str:
+    """The status line of a job continued in ``job_dir`` after ``done`` iterations."""
+    return f"continued {Path(job_dir).name} after iteration {done}…"
+
+
 def relax_symmetry_value(text: str) -> str | None:
     """``RefineParams.relax_symmetry`` from what the dock's field says: None for "", "none" or "C1"."""
     relax = text.strip().upper()
@@ -132,6 +146,7 @@ class RefineRunModel:
         self.sgd_steps_shown: list[int] = []  # the ab-initio steps drawn (step numbers, from 1)
         self.final: Any = None  # the last RefineIteration, once the job has finished
         self.job_dir: Path | None = None
+        self.done_before = 0  # iterations a continued job had run before (0 for a new run)
 
     # ------------------------------------------------------------------------------------------------ run
     def start(self, particles: str, reference: str | Path, reference_map: np.ndarray, pixel_size: float,
@@ -152,6 +167,25 @@ class RefineRunModel:
         self.sgd_steps_shown = []
         self.final = None
         self.job_dir = None
+        self.done_before = 0
+
+    def continue_from(self, job_dir: str | Path) -> str:
+        """Forget the previous run: the interrupted refinement in ``job_dir`` goes on (its particles, reference,
+        mask and parameters from ``params.json``; the reference is the history's first map). Returns the status
+        line ("continued job_refine_003 after iteration 4…"); OSError or ValueError when the folder's
+        files cannot be read."""
+        from cryolive.io import read_map
+
+        folder = Path(job_dir)
+        prm = json.loads((folder / "params.json").read_text())
+        names = {f.name for f in dataclasses.fields(RefineParams)}
+        params = RefineParams(**{k: v for k, v in prm.items() if k in names})
+        ref, apix = read_map(prm["reference"])
+        done = int(job_state(folder).get("iteration") or 0)
+        self.start(prm["particles"], prm["reference"], ref, apix, params, prm.get("mask"))
+        self.job_dir = folder
+        self.done_before = done
+        return continued_text(folder, done)
 
     def receive(self, step: Any) -> None:
         """A step yielded by the job (main thread, before it is drawn): an iteration's map joins the history and
