@@ -12,7 +12,9 @@ cannot be read is reported as :class:`~cryolive.io.errors.InputError` naming the
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import mmap
 import os
 import warnings
 from pathlib import Path
@@ -315,7 +317,8 @@ class MrcStack:
             raise InputError(f"{self.path}: image index {first} (0-based) is out of range; the stack holds "
                              f"{n} images")
         uniq, inverse = np.unique(idx, return_inverse=True)
-        block = np.asarray(self._data[uniq], dtype=np.float32)
+        block = np.array(self._data[uniq], dtype=np.float32)
+        self._release_pages()
         finite = np.isfinite(block).all(axis=(1, 2))
         if not finite.all():
             first = int(uniq[~finite][0])
@@ -324,6 +327,16 @@ class MrcStack:
         if len(uniq) == len(idx) and np.array_equal(uniq, idx):
             return block
         return block[inverse.ravel()]
+
+    def _release_pages(self) -> None:
+        """Drop the file pages read so far from this process's mapping (``MADV_DONTNEED``; they stay in the page
+        cache): a job that reads a whole stack batch by batch keeps memory flat in the number of particles instead
+        of holding every page it has read."""
+        mm = getattr(self._mrc.data, "_mmap", None) if self._mrc is not None else None
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if mm is not None and advice is not None:
+            with contextlib.suppress(OSError, ValueError):
+                mm.madvise(advice)
 
     def close(self) -> None:
         """Release the memory map (idempotent)."""
