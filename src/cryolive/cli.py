@@ -166,12 +166,21 @@ def cmd_motion(a: argparse.Namespace) -> int:
     def show(step) -> None:  # noqa: ANN001 - MotionStep
         print(f"{step.stage:5s} {step.done:4d}/{step.total:<4d} {step.micrograph_name}  {step.message}", flush=True)
 
-    _, result = drain(motion_job(a.star, a.movies, a.half_a, a.half_b, a.mask, a.out, p, hyper_path=a.hyper,
-                                 dose_path=a.dose_weights), show)
+    if a.continue_job:
+        from cryolive.jobs.motion import continue_motion_job
+
+        _, result = drain(continue_motion_job(a.continue_job), show)
+        where = f"job folder {a.continue_job}"
+    else:
+        _require(a, (("STAR", a.star), ("--movies", a.movies), ("--half-a", a.half_a), ("--half-b", a.half_b),
+                     ("--out", a.out)))
+        _, result = drain(motion_job(a.star, a.movies, a.half_a, a.half_b, a.mask, a.out, p, hyper_path=a.hyper,
+                                     dose_path=a.dose_weights), show)
+        where = f"job folder under {Path(a.out)}"
     if result.hyper is not None:
         h = result.hyper
         print(f"hyper-parameters: r {h.r:.4g} /px², theta {h.theta:.3f} rad, z {h.z_A:g} Å")
-    print(f"done ({a.stage}); job folder under {Path(a.out)}")
+    print(f"done; {where}")
     return 0
 
 
@@ -550,8 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_refine)
 
     s = sub.add_parser("motion", help="reference-based motion correction (Bayesian polishing) of MRC/TIFF movies")
-    s.add_argument("star", help="particles STAR with poses, CTFs, rlnMicrographName and rlnCoordinateX/Y")
-    s.add_argument("--movies", required=True,
+    s.add_argument("star", nargs="?", help="particles STAR with poses, CTFs, rlnMicrographName and rlnCoordinateX/Y")
+    s.add_argument("--movies",
                    help="folder holding the movies (MRC stacks .mrc/.mrcs or multi-page TIFF .tif/.tiff; no EER), "
                         "or a STAR listing them")
     s.add_argument("--gain", help="gain reference (MRC or TIFF, frame-sized) multiplied into every frame")
@@ -559,10 +568,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rotate the gain by N x 90 degrees counter-clockwise, y up (as RELION's --gain_rot)")
     s.add_argument("--gain-flip", type=int, choices=(0, 1, 2), default=0,
                    help="then flip the gain: 0 no, 1 upside down, 2 left-right (as RELION's --gain_flip)")
-    s.add_argument("--half-a", required=True, help="half map A (particles with rlnRandomSubset 1)")
-    s.add_argument("--half-b", required=True, help="half map B (rlnRandomSubset 2)")
+    s.add_argument("--half-a", help="half map A (particles with rlnRandomSubset 1)")
+    s.add_argument("--half-b", help="half map B (rlnRandomSubset 2)")
     s.add_argument("--mask", help="mask applied to the half maps before projecting references")
-    s.add_argument("--out", required=True, help="parent folder of the new job folder job_motion_<nnn>")
+    s.add_argument("--out", help="parent folder of the new job folder job_motion_<nnn>")
+    s.add_argument("--continue", dest="continue_job", metavar="JOBDIR",
+                   help="go on with a killed or stopped motion correction from its last completed search step or "
+                        "micrograph, in its folder (the other options are taken from its params.json)")
     s.add_argument("--hyper", help="hyperparameters.json of a previous job (skips the search)")
     s.add_argument("--dose-weights", help="dose_weights.npz of a previous job (skips the dose estimation)")
     s.add_spec_options("cryolive.motion", "MotionParams")

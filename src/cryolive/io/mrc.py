@@ -368,14 +368,14 @@ class StackWriter:
     """
 
     def __init__(self, path: PathLike, n: int, box: int, pixel_size: float, overwrite: bool = False,
-                 float16: bool = False):
+                 float16: bool = False, tmp: PathLike | None = None):
         if int(n) < 1 or int(box) < 1:
             raise ValueError(f"{path}: a stack needs n >= 1 images of box >= 1 pixels, got n={n}, box={box}")
         _check_pixel_size(path, pixel_size)
         self.path = check_destination(path, overwrite)
         self.n, self.box, self.pixel_size = int(n), int(box), float(pixel_size)
         self._overwrite = overwrite
-        self._tmp = temp_name(self.path)
+        self._tmp = Path(tmp) if tmp is not None else temp_name(self.path)  # a fixed name can be reopened
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             self._mrc = mrcfile.new_mmap(self._tmp, shape=(self.n, self.box, self.box),
@@ -424,6 +424,50 @@ class StackWriter:
         self._sum[idx] = flat.sum(axis=1)
         self._sumsq[idx] = (flat * flat).sum(axis=1)
         self._written[idx] = True
+
+    @classmethod
+    def reopen(cls, path: PathLike, tmp: PathLike, n: int, box: int, pixel_size: float, written: Any,
+               overwrite: bool = False, float16: bool = False) -> StackWriter:
+        """Go on with the partial stack ``tmp`` that an interrupted writer kept (:meth:`keep`); ``written``: the
+        ``(n,)`` booleans of the images it already holds (their header statistics are read back from the file).
+        ValueError (``tmp`` left as it is) when ``tmp`` is missing or not a stack of ``n`` images of this box and
+        mode."""
+        self = cls.__new__(cls)
+        self._mrc = None
+        _check_pixel_size(path, pixel_size)
+        self.path = check_destination(path, overwrite)
+        self.n, self.box, self.pixel_size = int(n), int(box), float(pixel_size)
+        self._overwrite, self._tmp = overwrite, Path(tmp)
+        self._dtype = np.float16 if float16 else np.float32
+        try:
+            mrc = mrcfile.mmap(self._tmp, "r+", permissive=False)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{self._tmp}: no partial stack to go on with ({exc})") from None
+        if mrc.data is None or mrc.data.shape != (self.n, self.box, self.box) or mrc.data.dtype != self._dtype:
+            shape = None if mrc.data is None else (mrc.data.shape, mrc.data.dtype)
+            mrc.close()
+            raise ValueError(f"{self._tmp}: a partial stack of {shape}, not {self.n} images of {self.box} px")
+        self._mrc = mrc
+        self._written = np.asarray(written, bool).copy()
+        self._min, self._max, self._sum, self._sumsq = (np.zeros(self.n) for _ in range(4))
+        for i in np.nonzero(self._written)[0]:
+            flat = np.asarray(mrc.data[i], np.float64).ravel()
+            self._min[i], self._max[i], self._sum[i], self._sumsq[i] = (flat.min(), flat.max(), flat.sum(),
+                                                                        (flat * flat).sum())
+        return self
+
+    def flush(self) -> None:
+        """Push the images assigned so far to the temporary file (before a checkpoint says they are there)."""
+        if self._mrc is not None:
+            self._mrc.flush()
+
+    def keep(self) -> None:
+        """Close without finishing, keeping the temporary file for :meth:`reopen` (an interrupted job)."""
+        if self._mrc is not None:
+            try:
+                self._mrc.close()
+            finally:
+                self._mrc = None
 
     def close(self) -> None:
         """Finish the file and rename it into place (ValueError, and no file, if images were never assigned)."""

@@ -13,6 +13,10 @@ any folder is made; it then yields the core generator's :class:`~cryolive.motion
     particles.mrcs          motion-corrected dose-weighted particles (float16 with float16=True)
     particles.star          the input particles pointing at particles.mrcs (poses, CTFs kept; pixel size and box
                             changed by a Fourier crop; coordinates and origins changed by re-centring)
+    checkpoint.npz          what the next unit of work starts from (after every search step and dose micrograph,
+                            and every micrograph, or every n/100-th, of the final stage; removed when the job
+                            finishes), with .particles.mrcs.partial, the corrected particles written so far:
+                            ``cryolive motion --continue JOBDIR`` goes on from them after a kill or a stop
     params.json, log.txt, status.json  (params.json also records the movies' frame count, pixel sizes, patch
                             size and dose per frame; log.txt the movie format and gain)
 """
@@ -25,6 +29,7 @@ import io
 import os
 import time
 from collections.abc import Generator
+from pathlib import Path
 
 import numpy as np
 
@@ -32,12 +37,20 @@ from cryolive.backend import backend_name
 from cryolive.io import InputError, read_map, read_particles, write_star
 from cryolive.io._atomic import atomic_write_text
 from cryolive.io.preflight import check_output_parent
-from cryolive.jobs.jobdir import JobFolder, run_in_job
+from cryolive.jobs.jobdir import (
+    CHECKPOINT,
+    JobFolder,
+    continuable_params,
+    load_checkpoint,
+    run_in_job,
+    save_checkpoint,
+)
 from cryolive.jobs.plots import save_figure
 from cryolive.motion import MotionParams, MotionResult, MotionStep, motion
 from cryolive.motion.dose import DoseModel, load_dose
-from cryolive.motion.hyper import check_overrides, load_hyper, save_hyper
+from cryolive.motion.hyper import Hyper, check_overrides, load_hyper, save_hyper
 from cryolive.motion.movies import MovieSet, open_movie_set
+from cryolive.motion.polish import MotionCheckpoint, partial_stack
 from cryolive.params import check_params
 
 
@@ -50,15 +63,22 @@ def _read_like(path: str, box: int, apix: float, particles: str) -> np.ndarray:
     return vol
 
 
-def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: str, mask_path: str | None = None,
-               out: str = "jobs", params: MotionParams | None = None, hyper_path: str | None = None,
-               dose_path: str | None = None) -> Generator[MotionStep, None, MotionResult]:
-    """Run motion correction into a new job folder, yielding each step; returns the result."""
-    p = params or MotionParams()
-    t0 = time.perf_counter()
+@dataclasses.dataclass
+class _Inputs:
+    stack: object
+    half_a: np.ndarray
+    half_b: np.ndarray
+    mask: np.ndarray | None
+    hyper: Hyper | None
+    dose: DoseModel | None
+    movie_set: MovieSet
+
+
+def _read_inputs(particles_path: str, movies: str, half_a_path: str, half_b_path: str, mask_path: str | None,
+                 p: MotionParams, hyper_path: str | None, dose_path: str | None) -> _Inputs:
+    """Read and check every input and movie (InputError naming the file before any folder is made)."""
     check_params(p)
     check_overrides(p.override_r, p.override_theta, p.override_z_A)
-    check_output_parent(out)
     stack = read_particles(particles_path)
     if p.crop_box is not None and p.crop_box > stack.box:
         raise InputError(f"--crop-box must be at most {stack.box} px, the particles' box (got {p.crop_box})")
@@ -74,6 +94,20 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
     if dose is not None and p.final_stage != "hyper" and len(dose.bfactors) != movie_set.n_frames:
         raise InputError(f"{dose_path}: dose weights fitted to {len(dose.bfactors)} frames, but the movies have "
                          f"{movie_set.n_frames}; estimate new dose weights for these movies")
+    return _Inputs(stack, half_a, half_b, mask, hyper, dose, movie_set)
+
+
+def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: str, mask_path: str | None = None,
+               out: str = "jobs", params: MotionParams | None = None, hyper_path: str | None = None,
+               dose_path: str | None = None) -> Generator[MotionStep, None, MotionResult]:
+    """Run motion correction into a new job folder, yielding each step; returns the result."""
+    p = params or MotionParams()
+    t0 = time.perf_counter()
+    check_params(p)
+    check_overrides(p.override_r, p.override_theta, p.override_z_A)
+    check_output_parent(out)
+    inp = _read_inputs(particles_path, movies, half_a_path, half_b_path, mask_path, p, hyper_path, dose_path)
+    stack, movie_set = inp.stack, inp.movie_set
     job = JobFolder.create(out, "motion")
     job.write_params({"particles": particles_path, "movies": movies, "half_a": half_a_path, "half_b": half_b_path,
                       "mask": mask_path, "hyper": hyper_path, "dose_weights": dose_path, **dataclasses.asdict(p),
@@ -84,8 +118,35 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
             f"{movies}; hyper-parameters {'from ' + hyper_path if hyper_path else 'searched'}; dose weights "
             f"{'from ' + dose_path if dose_path else 'estimated'}")
     job.log(_describe_movies(movie_set, p))
-    gen = motion(stack, movie_set, half_a, half_b, mask, p, hyper=hyper, dose=dose,
-                 out_stack=job.file("particles.mrcs") if p.final_stage == "final" else None)
+    return (yield from _run(job, inp, p, t0))
+
+
+def continue_motion_job(job_dir: str) -> Generator[MotionStep, None, MotionResult]:
+    """Go on with a motion correction that was killed or stopped, in its own folder, from the checkpoint its last
+    completed unit of work wrote (``checkpoint.npz``; a search step, a dose micrograph or a final micrograph):
+    the same inputs and parameters (``params.json``); the run ends as it would have without the interruption.
+    Refused in one line naming the folder when it is not a motion job, still running, finished, or has no
+    checkpoint."""
+    folder = Path(job_dir)
+    prm = continuable_params(folder, "motion correction", ("particles", "movies", "half_a", "half_b"),
+                             "its outputs are complete (start a new motion job to run it again)")
+    p = MotionParams(**{f.name: prm[f.name] for f in dataclasses.fields(MotionParams) if f.name in prm})
+    ckpt = load_checkpoint(folder / CHECKPOINT, MotionCheckpoint)
+    t0 = time.perf_counter()
+    inp = _read_inputs(prm["particles"], prm["movies"], prm["half_a"], prm["half_b"], prm.get("mask"), p,
+                       prm.get("hyper"), prm.get("dose_weights"))
+    job = JobFolder(folder)
+    job.log(f"continuing after {ckpt.stage} {ckpt.done} (checkpoint.npz)")
+    job.set_status("running", stage=ckpt.stage, done=ckpt.done)
+    return (yield from _run(job, inp, p, t0, resume=ckpt))
+
+
+def _run(job: JobFolder, inp: _Inputs, p: MotionParams, t0: float,
+         resume: MotionCheckpoint | None = None) -> Generator[MotionStep, None, MotionResult]:
+    """Drive :func:`motion` in ``job``: log, status and checkpoint per step; the outputs at the end."""
+    out_stack = job.file("particles.mrcs") if p.final_stage == "final" else None
+    gen = motion(inp.stack, inp.movie_set, inp.half_a, inp.half_b, inp.mask, p, hyper=inp.hyper, dose=inp.dose,
+                 out_stack=out_stack, resume=resume, keep_partial=True)
     stage = {"last": ""}
 
     def on_step(step: MotionStep) -> MotionStep:
@@ -93,11 +154,16 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
             job.log(f"stage {step.stage}")
             stage["last"] = step.stage
         job.log(f"{step.stage} {step.done}/{step.total} {step.micrograph_name}: {step.message}")
+        if step.checkpoint is not None:
+            save_checkpoint(job.file(CHECKPOINT), step.checkpoint)
         job.set_status("running", stage=step.stage, done=step.done, total=step.total)
         return step
 
     result: MotionResult = yield from run_in_job(job, gen, on_step, lambda: {"stage": stage["last"]},
-                                                 finish=lambda r: _write_outputs(job, r, len(stack)))
+                                                 finish=lambda r: _write_outputs(job, r, len(inp.stack)))
+    job.file(CHECKPOINT).unlink(missing_ok=True)
+    if out_stack is not None:
+        partial_stack(out_stack).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s; timings " +
             ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     job.set_status("finished", stage=p.final_stage, timings=result.timings)

@@ -18,6 +18,13 @@ a time; when the movie pixel is finer than the particles' the patches are Fourie
 trajectories are always in particle pixels. With ``recenter`` the coordinates first move by ``-round(origin)``
 and the origins keep the remainder.
 Every step yields a frozen :class:`MotionStep`; the generator returns a :class:`MotionResult`.
+
+Resuming: each step carries a :class:`MotionCheckpoint` (every search step and dose micrograph; in ``final`` every
+micrograph, or every ``n/100``-th of ``n`` micrographs and the last), what the next unit of work starts from;
+``motion(..., resume=checkpoint)`` skips the work it records and ends as the unbroken run would have. The corrected
+particles of the ``final`` micrographs done are taken from the partial output stack that ``keep_partial`` leaves
+next to ``out_stack`` (``.<name>.partial``) when the run is interrupted, else recomputed from the checkpoint's
+trajectories (without fitting them again).
 """
 
 from __future__ import annotations
@@ -122,6 +129,91 @@ class MotionStep:
     search: tuple[SearchPoint, ...]
     timings: dict[str, float]
     message: str = ""
+    checkpoint: MotionCheckpoint | None = None
+
+
+@dataclass(frozen=True)
+class MotionCheckpoint:
+    """What the unit of work after a step starts from (see :func:`cryolive.jobs.jobdir.save_checkpoint`).
+
+    ``stage``/``done``: the stage of the last completed unit and how many of its units are done (search steps,
+    dose micrographs, final micrographs); ``n_micrographs``/``n_frames``: the movies it was made for. ``search``:
+    ``(K, 7)`` ray, step, r, theta, z_A, score, activity of the search points so far; ``ray``/``ray_step``: the
+    search step to do next, with the ray's best score ``ray_best``, steps without improvement ``ray_since`` and the
+    search micrographs' local trajectories ``ray_trajs`` ``(sum N, F, 2)`` (no rows: the ray starts afresh).
+    ``hyper``: ``(3,)`` r, theta, z_A (empty until known); ``dose``: ``(2, F)`` B-factors and scales (empty until
+    known) with ``dose_info`` pixel size, box, dose per frame (NaN: unknown), pre-exposure; ``fcc_*``: the dose
+    stage's FCC sums; ``final_trajs``: ``(M, F, 2)`` total trajectories of the final micrographs done, in their
+    order (each micrograph's particles in input order)."""
+
+    stage: str
+    done: int
+    n_micrographs: int
+    n_frames: int
+    search: np.ndarray
+    ray: int
+    ray_step: int
+    ray_best: float
+    ray_since: int
+    ray_trajs: np.ndarray
+    hyper: np.ndarray
+    dose: np.ndarray
+    dose_info: np.ndarray
+    fcc_num: np.ndarray
+    fcc_xx: np.ndarray
+    fcc_rr: np.ndarray
+    fcc_count: int
+    final_trajs: np.ndarray
+
+    def search_points(self) -> list[SearchPoint]:
+        return [SearchPoint(int(r[0]), int(r[1]), Hyper(float(r[2]), float(r[3]), float(r[4])), float(r[5]),
+                            float(r[6])) for r in np.asarray(self.search, float).reshape(-1, 7)]
+
+    def hyper_value(self) -> Hyper | None:
+        h = np.asarray(self.hyper, float)
+        return Hyper(float(h[0]), float(h[1]), float(h[2])) if h.size == 3 else None
+
+    def dose_model(self) -> DoseModel | None:
+        if np.asarray(self.dose).size == 0:
+            return None
+        apix, box, per_frame, pre = (float(v) for v in self.dose_info)
+        return DoseModel(np.array(self.dose[0], float), np.array(self.dose[1], float), apix, int(box),
+                         None if np.isnan(per_frame) else per_frame, pre)
+
+
+@dataclass
+class _Progress:
+    """The state a checkpoint is made of (updated by the stages as they go)."""
+
+    search: list
+    hyper: Hyper | None = None
+    dose: DoseModel | None = None
+    ray: tuple = (0, 0, np.inf, 0, None)  # next ray, step, best score, steps since, local trajectories
+    acc: FCCAccumulator | None = None
+    final: list = field(default_factory=list)  # total trajectories per final micrograph done
+
+    def checkpoint(self, ctx: _Context, stage: str, done: int) -> MotionCheckpoint:
+        f = ctx.n_frames
+        ray, step, best, since, trajs = self.ray
+        pts = np.array([[s.ray, s.step, s.hyper.r, s.hyper.theta, s.hyper.z_A, s.score, s.activity]
+                        for s in self.search], float).reshape(-1, 7)
+        h = self.hyper
+        d = self.dose
+        acc = self.acc
+        empty = np.zeros((0, f, 2))
+        return MotionCheckpoint(
+            stage=stage, done=int(done), n_micrographs=len(ctx.mic_list), n_frames=f, search=pts, ray=int(ray),
+            ray_step=int(step), ray_best=float(best), ray_since=int(since),
+            ray_trajs=np.concatenate(trajs) if trajs else empty,
+            hyper=np.zeros(0) if h is None else np.array([h.r, h.theta, h.z_A], float),
+            dose=np.zeros((0, f)) if d is None else np.stack([np.asarray(d.bfactors, float),
+                                                              np.asarray(d.scales, float)]),
+            dose_info=np.zeros(4) if d is None else np.array(
+                [d.pixel_size, d.box, np.nan if d.dose_per_frame is None else d.dose_per_frame, d.pre_exposure]),
+            fcc_num=np.zeros((0, 0)) if acc is None else acc.num.copy(),
+            fcc_xx=np.zeros((0, 0)) if acc is None else acc.xx.copy(),
+            fcc_rr=np.zeros(0) if acc is None else acc.rr.copy(), fcc_count=0 if acc is None else acc.count,
+            final_trajs=np.concatenate(self.final) if self.final else empty)
 
 
 @dataclass(frozen=True)
@@ -283,7 +375,8 @@ def reference_amplitude(fx: np.ndarray, ref: np.ndarray, weight: np.ndarray, sig
 
 
 def _step(ctx: _Context, stage: str, mic: _Mic | None, done: int, total: int, traj: np.ndarray | None,
-          dose: DoseModel | None, search: list, message: str) -> MotionStep:
+          dose: DoseModel | None, search: list, message: str,
+          checkpoint: MotionCheckpoint | None = None) -> MotionStep:
     name = mic.name if mic else ""
     return MotionStep(stage=stage, micrograph=ctx.mic_list.index(name) if mic else -1, micrograph_name=name,
                       n_micrographs=len(ctx.mic_list), done=done, total=total,
@@ -291,13 +384,24 @@ def _step(ctx: _Context, stage: str, mic: _Mic | None, done: int, total: int, tr
                       frame_sum=mic.frame_sum if (mic and traj is not None) else None,
                       bin_factor=mic.bin_factor if mic else 1,
                       dose_weights=None if dose is None else dose.weights(ctx.stack.box, ctx.stack.pixel_size),
-                      search=tuple(search), timings=dict(ctx.timings), message=message)
+                      search=tuple(search), timings=dict(ctx.timings), message=message, checkpoint=checkpoint)
 
 
-def _search(ctx: _Context, search: list, keep: dict) -> Generator[MotionStep, None, Hyper]:
-    """The hyper-parameter search (see :mod:`.hyper`); returns the best hyper-parameters."""
+def _search(ctx: _Context, prog: _Progress, keep: dict,
+            resume: MotionCheckpoint | None) -> Generator[MotionStep, None, Hyper]:
+    """The hyper-parameter search (see :mod:`.hyper`); returns the best hyper-parameters. ``resume``: go on with
+    the search step it names (the search points so far are in ``prog.search``)."""
     p = ctx.p
+    search = prog.search
+    rays = rays_for(p.thoroughness)
     names = ctx.draw(p.target_particles, p.seed)
+    if resume is not None:
+        counts = [int((ctx.names == name).sum()) for name in names]
+        trajs = (None if len(resume.ray_trajs) == 0
+                 else np.split(np.asarray(resume.ray_trajs), np.cumsum(counts)[:-1]))
+        prog.ray = (resume.ray, resume.ray_step, resume.ray_best, resume.ray_since, trajs)
+    if prog.ray[0] >= len(rays):  # every ray was searched before the interruption
+        names = []
     mics = []
     for name in names:
         mic = ctx.prepare(name)
@@ -310,13 +414,14 @@ def _search(ctx: _Context, search: list, keep: dict) -> Generator[MotionStep, No
         mic.cv_norm = float(np.sqrt(xx * rr[:, None]).sum()) * 2.0
         ctx.tick("hyper_s", t0)
         mics.append(mic)
-    rays = rays_for(p.thoroughness)
     n_steps = int(np.floor(np.log(p.max_prior_strength / p.r_start) / np.log(p.r_growth))) + 1
     total = len(rays) * n_steps
-    done = 0
-    for ray, (theta, z) in enumerate(rays):
-        best_ray, since, trajs = np.inf, 0, None
-        for step in range(n_steps):
+    done = len(search)
+    first_ray, first_step, best0, since0, trajs0 = prog.ray
+    for ray in range(first_ray, len(rays)):
+        theta, z = rays[ray]
+        best_ray, since, trajs = (best0, since0, trajs0) if ray == first_ray else (np.inf, 0, None)
+        for step in range(first_step if ray == first_ray else 0, n_steps):
             t0 = time.perf_counter()
             hyper = Hyper(p.r_start * p.r_growth**step, theta, z)
             score, act, trajs = search_step(mics, hyper, p.window_px, UPSAMPLE, init=trajs)
@@ -326,25 +431,34 @@ def _search(ctx: _Context, search: list, keep: dict) -> Generator[MotionStep, No
                 keep[(ray, step)] = {m.name: (m.idx, t + m.rigid[None]) for m, t in zip(mics, trajs, strict=True)}
             done += 1
             mic = mics[0]
-            yield _step(ctx, "hyper", mic, done, total, None, None, search,
-                        f"ray {ray} (theta {theta:.2f}, z {z:g} Å) step {step}: r {hyper.r:.3g}, score {score:.5f}, "
-                        f"activity {act:.2f} px")
             if score < best_ray:
                 best_ray, since = score, 0
             else:
                 since += 1
-            if act < p.retire_px or since >= p.patience:
+            retire = act < p.retire_px or since >= p.patience or step + 1 == n_steps
+            prog.ray = (ray + 1, 0, np.inf, 0, None) if retire else (ray, step + 1, best_ray, since, trajs)
+            yield _step(ctx, "hyper", mic, done, total, None, None, search,
+                        f"ray {ray} (theta {theta:.2f}, z {z:g} Å) step {step}: r {hyper.r:.3g}, score {score:.5f}, "
+                        f"activity {act:.2f} px", prog.checkpoint(ctx, "hyper", done))
+            if retire:
                 break
     return min(search, key=lambda s: s.score).hyper
 
 
-def _dose(ctx: _Context, hyper: Hyper) -> Generator[MotionStep, None, DoseModel]:
-    """Empirical dose weights from the FCC of micrographs drawn until ``dose_target_particles``."""
+def _dose(ctx: _Context, hyper: Hyper, prog: _Progress,
+          resume: MotionCheckpoint | None) -> Generator[MotionStep, None, DoseModel]:
+    """Empirical dose weights from the FCC of micrographs drawn until ``dose_target_particles``; ``resume``: go on
+    after the micrographs it counts, from its FCC sums."""
     p = ctx.p
     names = ctx.draw(p.dose_target_particles, p.seed + 1)
-    acc = FCCAccumulator(ctx.n_frames, ctx.stack.box)
-    model = None
-    for k, name in enumerate(names):
+    acc = prog.acc = FCCAccumulator(ctx.n_frames, ctx.stack.box)
+    model, start = None, 0
+    if resume is not None and resume.done > 0:
+        start = resume.done
+        acc.num[...], acc.xx[...], acc.rr[...] = resume.fcc_num, resume.fcc_xx, resume.fcc_rr
+        acc.count = resume.fcc_count
+        model = fit_dose_model(acc.fcc(), ctx.stack.box, ctx.stack.pixel_size)
+    for k, name in enumerate(names[start:], start):
         mic = ctx.prepare(name)
         traj = ctx.fit(mic, hyper, True, None)
         t0 = time.perf_counter()
@@ -352,7 +466,8 @@ def _dose(ctx: _Context, hyper: Hyper) -> Generator[MotionStep, None, DoseModel]
         model = fit_dose_model(acc.fcc(), ctx.stack.box, ctx.stack.pixel_size)
         ctx.tick("dose_s", t0)
         yield _step(ctx, "dose", mic, k + 1, len(names), traj, model, [],
-                    f"dose weights from {acc.count} particles")
+                    f"dose weights from {acc.count} particles", prog.checkpoint(ctx, "dose", k + 1))
+    prog.acc = None
     if model is not None and ctx.movies.dose_per_frame is not None:
         model = replace(model, dose_per_frame=ctx.movies.dose_per_frame, pre_exposure=ctx.movies.pre_exposure)
     return model
@@ -360,7 +475,8 @@ def _dose(ctx: _Context, hyper: Hyper) -> Generator[MotionStep, None, DoseModel]
 
 def motion(stack: ParticleStack, movies: str | os.PathLike | MovieSet, half_a: np.ndarray, half_b: np.ndarray,
            mask: np.ndarray | None = None, params: MotionParams | None = None, hyper: Hyper | None = None,
-           dose: DoseModel | None = None, out_stack: str | os.PathLike | None = None
+           dose: DoseModel | None = None, out_stack: str | os.PathLike | None = None,
+           resume: MotionCheckpoint | None = None, keep_partial: bool = False
            ) -> Generator[MotionStep, None, MotionResult]:
     """Reference-based motion correction of ``stack`` (see the module docstring); yields steps, returns the result.
 
@@ -368,7 +484,10 @@ def motion(stack: ParticleStack, movies: str | os.PathLike | MovieSet, half_a: n
     :func:`~cryolive.motion.movies.open_movie_set` (already checked; ``params``' movie fields are then not used
     again); ``half_a/b``, ``mask``: ``[z, y, x]`` maps of the particles'
     box and pixel size; ``hyper``/``dose``: reuse a previous job's (skips that stage); ``out_stack``: the ``.mrcs``
-    to write (else the images are returned in memory).
+    to write (else the images are returned in memory); ``resume``: the checkpoint of a step of an interrupted run
+    with the same inputs, to go on from (the rest ends as the unbroken run would have; the search trajectories of
+    ``keep_search_trajectories`` only hold the steps after it); ``keep_partial``: write ``out_stack`` through
+    ``.<name>.partial`` beside it and keep that file when the run is interrupted, for a resumed run to go on with.
     """
     p = params or MotionParams()
     if p.final_stage not in STAGES:
@@ -387,6 +506,16 @@ def motion(stack: ParticleStack, movies: str | os.PathLike | MovieSet, half_a: n
     search: list[SearchPoint] = []
     keep: dict = {}
     t_start = time.perf_counter()
+    if resume is not None:
+        if (resume.n_micrographs, resume.n_frames) != (len(ctx.mic_list), ctx.n_frames):
+            raise InputError(f"{movies.source}: the checkpoint was made for {resume.n_micrographs} micrographs of "
+                             f"{resume.n_frames} frames, the movies are {len(ctx.mic_list)} of {ctx.n_frames}")
+        if resume.stage not in STAGES:
+            raise InputError(f"checkpoint of an unknown stage {resume.stage!r}")
+        search = resume.search_points()
+        hyper = resume.hyper_value() or hyper
+        dose = resume.dose_model() or dose
+    prog = _Progress(search, hyper, dose)
 
     def result(particles: ParticleStack | None = None, images: np.ndarray | None = None,
                trajs: dict | None = None) -> MotionResult:
@@ -394,19 +523,31 @@ def motion(stack: ParticleStack, movies: str | os.PathLike | MovieSet, half_a: n
         return MotionResult(hyper, dose, tuple(search), trajs or {}, particles, images, ctx.kept, ctx.skipped,
                             ctx.n_frames, dict(ctx.timings), keep)
 
+    def at(stage: str) -> MotionCheckpoint | None:
+        return resume if resume is not None and resume.stage == stage else None
+
     if hyper is None:
-        hyper = yield from _search(ctx, search, keep)
+        hyper = yield from _search(ctx, prog, keep, at("hyper"))
+    prog.hyper = hyper
     if p.final_stage == "hyper":
         return result()
     if dose is None:
-        dose = yield from _dose(ctx, hyper)
+        dose = yield from _dose(ctx, hyper, prog, at("dose"))
+    prog.dose = dose
     if p.final_stage == "dose":
         return result()
-    return (yield from _final(ctx, hyper, dose, out_stack, result))
+    return (yield from _final(ctx, hyper, dose, out_stack, result, prog, at("final"), keep_partial))
+
+
+def partial_stack(out_stack: str | os.PathLike) -> Path:
+    """The partial output stack that ``keep_partial`` keeps beside ``out_stack`` for a resumed run."""
+    out = Path(out_stack)
+    return out.with_name(f".{out.name}.partial")
 
 
 def _final(ctx: _Context, hyper: Hyper, dose: DoseModel, out_stack: str | os.PathLike | None,
-           result: object) -> Generator[MotionStep, None, MotionResult]:
+           result: object, prog: _Progress, resume: MotionCheckpoint | None,
+           keep_partial: bool) -> Generator[MotionStep, None, MotionResult]:
     """Correct every micrograph's particles and write them (input order, skipped movies left out)."""
     p, stack = ctx.p, ctx.stack
     m = p.crop_box or stack.box
@@ -414,14 +555,37 @@ def _final(ctx: _Context, hyper: Hyper, dose: DoseModel, out_stack: str | os.Pat
     pos_in_out = np.full(len(stack), -1)
     pos_in_out[ctx.kept] = np.arange(len(ctx.kept))
     weights = weight_image(dose.weights(stack.box, stack.pixel_size), stack.box)
-    writer = (StackWriter(out_stack, len(ctx.kept), m, apix_out, float16=p.float16) if out_stack is not None
-              else None)
-    images = None if writer is not None else np.zeros((len(ctx.kept), m, m), np.float32)
+    n_mics = len(ctx.mic_list)
+    every = max(1, n_mics // 100)  # checkpoints: the trajectories done are written each time
+    start = 0 if resume is None else resume.done
     trajs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if start:  # the trajectories of the micrographs done, in their order
+        rows = 0
+        for name in ctx.mic_list[:start]:
+            idx = np.nonzero(ctx.names == name)[0]
+            trajs[name] = (idx, np.asarray(resume.final_trajs[rows:rows + len(idx)], float))
+            rows += len(idx)
+        prog.final = [t for _, t in trajs.values()]
+    tmp = partial_stack(out_stack) if (keep_partial and out_stack is not None) else None
+    writer, redo = None, start > 0
+    if out_stack is not None and start and tmp is not None:
+        done_rows = np.zeros(len(ctx.kept), bool)
+        for idx, _ in trajs.values():
+            done_rows[pos_in_out[idx]] = True
+        try:
+            writer = StackWriter.reopen(out_stack, tmp, len(ctx.kept), m, apix_out, done_rows, float16=p.float16)
+            redo = False
+        except ValueError:  # no usable partial stack (e.g. removed): the images done are computed again
+            writer = None
+    if out_stack is not None and writer is None:
+        writer = StackWriter(out_stack, len(ctx.kept), m, apix_out, float16=p.float16, tmp=tmp)
+    images = None if writer is not None else np.zeros((len(ctx.kept), m, m), np.float32)
     try:
         for k, name in enumerate(ctx.mic_list):
+            if k < start and not redo:
+                continue
             mic = ctx.prepare(name)
-            traj = ctx.fit(mic, hyper, p.use_all_fcs, dose)
+            traj = trajs[name][1] if k < start else ctx.fit(mic, hyper, p.use_all_fcs, dose)
             t0 = time.perf_counter()
             imgs = corrected_particles(mic.fx, traj - mic.rigid[None], weights, p.crop_box)
             imgs *= np.float32(np.sign(mic.amplitude))  # the references' contrast (movies may be inverted)
@@ -431,12 +595,20 @@ def _final(ctx: _Context, hyper: Hyper, dose: DoseModel, out_stack: str | os.Pat
             else:
                 images[rows] = imgs
             ctx.tick("final_write_s", t0)
+            if k < start:  # recomputed from the checkpoint's trajectories: no step
+                continue
             trajs[name] = (mic.idx, traj)
-            yield _step(ctx, "final", mic, k + 1, len(ctx.mic_list), traj, dose, [],
-                        f"corrected {len(mic.idx)} particles")
+            prog.final.append(traj)
+            ckpt = None
+            if (k + 1) % every == 0 or k + 1 == n_mics:
+                if writer is not None:
+                    writer.flush()  # the images are in the file before a checkpoint says so
+                ckpt = prog.checkpoint(ctx, "final", k + 1)
+            yield _step(ctx, "final", mic, k + 1, n_mics, traj, dose, [], f"corrected {len(mic.idx)} particles",
+                        ckpt)
     except BaseException:
         if writer is not None:
-            writer.abort()
+            writer.keep() if tmp is not None else writer.abort()
         raise
     particles = None
     if writer is not None:
