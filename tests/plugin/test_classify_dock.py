@@ -152,6 +152,8 @@ def test_focus_only_warns_in_the_dock(make_napari_viewer, qtbot, tmp_path, datas
     assert "only a focus mask" in w.warnings_box.toPlainText()
     assert sum("only a focus mask" in m for m in shown) == 1
     assert (w.job_dir / "focus_mask.mrc").is_file()
+    assert not list((tmp_path / "jobs").glob("gui_*.mrc")) and not list((tmp_path / "jobs").glob("classify_inputs_*"))
+    assert (w.job_dir / "input_focus_mask.mrc").is_file()
 
 
 def test_heterogeneous_refinement_from_starting_map_layers(make_napari_viewer, qtbot, tmp_path, dataset):
@@ -170,6 +172,9 @@ def test_heterogeneous_refinement_from_starting_map_layers(make_napari_viewer, q
     assert w.job_dir.name.startswith("job_hetero_")
     assert w.class_layer(1) is not None and w.class_layer(2) is not None and w.class_layer(3) is None
     assert w.class_list.count() == 2 and w.model.class_counts.sum() == 600
+    # the layers reached the job in memory: nothing beside the job folder, the job's own copies inside it
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == [w.job_dir.name]
+    assert sorted(p.name for p in w.job_dir.glob("input_*.mrc")) == ["input_starts_001.mrc", "input_starts_002.mrc"]
 
 
 def test_pause_and_stop(make_napari_viewer, qtbot, tmp_path, dataset):

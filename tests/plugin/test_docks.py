@@ -353,6 +353,53 @@ def test_refinement_dock_runs_to_completion(make_napari_viewer, qtbot, tmp_path)
     assert w.plots.fsc.updates >= n_iter and "Å" in w.plots.fsc_title.text()
     assert "iteration 1" in w.log.toPlainText() and "finished" in w.log.toPlainText()
     assert w.start_btn.isEnabled() and not w.stop_btn.isEnabled()
+    # the reference layer was opened from its MRC file: used from there, no copy anywhere
+    assert not list(tmp_path.glob("gui_*.mrc")) and not list(job.glob("input_*.mrc"))
+
+
+def test_layers_reach_the_refinement_in_memory(make_napari_viewer, qtbot, tmp_path):
+    """A reference and a mask made in napari go to the job as arrays: nothing is written in the output folder;
+    the job keeps its own copies (input_reference.mrc, input_mask.mrc) and params.json names them."""
+    from cryolive.masks import soft_sphere
+    from cryolive.plugin._common import MASK_KEY
+
+    viewer = make_napari_viewer()
+    ref, apix = read_map(sample_path("reference.mrc"))
+    viewer.add_image(ref, name="my reference", scale=(apix,) * 3)
+    mask = np.asarray(to_numpy(soft_sphere(BOX, 0.4 * BOX * apix, apix, 3 * apix)), np.float32)
+    viewer.add_image(mask, name="my mask", scale=(apix,) * 3, metadata={MASK_KEY: "solvent"})
+    w = _refine_dock(viewer, tmp_path, dataclasses.replace(TINY, max_iter=1))
+    w.ref_combo.set_layer("my reference")
+    w.mask_combo.set_layer("my mask")
+    with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        w.start()
+    assert finished.args == ["finished"]
+    job = w.job_dir
+    assert sorted(p.name for p in tmp_path.iterdir()) == [job.name]  # no gui_*.mrc beside the job folder
+    np.testing.assert_array_equal(read_map(job / "input_reference.mrc")[0], ref)
+    np.testing.assert_array_equal(read_map(job / "input_mask.mrc")[0], mask)
+    prm = json.loads((job / "params.json").read_text())
+    assert prm["reference"] == str((job / "input_reference.mrc").resolve())
+    assert prm["mask"] == str((job / "input_mask.mrc").resolve())
+    assert "layer 'my reference'" in w.log.toPlainText()
+
+
+def test_a_zero_reference_layer_is_refused_naming_it(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    from cryolive.plugin import _job_dock, _refine_widget
+
+    shown = []
+    monkeypatch.setattr(_job_dock, "show_error", shown.append)
+    monkeypatch.setattr(_refine_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    apix = read_map(sample_path("reference.mrc"))[1]
+    viewer.add_image(np.zeros((BOX,) * 3, np.float32), name="blank", scale=(apix,) * 3)
+    w = _refine_dock(viewer, tmp_path)
+    w.ref_combo.set_layer("blank")
+    with qtbot.waitSignal(w.runFinished, timeout=RUN_TIMEOUT_MS) as finished:
+        w.start()
+    assert finished.args == ["failed"]
+    assert any("layer 'blank'" in m and "all zeros" in m for m in shown), shown
+    assert not list(tmp_path.iterdir())  # refused before a job folder (or any file) was made
 
 
 def test_refinement_stop_within_one_iteration(make_napari_viewer, qtbot, tmp_path):
@@ -459,6 +506,7 @@ def test_bad_particles_file_is_a_notification(make_napari_viewer, qtbot, tmp_pat
         w.start()
     assert finished.args == ["failed"]
     assert len(errors) == 1 and "small map" in errors[0] and "constant" in errors[0], errors
+    assert not list((tmp_path / "jobs").glob("gui_*.mrc"))  # the layer went to the job in memory
 
 
 def test_gui_stays_responsive_while_refining(make_napari_viewer, qtbot, tmp_path):

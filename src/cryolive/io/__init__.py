@@ -15,12 +15,15 @@ from typing import Any
 from cryolive.io.cryosparc import read_cs, write_cs
 from cryolive.io.errors import InputError
 from cryolive.io.mrc import (
+    MapInput,
+    MapSource,
     MrcStack,
     StackWriter,
     check_map_content,
     check_mask_values,
     open_stack,
     read_map,
+    read_map_source,
     read_matching_map,
     read_matching_mask,
     write_map,
@@ -54,6 +57,8 @@ def write_particles(stack: ParticleStack, path: str | os.PathLike, overwrite: bo
 
 __all__ = [
     "InputError",
+    "MapInput",
+    "MapSource",
     "MrcStack",
     "ParticleStack",
     "StackWriter",
@@ -62,6 +67,7 @@ __all__ = [
     "open_stack",
     "read_cs",
     "read_map",
+    "read_map_source",
     "read_matching_map",
     "read_matching_mask",
     "read_particles",

@@ -13,6 +13,7 @@ cannot be read is reported as :class:`~cryolive.io.errors.InputError` naming the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import mmap
 import os
@@ -31,6 +32,45 @@ from cryolive.io.errors import InputError
 _log = logging.getLogger("cryolive.io")
 
 PathLike = str | os.PathLike
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MapInput:
+    """A map held in memory (a napari layer's data, an array from Python) given to a job in place of an MRC file:
+    ``data`` ``(n, n, n)`` indexed ``[z, y, x]``, ``pixel_size`` in Å, ``name`` what messages call it (the
+    layer's name). Checked as a file is (:func:`read_matching_map`); a job writes it into its own folder
+    (``input_reference.mrc``, …) so the folder alone can be continued. ``str()`` gives ``layer 'name'``."""
+
+    data: Any
+    pixel_size: float
+    name: str = "array"
+
+    def __str__(self) -> str:
+        return f"layer '{self.name}'"
+
+
+#: a map input: an MRC file's path or a map in memory
+MapSource = str | os.PathLike | MapInput
+
+
+def read_map_source(source: MapSource) -> tuple[np.ndarray, float]:
+    """``(data, voxel_size)`` of a map input: :func:`read_map` for a path; for a :class:`MapInput` the same
+    checks (3-D, cubic, finite, a positive pixel size) as InputError naming the layer, and a float32 copy (the
+    caller may change its array meanwhile)."""
+    if not isinstance(source, MapInput):
+        return read_map(source)
+    arr = np.array(_to_numpy(source.data), dtype=np.float32)
+    if arr.ndim != 3:
+        raise InputError(f"{source}: holds a {arr.ndim}-D array {arr.shape}; a 3-D map is needed")
+    if len(set(arr.shape)) != 1:
+        raise InputError(f"{source}: the map is not cubic (z, y, x = {arr.shape}); cryolive needs a cubic box")
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        raise InputError(f"{source}: {int(bad.sum())} voxels are NaN or Inf")
+    apix = source.pixel_size
+    if not (isinstance(apix, int | float | np.floating | np.integer) and np.isfinite(apix) and apix > 0):
+        raise InputError(f"{source}: the pixel size must be a positive number of Å, not {apix!r}")
+    return arr, float(apix)
 
 
 def _to_numpy(a: Any) -> np.ndarray:
@@ -173,7 +213,7 @@ def write_map(path: PathLike, data: Any, pixel_size: float, overwrite: bool = Fa
     commit(tmp, dest, overwrite)
 
 
-def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> None:
+def check_map_content(arr: np.ndarray, path: MapSource, what: str = "map") -> None:
     """Refuse a map that carries no structure: all zeros, or one constant value (InputError naming ``path``).
 
     A refinement or classification started from such a map aligns particles to nothing and reports a
@@ -186,7 +226,7 @@ def check_map_content(arr: np.ndarray, path: PathLike, what: str = "map") -> Non
         raise InputError(f"{path}: the {what} is constant ({lo:.6g} everywhere)")
 
 
-def _matched(vol: np.ndarray, apix: float, path: PathLike, box: int, pixel_size: float, particles: PathLike,
+def _matched(vol: np.ndarray, apix: float, path: MapSource, box: int, pixel_size: float, particles: PathLike,
              what: str) -> np.ndarray:
     """``vol`` (read from ``path`` at ``apix`` Å/voxel) brought to the particles' box ``box`` and pixel size
     ``pixel_size`` (Å) when it has another one, as RELION does with a reference: Fourier-resampled to the nearest
@@ -224,20 +264,20 @@ def _fit_box(vol: np.ndarray, box: int) -> np.ndarray:
     return out
 
 
-def read_matching_map(path: PathLike, box: int, pixel_size: float, particles: PathLike,
+def read_matching_map(path: MapSource, box: int, pixel_size: float, particles: PathLike,
                       what: str = "reference map") -> np.ndarray:
     """Read a map for particles of ``box`` and ``pixel_size`` (resampled, padded or cropped to them when it
-    differs, see :func:`_matched`) that carries structure.
+    differs, see :func:`_matched`) that carries structure. ``path``: an MRC file or a :class:`MapInput`.
 
-    InputError naming ``path`` for NaN/Inf (see :func:`read_map`) or an all-zero or constant map
-    (:func:`check_map_content`).
+    InputError naming ``path`` (the layer, for a MapInput) for NaN/Inf (see :func:`read_map`) or an all-zero or
+    constant map (:func:`check_map_content`).
     """
-    vol = _matched(*read_map(path), path, box, pixel_size, particles, what)
+    vol = _matched(*read_map_source(path), path, box, pixel_size, particles, what)
     check_map_content(vol, path, what)
     return vol
 
 
-def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> None:
+def check_mask_values(mask: np.ndarray, path: MapSource, what: str = "mask") -> None:
     """A mask must lie in ``[0, 1]`` and select something (InputError naming ``path`` otherwise)."""
     lo, hi = float(mask.min()), float(mask.max())
     if lo < -1e-3 or hi > 1 + 1e-3:
@@ -246,10 +286,10 @@ def check_mask_values(mask: np.ndarray, path: PathLike, what: str = "mask") -> N
         raise InputError(f"{path}: the {what} is all zeros: it selects no voxel")
 
 
-def read_matching_mask(path: PathLike, box: int, pixel_size: float, particles: PathLike,
+def read_matching_mask(path: MapSource, box: int, pixel_size: float, particles: PathLike,
                        what: str = "mask") -> np.ndarray:
     """:func:`read_matching_map` for a mask: values in ``[0, 1]``, not all zero (a constant 1 is allowed)."""
-    raw, apix = read_map(path)
+    raw, apix = read_map_source(path)
     check_mask_values(raw, path, what)  # the user's values; resampling may ring slightly outside [0, 1]
     return np.clip(_matched(raw, apix, path, box, pixel_size, particles, what), 0.0, 1.0)
 

@@ -16,6 +16,10 @@ plus a job folder.
     checkpoint.npz              the state after the last completed iteration (removed when the job finishes):
                                 ``cryolive classify --continue JOBDIR`` (``hetero --continue``) goes on from it
                                 after a kill, in the same folder (:func:`continue_classify_job`)
+    input_starts_001.mrc …      inputs given as maps in memory (a napari layer, a MapInput): the job's own copies
+    input_solvent_mask.mrc      (starting maps, solvent and focus masks, consensus), named in params.json
+    input_focus_mask.mrc        (``--continue`` reads them)
+    input_consensus.mrc
     params.json, log.txt, status.json
 """
 
@@ -38,6 +42,7 @@ from cryolive.classification.classify import (
 )
 from cryolive.io import (
     InputError,
+    MapSource,
     ParticleStack,
     read_matching_map,
     read_matching_mask,
@@ -53,17 +58,19 @@ from cryolive.jobs.jobdir import (
     JobFolder,
     captured_notes,
     continuable_params,
+    input_in_folder,
     load_checkpoint,
     read_history,
     run_in_job,
     save_checkpoint,
     write_csv,
+    write_input_maps,
 )
 from cryolive.params import check_params
 from cryolive.rotations.symmetry import check_symmetry
 
 
-def _read_mask(path: str | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
+def _read_mask(path: MapSource | None, box: int, pixel_size: float, particles: str, what: str) -> np.ndarray | None:
     return None if not path else read_matching_mask(path, box, pixel_size, particles, what)
 
 
@@ -103,8 +110,8 @@ def _kind(p: ClassifyParams) -> str:
     return "hetero" if p.mode == "hetero" else "classify"
 
 
-def _read_inputs(particles_path: str, p: ClassifyParams, starts: Sequence[str] | None, solvent_mask: str | None,
-                 focus_mask: str | None, consensus: str | None) -> _Inputs:
+def _read_inputs(particles_path: str, p: ClassifyParams, starts: Sequence[MapSource] | None,
+                 solvent_mask: MapSource | None, focus_mask: MapSource | None, consensus: MapSource | None) -> _Inputs:
     """Read and check everything the run needs (InputError naming the file otherwise), before any job folder
     exists."""
     stack = read_particles(particles_path)
@@ -118,7 +125,7 @@ def _read_inputs(particles_path: str, p: ClassifyParams, starts: Sequence[str] |
             p = dataclasses.replace(p, n_classes=len(start_maps))
         solvent = _read_mask(solvent_mask, box, apix, particles_path, "solvent mask")
         focus = _read_mask(focus_mask, box, apix, particles_path, "focus mask")
-        cons = read_matching_map(consensus, box, apix, particles_path, "consensus map") if consensus else None
+        cons = None if not consensus else read_matching_map(consensus, box, apix, particles_path, "consensus map")
     if p.mode != "hetero" and stack.rotations is None:
         raise InputError(f"{particles_path}: 3D classification with fixed poses needs poses (rlnAngleRot/Tilt/Psi); "
                          "run a refinement first, or use heterogeneous refinement")
@@ -127,13 +134,16 @@ def _read_inputs(particles_path: str, p: ClassifyParams, starts: Sequence[str] |
 
 
 def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams | None = None, *,
-                 starts: Sequence[str] | None = None, solvent_mask: str | None = None,
-                 focus_mask: str | None = None,
-                 consensus: str | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
+                 starts: Sequence[MapSource] | None = None, solvent_mask: MapSource | None = None,
+                 focus_mask: MapSource | None = None,
+                 consensus: MapSource | None = None) -> Generator[ClassIteration, None, ClassifyResult]:
     """Run classification (``params.mode`` fixed/local) or heterogeneous refinement (``hetero``, with ``starts``)
     into a new job folder, yielding each iteration; returns the result. Inputs are checked before the folder is
-    made; nothing the user had is modified. The iterations yielded carry no checkpoint (it is in the folder's
-    ``checkpoint.npz``, and a consumer that keeps every iteration would otherwise keep every checkpoint)."""
+    made; nothing the user had is modified. Each map input is an MRC file or a map in memory
+    (:class:`~cryolive.io.MapInput`, checked as a file is), which the job writes into its folder
+    (``input_consensus.mrc``, ``input_starts_001.mrc``, …) and names in ``params.json``. The iterations yielded
+    carry no checkpoint (it is in the folder's ``checkpoint.npz``, and a consumer that keeps every iteration would
+    otherwise keep every checkpoint)."""
     t0 = time.perf_counter()
     inp = _read_inputs(particles_path, params or ClassifyParams(), starts, solvent_mask, focus_mask, consensus)
     p, stack = inp.params, inp.stack
@@ -141,8 +151,9 @@ def classify_job(particles_path: str, out: str = "jobs", params: ClassifyParams 
     check_output_parent(out)
     kind = _kind(p)
     job = JobFolder.create(out, kind)
-    job.write_params({"particles": particles_path, "starts": list(starts or []), "solvent_mask": solvent_mask,
-                      "focus_mask": focus_mask, "consensus": consensus, **dataclasses.asdict(p),
+    maps = write_input_maps(job, {"starts": list(starts or []), "solvent_mask": solvent_mask or None,
+                                  "focus_mask": focus_mask or None, "consensus": consensus or None})
+    job.write_params({"particles": particles_path, **maps, **dataclasses.asdict(p),
                       "backend": backend_name(), "n_particles": len(stack), "pixel_size_A": apix, "box": box})
     job.set_status("running", iteration=0)
     what = _WHAT[kind] if kind == "hetero" else f"3D classification ({p.mode} poses)"
@@ -178,8 +189,8 @@ def continue_classify_job(job_dir: str, kind: str | None = None) -> Generator[Cl
                          f"cryolive {_kind(p)} --continue {folder}")
     ckpt = load_checkpoint(folder / CHECKPOINT, ClassifyCheckpoint)
     t0 = time.perf_counter()
-    inp = _read_inputs(prm["particles"], p, prm.get("starts") or None, prm.get("solvent_mask"),
-                       prm.get("focus_mask"), prm.get("consensus"))
+    inp = _read_inputs(prm["particles"], p, input_in_folder(folder, prm.get("starts")) or None,
+                       *(input_in_folder(folder, prm.get(k)) for k in ("solvent_mask", "focus_mask", "consensus")))
     job = JobFolder(folder)
     job.log(f"continuing after iteration {ckpt.iteration} ({CHECKPOINT}) on {device_label()}")
     for note in inp.notes:

@@ -262,6 +262,47 @@ def continuable_params(folder: str | os.PathLike, what: str, keys: Collection[st
     return prm
 
 
+def write_input_maps(job: JobFolder, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The map inputs as ``params.json`` records them (``name`` → value): a path as given, None as None; a map in
+    memory (:class:`cryolive.io.MapInput`) written into the job's own folder as ``input_<name>.mrc`` at its own
+    pixel size (atomically, never over a file), recorded by its absolute path, so a continued job reads the same
+    map from the folder alone. A list (starting maps) gives ``input_<name>_001.mrc``, …. Each file written is
+    logged with the layer it came from. If a write fails the folder is marked failed and the error goes on."""
+    from cryolive.io.mrc import MapInput, read_map_source, write_map
+
+    def one(source: Any, stem: str) -> Any:
+        if source is None:
+            return None
+        if not isinstance(source, MapInput):
+            return os.fspath(source)
+        data, apix = read_map_source(source)
+        path = job.file(f"input_{stem}.mrc")
+        write_map(path, data, apix)
+        job.log(f"wrote {path.name} from {source} ({data.shape[0]} px, {apix:.4g} Å/px)")
+        return str(path.resolve())
+
+    try:
+        return {name: [one(s, f"{name}_{i + 1:03d}") for i, s in enumerate(v)] if isinstance(v, list | tuple)
+                else one(v, name) for name, v in inputs.items()}
+    except BaseException as exc:
+        _mark_ended(job, exc, dict)
+        raise
+
+
+def input_in_folder(folder: str | os.PathLike, value: Any) -> Any:
+    """A map input ``params.json`` recorded (a path, a list of paths or None), with each ``input_*.mrc`` the job
+    wrote into its own folder taken from ``folder`` itself when the recorded path is gone (the folder moved)."""
+    if isinstance(value, list):
+        return [input_in_folder(folder, v) for v in value]
+    if not value:
+        return value
+    path = Path(value)
+    own = Path(folder) / path.name
+    if path.name.startswith("input_") and not path.is_file() and own.is_file():
+        return str(own)
+    return value
+
+
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The rows of a job's ``iterations.csv`` (empty if there is none), numbers as ``int`` / ``float``."""
     if not Path(path).is_file():

@@ -17,6 +17,8 @@ for, then a :class:`RefineIteration` per iteration; the CLI, tests and napari co
     ab_initio.mrc           the map the ab-initio steps ended with, the refinement's start (with ``sgd_steps``)
     checkpoint.npz          the state after the last completed iteration (removed when the job finishes):
                             ``cryolive refine --continue JOBDIR`` goes on from it after a kill
+    input_reference.mrc     the reference, when given as a map in memory (a napari layer, a MapInput); likewise
+    input_mask.mrc          the mask: the job's own copies, named in params.json (``--continue`` reads them)
     params.json, log.txt, status.json
 """
 
@@ -31,6 +33,7 @@ import numpy as np
 
 from cryolive.backend import backend_name, device_label, to_numpy
 from cryolive.io import (
+    MapSource,
     ParticleStack,
     read_matching_map,
     read_matching_mask,
@@ -45,11 +48,13 @@ from cryolive.jobs.jobdir import (
     JobFolder,
     captured_notes,
     continuable_params,
+    input_in_folder,
     load_checkpoint,
     read_history,
     run_in_job,
     save_checkpoint,
     write_csv,
+    write_input_maps,
 )
 from cryolive.jobs.plots import plot_fsc
 from cryolive.refinement.refine import (
@@ -65,13 +70,13 @@ from cryolive.refinement.sgd import SGDStep
 from cryolive.resolution.sharpen import auto_bfactor, sharpen
 
 
-def check_reference(particles_path: str, reference_path: str, box: int, pixel_size: float) -> np.ndarray:
-    """Read the reference and check it against the particles (box, pixel size within 1 %, not zero or
-    constant)."""
+def check_reference(particles_path: str, reference_path: MapSource, box: int, pixel_size: float) -> np.ndarray:
+    """Read the reference (a file or a :class:`~cryolive.io.MapInput`) and check it against the particles (box,
+    pixel size within 1 %, not zero or constant)."""
     return read_matching_map(reference_path, box, pixel_size, particles_path, "reference map")
 
 
-def _read_inputs(particles_path: str, reference_path: str, mask_path: str | None,
+def _read_inputs(particles_path: str, reference_path: MapSource, mask_path: MapSource | None,
                  p: RefineParams) -> tuple[ParticleStack, np.ndarray, np.ndarray | None, list[str]]:
     """The particles (statistics checked), the reference and the optional mask brought to them, and the notes
     reading them produced (e.g. a resampled reference); the parameters checked against the particles. Raises
@@ -82,17 +87,18 @@ def _read_inputs(particles_path: str, reference_path: str, mask_path: str | None
     with captured_notes() as notes:
         ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
         mask = None
-        if mask_path:
+        if mask_path is not None and mask_path != "":
             mask = read_matching_mask(mask_path, stack.box, stack.pixel_size, particles_path, "mask")
     check_inputs(stack, p)
     return stack, ref, mask, notes
 
 
-def refine_job(particles_path: str, reference_path: str, out: str = "jobs", params: RefineParams | None = None,
-               mask_path: str | None = None,
+def refine_job(particles_path: str, reference_path: MapSource, out: str = "jobs", params: RefineParams | None = None,
+               mask_path: MapSource | None = None,
                save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
     """Run homogeneous refinement into a new job folder, yielding each ab-initio step and iteration; returns the
-    result."""
+    result. The reference and the mask are MRC files or maps in memory (:class:`~cryolive.io.MapInput`, checked
+    as a file is; the job writes them into its folder as ``input_reference.mrc`` / ``input_mask.mrc``)."""
     p = params or RefineParams()
     t0 = time.perf_counter()
     stack, ref, mask, notes = _read_inputs(particles_path, reference_path, mask_path, p)
@@ -101,7 +107,8 @@ def refine_job(particles_path: str, reference_path: str, out: str = "jobs", para
     # projectors (32 each) and the finalize and FSC temporaries: 4.8 GB measured at box 256, 288 bytes per voxel
     check_memory(350.0 * stack.box**3, f"refinement at a box of {stack.box} px", "downsample the particles")
     job = JobFolder.create(out, "refine")
-    job.write_params({"particles": particles_path, "reference": reference_path, "mask": mask_path,
+    maps = write_input_maps(job, {"reference": reference_path, "mask": mask_path or None})
+    job.write_params({"particles": particles_path, "reference": maps["reference"], "mask": maps["mask"],
                       **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
                       "pixel_size_A": stack.pixel_size, "box": stack.box})
     job.set_status("running", iteration=0)
@@ -131,7 +138,8 @@ def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generato
     p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
     ckpt = load_checkpoint(folder / CHECKPOINT, RefineCheckpoint)
     t0 = time.perf_counter()
-    stack, ref, mask, notes = _read_inputs(prm["particles"], prm["reference"], prm.get("mask"), p)
+    stack, ref, mask, notes = _read_inputs(prm["particles"], input_in_folder(folder, prm["reference"]),
+                                           input_in_folder(folder, prm.get("mask")), p)
     job = JobFolder(folder)
     job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
     for note in notes:

@@ -22,14 +22,13 @@ that touches Qt or layers happens on the main thread:
 
 Layers: one image layer per class, ``class 1`` … ``class K`` (created once, then ``layer.data`` replaced each
 iteration), and for a comparison a ``class A − class B`` difference layer. Layer inputs (masks, consensus,
-starting maps) are written as MRC files into a fresh ``classify_inputs_*`` folder inside the output folder, because
-the job takes paths.
+starting maps) are passed to the job in memory (:class:`cryolive.io.MapInput`; a layer opened from an MRC file by its
+path): the job checks them and writes its own copies into its folder, nothing is written in the output folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -68,6 +67,7 @@ from cryolive.plugin._common import (
     color_swatch,
     is_map_layer,
     is_mask_candidate,
+    layer_map_input,
     log_view,
     replace_image_data,
     robust_limits,
@@ -75,7 +75,6 @@ from cryolive.plugin._common import (
     symmetry_combo,
     symmetry_text,
     with_browse,
-    write_layer_copy,
 )
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
@@ -107,9 +106,10 @@ _DIFF_COLORMAP = Colormap(colors=[[0.2, 0.45, 1.0, 1.0], [0.0, 0.0, 0.0, 1.0], [
 def _classify_stream(particles: str, out: str, params: ClassifyParams, inputs: dict, handle: JobHandle) -> Generator:
     """Yield the job's iterations until it ends or ``handle.stop`` is set; return ``(state, value)``.
 
-    Runs in the worker thread. ``inputs``: ``starts``, ``solvent_mask``, ``focus_mask``, ``consensus`` (paths or
-    None). ``state`` is "finished" (value: the ClassifyResult), "stopped" (value: the last iteration number) or
-    "failed" (value: the exception).
+    Runs in the worker thread. ``inputs``: ``starts``, ``solvent_mask``, ``focus_mask``, ``consensus`` (MRC
+    paths, maps in memory as :class:`cryolive.io.MapInput`, which the job writes into its own folder, or None).
+    ``state`` is "finished" (value: the ClassifyResult), "stopped" (value: the last iteration number) or "failed"
+    (value: the exception).
     """
     from cryolive.jobs.classify import classify_job
 
@@ -304,32 +304,29 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.seed.setValue(p.seed)
 
     # ------------------------------------------------------------------------------------------------ control
-    def _layer_input(self, layer: Layer | None, folder: Path, stem: str) -> str | None:
+    @staticmethod
+    def _layer_input(layer: Layer | None) -> Any:
         if layer is None:
             return None
         if layer.metadata.get("preview"):
             raise ValueError(f"'{layer.name}' is a binned preview: press 'Create mask (full size)' in the Masks dock")
-        path = write_layer_copy(layer, folder, stem)
-        self._input_layers[str(path)] = layer.name
-        return str(path)
+        return layer_map_input(layer)
 
-    def _inputs(self, out: Path) -> dict:
-        """Write the chosen layers to MRC files in a fresh folder inside ``out``; the job's path arguments."""
+    def _inputs(self) -> tuple[dict, dict[str, str]]:
+        """The job's map arguments from the chosen layers (their files or their data in memory; nothing is
+        written here), and the layer name of each single-map input given (for the log)."""
         hetero = self.mode == "hetero"
         starts = self.starts_list.selected_layers() if hetero else []
         if hetero and len(starts) < 2:
             raise ValueError("Heterogeneous refinement needs at least two starting maps: pick them in the list")
         layers = {"solvent_mask": self.solvent_combo.current_layer(), "focus_mask": self.focus_combo.current_layer(),
                   "consensus": None if hetero else self.consensus_combo.current_layer()}
-        if not starts and all(v is None for v in layers.values()):
-            return {"starts": None, "solvent_mask": None, "focus_mask": None, "consensus": None}
-        folder = Path(tempfile.mkdtemp(prefix="classify_inputs_", dir=out))
-        inputs: dict[str, Any] = {k: self._layer_input(v, folder, k) for k, v in layers.items()}
-        inputs["starts"] = [self._layer_input(s, folder, f"start_{i + 1}") for i, s in enumerate(starts)] or None
-        return inputs
+        inputs: dict[str, Any] = {k: self._layer_input(v) for k, v in layers.items()}
+        inputs["starts"] = [self._layer_input(s) for s in starts] or None
+        return inputs, {k: v.name for k, v in layers.items() if v is not None}
 
     def start(self) -> None:
-        """Check the inputs, write layer inputs to MRC files, and start the job."""
+        """Check the inputs and start the job (layers are passed as maps in memory: no file is written here)."""
         if self.running:
             return
         chosen = self._chosen_particles_and_out()
@@ -340,7 +337,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self._input_layers = {}
         try:
             out.mkdir(parents=True, exist_ok=True)
-            inputs = self._inputs(out)
+            inputs, layer_names = self._inputs()
         except Exception as exc:  # noqa: BLE001 - reported to the user
             show_error(str(exc))
             return
@@ -350,8 +347,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self._remember_job_folders(out)
         self.model.start(particles, params)
         self._begin_run()
-        self._log(self.model.start_log(device_label(), {k: self._input_layers[v] for k, v in inputs.items()
-                                                        if isinstance(v, str)}))
+        self._log(self.model.start_log(device_label(), layer_names))
         worker = self._new_worker(_classify_stream, particles, str(out), params, inputs, total=params.max_iter,
                                   desc="cryolive classes")
         worker.start()

@@ -7,7 +7,6 @@ in a napari ``thread_worker`` and must not touch Qt or layers.
 
 from __future__ import annotations
 
-import os
 import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -312,30 +311,17 @@ class LatestOnlyRunner(QObject):
         self._start_next()
 
 
-def unique_path(folder: str | os.PathLike, stem: str, suffix: str = ".mrc") -> Path:
-    """``folder/stem_001.mrc``, ``_002`` … : the first name not taken (the folder is created)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(1, 100000):
-        p = folder / f"{stem}_{i:03d}{suffix}"
-        if not p.exists():
-            return p
-    raise RuntimeError(f"{folder}: no free file name for {stem}")
+def layer_map_input(layer: Image) -> Any:
+    """What a job is given for a map layer, without a temporary file: the MRC file the layer was opened from (its
+    ``source``, while that file exists), else the layer's data in memory as a :class:`cryolive.io.MapInput`
+    (a float32 copy, the layer's voxel size and name; the job checks it as a file and writes it into its own
+    folder)."""
+    from cryolive.io import MapInput
 
-
-def write_layer_copy(layer: Image, folder: str | os.PathLike, stem: str) -> Path:
-    """Write an image layer's data as a new MRC under ``folder`` (never replacing a file); returns the path."""
-    from cryolive.io import write_map
-
-    data = np.asarray(layer.data, dtype=np.float32)
-    for _ in range(100):
-        path = unique_path(folder, stem)
-        try:
-            write_map(path, data, voxel_size(layer), overwrite=False)
-            return path
-        except FileExistsError:  # another writer took the name between the check and the write
-            continue
-    raise RuntimeError(f"{folder}: could not find a free name for {stem}")
+    src = layer.metadata.get("source")
+    if src and layer.metadata.get("cryolive_kind") == "map" and Path(src).is_file():
+        return Path(src)
+    return MapInput(np.array(layer.data, dtype=np.float32), voxel_size(layer), layer.name)
 
 
 def robust_limits(vol: np.ndarray) -> tuple[float, float]:

@@ -51,6 +51,7 @@ from cryolive.plugin._common import (
     LayerCombo,
     is_map_layer,
     is_mask_candidate,
+    layer_map_input,
     log_view,
     replace_image_data,
     robust_limits,
@@ -59,7 +60,6 @@ from cryolive.plugin._common import (
     symmetry_combo,
     symmetry_text,
     with_browse,
-    write_layer_copy,
 )
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
@@ -83,12 +83,13 @@ _DEFAULTS = RefineParams()
 
 
 # ---------------------------------------------------------------------------------------------------- worker side
-def _refine_stream(particles: str, reference: str, out: str, params: RefineParams, mask: str | None,
+def _refine_stream(particles: str, reference: Any, out: str, params: RefineParams, mask: Any,
                    save_iterations: bool, handle: JobHandle) -> Generator:
     """Yield the job's iterations until it ends or ``handle.stop`` is set; return ``(state, value)``.
 
     Runs in the worker thread. ``state`` is "finished" (value: the RefineResult), "stopped" (value: the last
-    iteration yielded) or "failed" (value: the exception).
+    iteration yielded) or "failed" (value: the exception). ``reference`` and ``mask`` (or None): MRC paths or
+    maps in memory (:class:`cryolive.io.MapInput`), which the job writes into its own folder.
     """
     from cryolive.jobs.refine import refine_job
 
@@ -144,7 +145,7 @@ class RefineWidget(JobDockMixin, QWidget):
         form.addRow("", with_browse(self.ref_edit, self._browse_reference))
         self.mask_combo = LayerCombo(v, is_mask_candidate, none_text="(none: automatic)",
                                      auto_select=lambda layer: layer.metadata.get(MASK_KEY) == "solvent")
-        self.mask_combo.setToolTip("a static solvent mask (a layer; written to an MRC in the output folder), "
+        self.mask_combo.setToolTip("a static solvent mask (a layer; the job keeps a copy in its folder), "
                                    "or none for cryolive's automatic (dynamic) mask")
         form.addRow("Mask", self.mask_combo)
         self.mask_warning = QLabel()
@@ -258,7 +259,7 @@ class RefineWidget(JobDockMixin, QWidget):
 
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:
-        """Check the inputs, write layer inputs to MRC files in the output folder, and start the job."""
+        """Check the inputs and start the job (layers are passed as maps in memory: no file is written here)."""
         if self.running:
             return
         chosen = self._chosen_particles_and_out()
@@ -266,11 +267,11 @@ class RefineWidget(JobDockMixin, QWidget):
             return
         particles, out = chosen
         params = self.params()
-        self._input_layers: dict[str, str] = {}  # files written from layers -> layer names, for messages
+        self._input_layers = {}
         try:
             out.mkdir(parents=True, exist_ok=True)
-            ref_path, ref_vol, ref_scale, ref_translate = self._reference_input(out)
-            mask_path = self._mask_input(out)
+            ref_path, ref_vol, ref_scale, ref_translate = self._reference_input()
+            mask_path = self._mask_input()
         except Exception as exc:  # noqa: BLE001 - reported to the user
             show_error(str(exc))
             return
@@ -280,8 +281,8 @@ class RefineWidget(JobDockMixin, QWidget):
         self._remember_job_folders(out)
         self.model.start(particles, ref_path, ref_vol, float(ref_scale[-1]), params, mask_path,
                          tuple(ref_translate))
-        worker = self._begin_run(_refine_stream, particles, str(ref_path), str(out), params,
-                                 mask_path and str(mask_path), self.save_iterations.isChecked(),
+        worker = self._begin_run(_refine_stream, particles, ref_path, str(out), params,
+                                 mask_path, self.save_iterations.isChecked(),
                                  total=params.sgd_steps + params.max_iter)
         self._go(worker)
 
@@ -335,7 +336,8 @@ class RefineWidget(JobDockMixin, QWidget):
         worker.start()
 
     # ------------------------------------------------------------------------------------------------ inputs
-    def _reference_input(self, out: Path) -> tuple[Path, np.ndarray, tuple, tuple]:
+    def _reference_input(self) -> tuple[Any, np.ndarray, tuple, tuple]:
+        """The reference for the job (a file, or the layer as a MapInput), its map, scale and origin."""
         from cryolive.io import read_map
 
         layer = self.ref_combo.current_layer()
@@ -346,22 +348,16 @@ class RefineWidget(JobDockMixin, QWidget):
             path = Path(text).expanduser().resolve()
             vol, apix = read_map(path)
             return path, vol, (apix,) * 3, (0.0,) * 3
-        src = layer.metadata.get("source")
-        if src and Path(src).is_file() and layer.metadata.get("cryolive_kind") == "map":
-            return Path(src), np.asarray(layer.data), tuple(layer.scale), tuple(layer.translate)
-        path = write_layer_copy(layer, out, "gui_reference")
-        self._input_layers[str(path)] = layer.name
-        return path, np.asarray(layer.data), tuple(layer.scale), tuple(layer.translate)
+        source = layer_map_input(layer)
+        return source, np.asarray(layer.data), tuple(layer.scale), tuple(layer.translate)
 
-    def _mask_input(self, out: Path) -> Path | None:
+    def _mask_input(self) -> Any:
         layer = self.mask_combo.current_layer()
         if layer is None:
             return None
         if layer.metadata.get("preview"):
             raise ValueError(f"'{layer.name}' is a binned preview: press 'Create mask (full size)' in the Masks dock")
-        path = write_layer_copy(layer, out, "gui_mask")
-        self._input_layers[str(path)] = layer.name
-        return path
+        return layer_map_input(layer)
 
     # ------------------------------------------------------------------------------------------------ results
     def _on_yielded(self, it: Any) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cryolive.jobs.jobdir import interrupted_jobs, interrupted_text, job_state
+from cryolive.jobs.jobdir import input_in_folder, interrupted_jobs, interrupted_text, job_state
 from cryolive.refinement.refine import RefineParams
 from cryolive.refinement.sgd import SGDStep
 
@@ -149,10 +149,11 @@ class RefineRunModel:
         self.done_before = 0  # iterations a continued job had run before (0 for a new run)
 
     # ------------------------------------------------------------------------------------------------ run
-    def start(self, particles: str, reference: str | Path, reference_map: np.ndarray, pixel_size: float,
-              params: RefineParams, mask: str | Path | None = None,
+    def start(self, particles: str, reference: Any, reference_map: np.ndarray, pixel_size: float,
+              params: RefineParams, mask: Any = None,
               translate: tuple[float, ...] = (0.0, 0.0, 0.0), max_bytes: int = HISTORY_MAX_BYTES) -> None:
         """Forget the previous run: a new run of ``params`` on ``particles`` against ``reference_map``
+        (``reference``: its file, or the :class:`cryolive.io.MapInput` of a layer; ``mask`` likewise)
         ``(n, n, n)`` (voxel size ``pixel_size`` Å, origin ``translate`` Å), the first map of the history."""
         ref = np.asarray(reference_map, dtype=np.float32)
         self.particles_path = str(particles)
@@ -180,9 +181,10 @@ class RefineRunModel:
         prm = json.loads((folder / "params.json").read_text())
         names = {f.name for f in dataclasses.fields(RefineParams)}
         params = RefineParams(**{k: v for k, v in prm.items() if k in names})
-        ref, apix = read_map(prm["reference"])
+        reference = input_in_folder(folder, prm["reference"])  # the job's own input_reference.mrc for a layer
+        ref, apix = read_map(reference)
         done = int(job_state(folder).get("iteration") or 0)
-        self.start(prm["particles"], prm["reference"], ref, apix, params, prm.get("mask"))
+        self.start(prm["particles"], reference, ref, apix, params, input_in_folder(folder, prm.get("mask")))
         self.job_dir = folder
         self.done_before = done
         return continued_text(folder, done)
