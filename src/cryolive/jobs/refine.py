@@ -43,19 +43,7 @@ from cryolive.io import (
 )
 from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
-from cryolive.jobs.jobdir import (
-    CHECKPOINT,
-    JobFolder,
-    captured_notes,
-    continuable_params,
-    input_in_folder,
-    load_checkpoint,
-    read_history,
-    run_in_job,
-    save_checkpoint,
-    write_csv,
-    write_input_maps,
-)
+from cryolive.jobs import jobdir
 from cryolive.jobs.plots import plot_fsc
 from cryolive.refinement.refine import (
     RefineCheckpoint,
@@ -84,7 +72,7 @@ def _read_inputs(particles_path: str, reference_path: MapSource, mask_path: MapS
     stack = read_particles(particles_path)
     check_image_statistics(stack)
     check_half_sets(stack)
-    with captured_notes() as notes:
+    with jobdir.captured_notes() as notes:
         ref = check_reference(particles_path, reference_path, stack.box, stack.pixel_size)
         mask = None
         if mask_path is not None and mask_path != "":
@@ -106,8 +94,8 @@ def refine_job(particles_path: str, reference_path: MapSource, out: str = "jobs"
     # two half-map accumulators (Hermitian half grids, padded 2x: 48 bytes per voxel of the box each), two
     # projectors (32 each) and the finalize and FSC temporaries: 4.8 GB measured at box 256, 288 bytes per voxel
     check_memory(350.0 * stack.box**3, f"refinement at a box of {stack.box} px", "downsample the particles")
-    job = JobFolder.create(out, "refine")
-    maps = write_input_maps(job, {"reference": reference_path, "mask": mask_path or None})
+    job = jobdir.JobFolder.create(out, "refine")
+    maps = jobdir.write_input_maps(job, {"reference": reference_path, "mask": mask_path or None})
     job.write_params({"particles": particles_path, "reference": maps["reference"], "mask": maps["mask"],
                       **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
                       "pixel_size_A": stack.pixel_size, "box": stack.box})
@@ -136,27 +124,27 @@ def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generato
     folder = Path(job_dir)
     prm = _continuable(folder)
     p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
-    ckpt = load_checkpoint(folder / CHECKPOINT, RefineCheckpoint)
+    ckpt = jobdir.load_checkpoint(folder / jobdir.CHECKPOINT, RefineCheckpoint)
     t0 = time.perf_counter()
-    stack, ref, mask, notes = _read_inputs(prm["particles"], input_in_folder(folder, prm["reference"]),
-                                           input_in_folder(folder, prm.get("mask")), p)
-    job = JobFolder(folder)
+    stack, ref, mask, notes = _read_inputs(prm["particles"], jobdir.input_in_folder(folder, prm["reference"]),
+                                           jobdir.input_in_folder(folder, prm.get("mask")), p)
+    job = jobdir.JobFolder(folder)
     job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
     for note in notes:
         job.log(f"NOTE: {note}")
     job.set_status("running", iteration=ckpt.iteration)
-    history = read_history(job.file("iterations.csv"))[:ckpt.iteration]
+    history = jobdir.read_history(job.file("iterations.csv"))[:ckpt.iteration]
     return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history))
 
 
 def _continuable(folder: Path) -> dict:
     """``params.json`` of a refinement job folder that can be continued (InputError naming it otherwise)."""
-    return continuable_params(folder, "refinement", ("particles", "reference"),
-                              "start a new refinement from its particles.star to go further")
+    return jobdir.continuable_params(folder, "refinement", ("particles", "reference"),
+                                     "start a new refinement from its particles.star to go further")
 
 
-def _run(job: JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams, t0: float,
-         save_iterations: bool, resume: RefineCheckpoint | None = None,
+def _run(job: jobdir.JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams,
+         t0: float, save_iterations: bool, resume: RefineCheckpoint | None = None,
          history: list[dict] | None = None) -> Generator[RefineStep, None, RefineResult]:
     """Drive :func:`refine` in ``job``: per-iteration log, ``iterations.csv``, status and checkpoint; the outputs
     at the end."""
@@ -170,22 +158,22 @@ def _run(job: JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray
             return it
         _log_iteration(job, it)
         history.append(_summary(it))
-        write_csv(job.file("iterations.csv"), history)
+        jobdir.write_csv(job.file("iterations.csv"), history)
         if save_iterations:
             write_map(job.file(f"iter_{it.iteration:03d}_map.mrc"), it.map, stack.pixel_size)
         if it.checkpoint is not None:
-            save_checkpoint(job.file(CHECKPOINT), it.checkpoint)
+            jobdir.save_checkpoint(job.file(jobdir.CHECKPOINT), it.checkpoint)
         job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
         return it
 
-    result: RefineResult = yield from run_in_job(job, refine(stack, ref, p, mask=mask, resume=resume), on_step,
-                                                 lambda: {"last_iteration": len(history),
-                                                          "ab_initio_steps": sgd_done[0]},
-                                                 finish=lambda r: _write_outputs(job, r, stack.pixel_size))
+    result: RefineResult = yield from jobdir.run_in_job(job, refine(stack, ref, p, mask=mask, resume=resume), on_step,
+                                                        lambda: {"last_iteration": len(history),
+                                                                 "ab_initio_steps": sgd_done[0]},
+                                                        finish=lambda r: _write_outputs(job, r, stack.pixel_size))
     warning = shared_band_warning(result.final, p)
     if warning:
         job.log(f"WARNING: {warning}")
-    job.file(CHECKPOINT).unlink(missing_ok=True)
+    job.file(jobdir.CHECKPOINT).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A,
                    warnings=[warning] if warning else [])
@@ -206,7 +194,7 @@ def shared_band_warning(it: RefineIteration, p: RefineParams) -> str | None:
             "further (--lowpass)")
 
 
-def _on_sgd_step(job: JobFolder, step: SGDStep, box: int, apix: float) -> None:
+def _on_sgd_step(job: jobdir.JobFolder, step: SGDStep, box: int, apix: float) -> None:
     """Log every 10th ab-initio step and the last; after the last, write ``ab_initio.mrc`` (particle box)."""
     job.set_status("running", iteration=0, ab_initio_step=step.step, ab_initio_steps=step.n_steps)
     if step.milestone:
@@ -225,7 +213,7 @@ def _summary(it: RefineIteration) -> dict:
             **{k: round(v, 2) for k, v in it.timings.items()}}
 
 
-def _log_iteration(job: JobFolder, it: RefineIteration) -> None:
+def _log_iteration(job: jobdir.JobFolder, it: RefineIteration) -> None:
     t = it.timings
     job.log(f"iteration {it.iteration} ({it.search}, {it.n_particles} particles, aligned to "
             f"{it.align_resolution_A:.1f} Å, working box {it.working_box} px): GSFSC {it.resolution_A:.2f} Å "
@@ -234,7 +222,7 @@ def _log_iteration(job: JobFolder, it: RefineIteration) -> None:
             f"search {t['search_s']:.1f} s, insertion {t['insert_s']:.1f} s, total {t['total_s']:.1f} s")
 
 
-def _write_outputs(job: JobFolder, result: RefineResult, apix: float) -> None:
+def _write_outputs(job: jobdir.JobFolder, result: RefineResult, apix: float) -> None:
     it = result.final
     stack = result.particles
     ctf = dataclasses.replace(stack.ctf, scale=stack.ctf.scale * result.scales)

@@ -4,34 +4,19 @@ The rules every part of cryolive shares (the solvent mask made from a map, when 
 solvent mask) live in :mod:`cryolive.masks.rules`.
 """
 
-from cryolive.masks.masks import (
-    fraction_outside,
-    mask_volume_fraction,
-    soft_edge_from_binary,
-    soft_sphere,
-    sphere_at,
-    threshold_mask,
-)
-from cryolive.masks.rules import (
-    FOCUS_OUTSIDE_WARN_FRACTION,
-    MASK_LEVEL,
-    FocusOverlap,
-    focus_outside_region,
-    focus_outside_solvent,
-    solvent_mask_from_map,
-)
+from cryolive.masks import masks, rules
+from cryolive.masks.masks import fraction_outside as fraction_outside
+from cryolive.masks.masks import mask_volume_fraction as mask_volume_fraction
+from cryolive.masks.masks import soft_edge_from_binary as soft_edge_from_binary
+from cryolive.masks.masks import soft_sphere as soft_sphere
+from cryolive.masks.masks import sphere_at as sphere_at
+from cryolive.masks.masks import threshold_mask as threshold_mask
+from cryolive.masks.rules import FOCUS_OUTSIDE_WARN_FRACTION as FOCUS_OUTSIDE_WARN_FRACTION
+from cryolive.masks.rules import MASK_LEVEL as MASK_LEVEL
+from cryolive.masks.rules import FocusOverlap as FocusOverlap
+from cryolive.masks.rules import focus_outside_region as focus_outside_region
+from cryolive.masks.rules import focus_outside_solvent as focus_outside_solvent
+from cryolive.masks.rules import solvent_mask_from_map as solvent_mask_from_map
 
-__all__ = [
-    "FOCUS_OUTSIDE_WARN_FRACTION",
-    "MASK_LEVEL",
-    "FocusOverlap",
-    "focus_outside_region",
-    "focus_outside_solvent",
-    "fraction_outside",
-    "mask_volume_fraction",
-    "soft_edge_from_binary",
-    "soft_sphere",
-    "solvent_mask_from_map",
-    "sphere_at",
-    "threshold_mask",
-]
+#: every public name of :mod:`cryolive.masks.masks` and :mod:`cryolive.masks.rules`, as listed there
+__all__ = [*masks.__all__, *rules.__all__]

@@ -25,16 +25,14 @@ from typing import Any
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QPoint, Qt, QTimer, Signal
+from qtpy.QtCore import QPoint, Qt, Signal
 from qtpy.QtGui import QColor, QFont, QImage, QPainter, QPixmap
 from qtpy.QtWidgets import (
     QFileDialog,
-    QFormLayout,
     QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QMessageBox,
     QPushButton,
     QScrollArea,
@@ -47,7 +45,7 @@ from superqt import QCollapsible
 from cryolive.backend import device_label
 from cryolive.class2d import Class2DParams
 from cryolive.params import param_spec
-from cryolive.plugin._common import replace_image_data, robust_limits, with_browse
+from cryolive.plugin._common import replace_image_data, robust_limits
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
 from cryolive.plugin.class2d_model import REJECTED, SELECTED, Class2DRunModel
@@ -289,17 +287,8 @@ class Class2DWidget(JobDockMixin, QWidget):
     def _build(self) -> None:
         root = QVBoxLayout(self)
         root.setContentsMargins(6, 6, 6, 6)
-        self.device_label = QLabel(f"Device: {device_label()}")
-        root.addWidget(self.device_label)
-
-        form = QFormLayout()
-        root.addLayout(form)
-        self.particles_edit = QLineEdit()
-        self.particles_edit.setPlaceholderText("particles.star or particles.cs")
-        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
-        self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
-        self.out_edit.setToolTip("parent folder: the job writes a new job_class2d_<nnn> folder inside it")
-        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
+        form = self._add_particles_field(root, "particles.star or particles.cs")
+        self._add_out_field(form, "parent folder: the job writes a new job_class2d_<nnn> folder inside it")
 
         self.main_form = ParamForm(Class2DParams, MAIN_FIELDS)
         root.addWidget(self.main_form.native)
@@ -376,23 +365,18 @@ class Class2DWidget(JobDockMixin, QWidget):
     # ------------------------------------------------------------------------------------------------ params
     def params(self) -> Class2DParams:
         """The parameters the form shows (fields it does not show: those last given to :meth:`set_params`)."""
-        return self.more_form.value(self.main_form.value(self._base_params))
+        return self._form_params()
 
     def set_params(self, p: Class2DParams) -> None:
-        self._base_params = p
-        self.main_form.set_value(p)
-        self.more_form.set_value(p)
+        self._set_form_params(p)
 
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:
         """Check the inputs and start the job in a worker thread."""
-        if self.running:
+        run = self._chosen_run()
+        if run is None:
             return
-        chosen = self._chosen_particles_and_out()
-        if chosen is None:
-            return
-        particles, out = chosen
-        params = self.params()
+        particles, out, params = run
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -415,19 +399,13 @@ class Class2DWidget(JobDockMixin, QWidget):
         worker.start()
 
     # ------------------------------------------------------------------------------------------------ results
-    def _on_yielded(self, it: Any) -> None:
-        if not self._accepting:
-            return  # arrived after Stop: ignored
-        self._pending = it  # a newer iteration replaces one not yet drawn
-        if not self._render_scheduled:
-            self._render_scheduled = True
-            QTimer.singleShot(0, self._render)
+    def _receive(self, it: Any) -> None:
+        """Nothing: the model takes an iteration when it is drawn (:meth:`_render`)."""
 
     def _render(self) -> None:
         """Show the newest iteration: model and gallery, then the averages layer, then the status line."""
-        it, self._pending = self._pending, None
+        it = self._take_pending()
         if it is None:
-            self._render_scheduled = False
             return
         self._steps = [lambda: self.model.update(it), self._show_averages, lambda: self._report(it)]
         self._next_step()
@@ -462,8 +440,7 @@ class Class2DWidget(JobDockMixin, QWidget):
         self.status_label.setText(f"iteration {it.iteration} of ≤ {self._max_iter}: "
                                   f"{100 * it.changed_fraction:.1f} % changed class, best class {best} "
                                   f"({elapsed:.0f} s so far)")
-        self.iterations_shown.append(it.iteration)
-        self.iterationShown.emit(it.iteration)
+        self._shown(it)
 
     def _on_returned(self, value: Any) -> None:
         state, payload, elapsed = self._run_returned(value)

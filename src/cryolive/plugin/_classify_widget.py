@@ -29,13 +29,12 @@ path): the job checks them and writes its own copies into its folder, nothing is
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Layer
+from napari.layers import Image
 from napari.utils.colormaps import Colormap
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer, Signal
@@ -45,7 +44,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -67,14 +65,13 @@ from cryolive.plugin._common import (
     color_swatch,
     is_map_layer,
     is_mask_candidate,
-    layer_map_input,
+    job_map_input,
     log_view,
     replace_image_data,
     robust_limits,
     scrolling_layout,
     symmetry_combo,
     symmetry_text,
-    with_browse,
 )
 from cryolive.plugin._job_dock import JobDockMixin, JobHandle, job_stream
 from cryolive.plugin._param_form import ParamForm
@@ -146,14 +143,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
     def _build(self) -> None:
         v = self.viewer
         root = scrolling_layout(self)
-        self.device_label = QLabel(f"Device: {device_label()}")
-        root.addWidget(self.device_label)
-
-        form = QFormLayout()
-        root.addLayout(form)
-        self.particles_edit = QLineEdit()
-        self.particles_edit.setPlaceholderText("particles.star or particles.cs (with poses)")
-        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
+        form = self._add_particles_field(root, "particles.star or particles.cs (with poses)")
 
         self.main_form = ParamForm(ClassifyParams, MAIN_FIELDS, labels={"mode": "Mode", "n_classes": "Classes (K)"},
                                    choice_texts={"mode": MODES})
@@ -185,9 +175,7 @@ class ClassifyWidget(JobDockMixin, QWidget):
                                           auto_select=lambda layer: False)
         self.consensus_combo.setToolTip("the consensus map (else reconstructed from all particles at their poses)")
         form.addRow("Consensus map", self.consensus_combo)
-        self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
-        self.out_edit.setToolTip("parent folder: the job writes a new job_classify_<nnn> (job_hetero_<nnn>) there")
-        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
+        self._add_out_field(form, "parent folder: the job writes a new job_classify_<nnn> (job_hetero_<nnn>) there")
 
         adv = QCollapsible("Advanced")
         self.more_form = ParamForm(ClassifyParams, [n for n in param_spec(ClassifyParams) if n not in MAIN_FIELDS])
@@ -286,32 +274,17 @@ class ClassifyWidget(JobDockMixin, QWidget):
             k.tooltip = "number of classes"
 
     # ------------------------------------------------------------------------------------------------ parameters
-    def field(self, name: str) -> Any:
-        """The magicgui widget of the ClassifyParams field ``name`` (in the main form or under "Advanced")."""
-        return self.main_form.widgets.get(name) or self.more_form.widgets[name]
-
     def params(self) -> ClassifyParams:
         """The ClassifyParams the dock's fields describe (fields it does not show: as last given to set_params)."""
-        p = self.more_form.value(self.main_form.value(self._base_params))
-        return dataclasses.replace(p, symmetry=symmetry_text(self.sym), seed=int(self.seed.value()))
+        return dataclasses.replace(self._form_params(), symmetry=symmetry_text(self.sym), seed=int(self.seed.value()))
 
     def set_params(self, p: ClassifyParams) -> None:
         """Show a ClassifyParams (fields the dock does not show are kept for the next run)."""
-        self._base_params = p
-        self.main_form.set_value(p)
-        self.more_form.set_value(p)
+        self._set_form_params(p)
         self.sym.setCurrentText(p.symmetry)
         self.seed.setValue(p.seed)
 
     # ------------------------------------------------------------------------------------------------ control
-    @staticmethod
-    def _layer_input(layer: Layer | None) -> Any:
-        if layer is None:
-            return None
-        if layer.metadata.get("preview"):
-            raise ValueError(f"'{layer.name}' is a binned preview: press 'Create mask (full size)' in the Masks dock")
-        return layer_map_input(layer)
-
     def _inputs(self) -> tuple[dict, dict[str, str]]:
         """The job's map arguments from the chosen layers (their files or their data in memory; nothing is
         written here), and the layer name of each single-map input given (for the log)."""
@@ -321,26 +294,16 @@ class ClassifyWidget(JobDockMixin, QWidget):
             raise ValueError("Heterogeneous refinement needs at least two starting maps: pick them in the list")
         layers = {"solvent_mask": self.solvent_combo.current_layer(), "focus_mask": self.focus_combo.current_layer(),
                   "consensus": None if hetero else self.consensus_combo.current_layer()}
-        inputs: dict[str, Any] = {k: self._layer_input(v) for k, v in layers.items()}
-        inputs["starts"] = [self._layer_input(s) for s in starts] or None
+        inputs: dict[str, Any] = {k: job_map_input(v) for k, v in layers.items()}
+        inputs["starts"] = [job_map_input(s) for s in starts] or None
         return inputs, {k: v.name for k, v in layers.items() if v is not None}
 
     def start(self) -> None:
         """Check the inputs and start the job (layers are passed as maps in memory: no file is written here)."""
-        if self.running:
+        run = self._run_inputs(self._inputs)
+        if run is None:
             return
-        chosen = self._chosen_particles_and_out()
-        if chosen is None:
-            return
-        particles, out = chosen
-        params = self.params()
-        self._input_layers = {}
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            inputs, layer_names = self._inputs()
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            show_error(str(exc))
-            return
+        particles, out, params, (inputs, layer_names) = run
         if inputs["starts"]:
             params = dataclasses.replace(params, n_classes=len(inputs["starts"]))
         self.end_compare()
@@ -358,16 +321,10 @@ class ClassifyWidget(JobDockMixin, QWidget):
     def continue_job(self, job_dir: str | Path) -> None:
         """Go on with the interrupted classification or heterogeneous refinement in ``job_dir`` (as the CLI's
         ``--continue``): the same layers, plots and controls as a run started here."""
-        if self.running:
+        taken = self._continue_status(job_dir)
+        if taken is None:
             return
-        job_dir = Path(job_dir)
-        try:
-            status = self.model.continue_from(job_dir)
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            show_error(f"{job_dir}: cannot continue ({exc})")
-            self.refresh_interrupted()
-            return
-        self._input_layers = {}
+        job_dir, status = taken
         self.end_compare()
         self._remember_job_folders(job_dir.parent)
         self._begin_run()
@@ -395,20 +352,10 @@ class ClassifyWidget(JobDockMixin, QWidget):
         self.plots.clear()
 
     # ------------------------------------------------------------------------------------------------ results
-    def _on_yielded(self, it: Any) -> None:
-        if not self._accepting:
-            return  # arrived after Stop: ignored
-        self.model.receive(it)
-        self._pending = it  # a newer iteration replaces one not yet drawn
-        if not self._render_scheduled:
-            self._render_scheduled = True
-            QTimer.singleShot(0, self._render)
-
     def _render(self) -> None:
         """Show the newest iteration, one piece per pass of the event loop."""
-        it, self._pending = self._pending, None
+        it = self._take_pending()
         if it is None:
-            self._render_scheduled = False
             return
         model = self.model
         if self.job_dir is None and model.job_dir is not None:
@@ -454,21 +401,12 @@ class ClassifyWidget(JobDockMixin, QWidget):
         layer.metadata["job_dir"] = str(self.job_dir) if self.job_dir else None
         self.layer_updates[k] = self.layer_updates.get(k, 0) + 1
 
-    def _report(self, it: Any) -> None:
-        self._log(self.model.log_line(it))
-        self.status_label.setText(self.model.status(it, time.perf_counter() - self._t_start))
-        self.iterations_shown.append(it.iteration)
-        self.iterationShown.emit(it.iteration)
-
     def _on_returned(self, value: Any) -> None:
         state, payload, elapsed = self._run_returned(value)
         if state == "finished":
             self.model.finish(payload, self.job_dir)
             self._fill_classes()
-            log, status, notice = self.model.finished_text(elapsed)
-            self._log(log)
-            self.status_label.setText(status)
-            show_info(notice)
+            self._show_finished(elapsed)
         elif state == "stopped":
             log, status = self.model.stopped_text(payload)
             self._log(log)

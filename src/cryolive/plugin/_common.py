@@ -324,6 +324,16 @@ def layer_map_input(layer: Image) -> Any:
     return MapInput(np.array(layer.data, dtype=np.float32), voxel_size(layer), layer.name)
 
 
+def job_map_input(layer: Image | None) -> Any:
+    """:func:`layer_map_input` for a layer chosen as a job's map or mask input (None: none chosen); a binned
+    preview from the Masks dock is refused (ValueError)."""
+    if layer is None:
+        return None
+    if layer.metadata.get("preview"):
+        raise ValueError(f"'{layer.name}' is a binned preview: press 'Create mask (full size)' in the Masks dock")
+    return layer_map_input(layer)
+
+
 def robust_limits(vol: np.ndarray) -> tuple[float, float]:
     """Contrast limits for a map: the 1st and 99.9th percentiles (a sensible display for density)."""
     lo, hi = (float(v) for v in np.percentile(vol, [1.0, 99.9]))

@@ -23,9 +23,22 @@ from typing import Any
 
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
-from qtpy.QtWidgets import QBoxLayout, QComboBox, QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QBoxLayout,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QWidget,
+)
+
+from cryolive.backend import device_label
+from cryolive.plugin._common import with_browse
 
 #: delay between display steps (ms): a short real delay, not 0, since Qt runs chained zero-timers in one pass and
 #: other timers (the viewer's) would wait
@@ -115,6 +128,27 @@ class JobDockMixin:
         self._steps: list = []
         self.step_cpu_s: list[float] = []  # main-thread CPU time of each display step (kept small)
         self.iterations_shown: list[int] = []
+
+    def _add_particles_field(self, root: QBoxLayout, placeholder: str, device_tip: str = "") -> QFormLayout:
+        """The device line (``device_label``) and a form with the particles file (``particles_edit``), added to
+        ``root``; the form is returned for more rows."""
+        self.device_label = QLabel(f"Device: {device_label()}")
+        if device_tip:
+            self.device_label.setToolTip(device_tip)
+        root.addWidget(self.device_label)
+
+        form = QFormLayout()
+        root.addLayout(form)
+        self.particles_edit = QLineEdit()
+        self.particles_edit.setPlaceholderText(placeholder)
+        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
+        return form
+
+    def _add_out_field(self, form: QFormLayout, tooltip: str) -> None:
+        """The output folder (``out_edit``; default ``jobs`` in the working folder), a row of ``form``."""
+        self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
+        self.out_edit.setToolTip(tooltip)
+        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
 
     def _add_run_controls(self, root: QBoxLayout) -> None:
         """Start / Pause / Stop, the status line and the job-folder line, added to ``root``."""
@@ -290,6 +324,44 @@ class JobDockMixin:
         self.status_label.setText("running…")
         self._log("resumed")
 
+    # -------------------------------------------------------------------------------------------- results
+    def _on_yielded(self, it: Any) -> None:
+        if not self._accepting:
+            return  # arrived after Stop: ignored
+        self._receive(it)
+        self._pending = it  # a newer iteration replaces one not yet drawn
+        if not self._render_scheduled:
+            self._render_scheduled = True
+            QTimer.singleShot(0, self._render)
+
+    def _receive(self, it: Any) -> None:
+        """Hand an iteration to the model as it arrives (every one, even when a newer one is drawn instead)."""
+        self.model.receive(it)
+
+    def _take_pending(self) -> Any:
+        """For ``_render``: the newest iteration not yet drawn, or None (then no render is scheduled any more)."""
+        it, self._pending = self._pending, None
+        if it is None:
+            self._render_scheduled = False
+        return it
+
+    def _report(self, it: Any) -> None:
+        """The log line and status line of an iteration on screen (the model's), and ``iterationShown``."""
+        self._log(self.model.log_line(it))
+        self.status_label.setText(self.model.status(it, time.perf_counter() - self._t_start))
+        self._shown(it)
+
+    def _shown(self, it: Any) -> None:
+        self.iterations_shown.append(it.iteration)
+        self.iterationShown.emit(it.iteration)
+
+    def _show_finished(self, elapsed: float) -> None:
+        """The model's text for a finished run: in the log, the status line and a notification."""
+        log, status, notice = self.model.finished_text(elapsed)
+        self._log(log)
+        self.status_label.setText(status)
+        show_info(notice)
+
     def _next_step(self) -> None:
         """Run one display step, then schedule the next (or the newest pending iteration)."""
         if not self._steps:
@@ -317,6 +389,65 @@ class JobDockMixin:
             while self._steps:
                 self._steps.pop(0)()
         self._render_scheduled = False
+
+    # -------------------------------------------------------------------------------------------- parameters
+    def field(self, name: str) -> Any:
+        """The magicgui widget of the parameter field ``name`` (in the main form or in the one folded away)."""
+        return self.main_form.widgets.get(name) or self.more_form.widgets[name]
+
+    def _form_params(self) -> Any:
+        """The parameters the two forms describe (fields they do not show: as last given to
+        :meth:`_set_form_params`)."""
+        return self.more_form.value(self.main_form.value(self._base_params))
+
+    def _set_form_params(self, p: Any) -> None:
+        """Show the parameters ``p`` in the two forms; fields they do not show are kept for the next run."""
+        self._base_params = p
+        self.main_form.set_value(p)
+        self.more_form.set_value(p)
+
+    # -------------------------------------------------------------------------------------------- start
+    def _chosen_run(self) -> tuple[str, Path, Any] | None:
+        """The particles file, the output folder and the parameters of a run to start; None when a run is going
+        on or no particles file is chosen (said to the user)."""
+        if self.running:
+            return None
+        chosen = self._chosen_particles_and_out()
+        if chosen is None:
+            return None
+        particles, out = chosen
+        return particles, out, self.params()
+
+    def _run_inputs(self, read_inputs: Callable[[], Any]) -> tuple[str, Path, Any, Any] | None:
+        """:meth:`_chosen_run` and ``read_inputs()`` (the job's map inputs, read once the output folder is made
+        and the last run's input layers forgotten); None when any of it fails (said to the user)."""
+        run = self._chosen_run()
+        if run is None:
+            return None
+        particles, out, params = run
+        self._input_layers = {}
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            inputs = read_inputs()
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            show_error(str(exc))
+            return None
+        return particles, out, params, inputs
+
+    def _continue_status(self, job_dir: str | Path) -> tuple[Path, str] | None:
+        """For :meth:`continue_job`: the job folder and its status once the model has taken the interrupted job
+        in it; None when a run is going on or the job cannot go on (said to the user)."""
+        if self.running:
+            return None
+        job_dir = Path(job_dir)
+        try:
+            status = self.model.continue_from(job_dir)
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            show_error(f"{job_dir}: cannot continue ({exc})")
+            self.refresh_interrupted()
+            return None
+        self._input_layers = {}
+        return job_dir, status
 
     def _chosen_particles_and_out(self) -> tuple[str, Path] | None:
         """The particles file and the output folder (absolute; default ``jobs``) from the dock's fields; None, after

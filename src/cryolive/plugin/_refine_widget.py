@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import QApplication, QCheckBox, QFileDialog, QFormLayout, QLabel, QLineEdit, QSpinBox, QWidget
 from superqt import QCollapsible
@@ -51,6 +51,7 @@ from cryolive.plugin._common import (
     LayerCombo,
     is_map_layer,
     is_mask_candidate,
+    job_map_input,
     layer_map_input,
     log_view,
     replace_image_data,
@@ -127,16 +128,9 @@ class RefineWidget(JobDockMixin, QWidget):
         v = self.viewer
         root = scrolling_layout(self)
 
-        self.device_label = QLabel(f"Device: {device_label()}")
-        self.device_label.setToolTip("where the job computes (set CRYOLIVE_BACKEND=numpy|cupy before starting "
-                                     "napari to choose)")
-        root.addWidget(self.device_label)
-
-        form = QFormLayout()
-        root.addLayout(form)
-        self.particles_edit = QLineEdit()
-        self.particles_edit.setPlaceholderText("particles.star or particles.cs")
-        form.addRow("Particles", with_browse(self.particles_edit, self._browse_particles))
+        form = self._add_particles_field(root, "particles.star or particles.cs",
+                                         device_tip="where the job computes (set CRYOLIVE_BACKEND=numpy|cupy before "
+                                                    "starting napari to choose)")
         self.ref_combo = LayerCombo(v, is_map_layer, none_text="(file below)")
         self.ref_combo.setToolTip("the reference map: an image layer, or a file")
         form.addRow("Reference", self.ref_combo)
@@ -190,9 +184,7 @@ class RefineWidget(JobDockMixin, QWidget):
 
         form = QFormLayout()
         root.addLayout(form)
-        self.out_edit = QLineEdit(str(Path.cwd() / "jobs"))
-        self.out_edit.setToolTip("parent folder: the job writes a new job_refine_<nnn> folder inside it")
-        form.addRow("Output folder", with_browse(self.out_edit, self._browse_out))
+        self._add_out_field(form, "parent folder: the job writes a new job_refine_<nnn> folder inside it")
         self.save_iterations = QCheckBox("save every iteration's map")
         form.addRow(self.save_iterations)
         self.show_halves = QCheckBox("show half maps")
@@ -234,22 +226,16 @@ class RefineWidget(JobDockMixin, QWidget):
         self.mask_warning.setVisible(bool(text))
 
     # ------------------------------------------------------------------------------------------------ parameters
-    def field(self, name: str) -> Any:
-        """The magicgui widget of the RefineParams field ``name`` (in the main form or under "More parameters")."""
-        return self.main_form.widgets.get(name) or self.more_form.widgets[name]
-
     def params(self) -> RefineParams:
         """The RefineParams the dock's fields describe (fields it does not show: as last given to set_params)."""
-        p = self.more_form.value(self.main_form.value(self._base_params))
-        return dataclasses.replace(p, symmetry=symmetry_text(self.sym), use_input_poses=self.use_poses.isChecked(),
+        return dataclasses.replace(self._form_params(), symmetry=symmetry_text(self.sym),
+                                   use_input_poses=self.use_poses.isChecked(),
                                    relax_symmetry=relax_symmetry_value(self.relax_sym.currentText()),
                                    marginalize=self.marginalize.isChecked(), seed=int(self.seed.value()))
 
     def set_params(self, p: RefineParams) -> None:
         """Show a RefineParams (e.g. small settings for a quick look); fields the dock does not show are kept."""
-        self._base_params = p
-        self.main_form.set_value(p)
-        self.more_form.set_value(p)
+        self._set_form_params(p)
         self.sym.setCurrentText(p.symmetry)
         self.use_poses.setChecked(p.use_input_poses)
         self.field("global_iters").enabled = not p.use_input_poses
@@ -260,18 +246,15 @@ class RefineWidget(JobDockMixin, QWidget):
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:
         """Check the inputs and start the job (layers are passed as maps in memory: no file is written here)."""
-        if self.running:
+        run = self._chosen_run()
+        if run is None:
             return
-        chosen = self._chosen_particles_and_out()
-        if chosen is None:
-            return
-        particles, out = chosen
-        params = self.params()
+        particles, out, params = run
         self._input_layers = {}
         try:
             out.mkdir(parents=True, exist_ok=True)
             ref_path, ref_vol, ref_scale, ref_translate = self._reference_input()
-            mask_path = self._mask_input()
+            mask_path = job_map_input(self.mask_combo.current_layer())
         except Exception as exc:  # noqa: BLE001 - reported to the user
             show_error(str(exc))
             return
@@ -292,16 +275,10 @@ class RefineWidget(JobDockMixin, QWidget):
     def continue_job(self, job_dir: str | Path) -> None:
         """Go on with the interrupted refinement in ``job_dir`` (as the CLI's ``--continue``): the same layers,
         plots and controls as a run started here."""
-        if self.running:
+        taken = self._continue_status(job_dir)
+        if taken is None:
             return
-        job_dir = Path(job_dir)
-        try:
-            status = self.model.continue_from(job_dir)
-        except Exception as exc:  # noqa: BLE001 - reported to the user
-            show_error(f"{job_dir}: cannot continue ({exc})")
-            self.refresh_interrupted()
-            return
-        self._input_layers = {}
+        job_dir, status = taken
         self._remember_job_folders(job_dir.parent)
         params = self.model.params
         worker = self._begin_run(_continue_stream, str(job_dir), self.save_iterations.isChecked(),
@@ -351,29 +328,11 @@ class RefineWidget(JobDockMixin, QWidget):
         source = layer_map_input(layer)
         return source, np.asarray(layer.data), tuple(layer.scale), tuple(layer.translate)
 
-    def _mask_input(self) -> Any:
-        layer = self.mask_combo.current_layer()
-        if layer is None:
-            return None
-        if layer.metadata.get("preview"):
-            raise ValueError(f"'{layer.name}' is a binned preview: press 'Create mask (full size)' in the Masks dock")
-        return layer_map_input(layer)
-
     # ------------------------------------------------------------------------------------------------ results
-    def _on_yielded(self, it: Any) -> None:
-        if not self._accepting:
-            return  # arrived after Stop: ignored
-        self.model.receive(it)  # an iteration's map joins the history even when a newer one is drawn instead
-        self._pending = it  # a newer iteration replaces one not yet drawn
-        if not self._render_scheduled:
-            self._render_scheduled = True
-            QTimer.singleShot(0, self._render)
-
     def _render(self) -> None:
         """Show the newest iteration, one piece per pass of the event loop (so no single pass is long)."""
-        it, self._pending = self._pending, None
+        it = self._take_pending()
         if it is None:
-            self._render_scheduled = False
             return
         if self.job_dir is None:
             self.job_dir = getattr(it, "job_dir", None) or self._find_job_dir()
@@ -408,12 +367,6 @@ class RefineWidget(JobDockMixin, QWidget):
         line = model.log_line(step)
         if line:
             self._log(line)
-
-    def _report(self, it: Any) -> None:
-        self._log(self.model.log_line(it))
-        self.status_label.setText(self.model.status(it, time.perf_counter() - self._t_start))
-        self.iterations_shown.append(it.iteration)
-        self.iterationShown.emit(it.iteration)
 
     # ------------------------------------------------------------------------------------------------ layers
     def _show_mask(self, mask: np.ndarray, iteration: int) -> None:
@@ -504,10 +457,7 @@ class RefineWidget(JobDockMixin, QWidget):
             if self.model.finish(payload):  # the job's map.mrc is final.map: make sure the layer shows exactly that
                 self._pending = payload.final
                 self._flush()
-            log, status, notice = self.model.finished_text(elapsed)
-            self._log(log)
-            self.status_label.setText(status)
-            show_info(notice)
+            self._show_finished(elapsed)
         elif state == "stopped":
             where = self.model.stopped_where(payload)
             self._log(f"stopped {where}; the job folder says 'stopped' ({self.job_dir})")
