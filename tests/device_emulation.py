@@ -13,7 +13,7 @@ It computes with NumPy but keeps CuPy's rules about where data live, which is wh
 The module is installed as ``cupy`` (and ``cupyx``, ``cupyx.scipy.ndimage``) in ``sys.modules`` by the
 ``emulated_device`` fixture, so the product's own ``if xp().__name__ == "cupy"`` branches run. Passing here does
 not prove the CuPy path (kernels, precision, memory), but a failure here is a failure there. For the batch sizing
-and out-of-memory tests (``tests/core/test_batching.py``) it has ``cupy.cuda.runtime.memGetInfo`` (a roomy device,
+and out-of-memory tests (``tests/test_batching.py``) it has ``cupy.cuda.runtime.memGetInfo`` (a roomy device,
 ``EMULATED_FREE_BYTES``), a memory pool that counts ``free_all_blocks`` calls, and
 ``cupy.cuda.memory.OutOfMemoryError`` to raise.
 """

@@ -12,7 +12,7 @@ import pytest
 
 import cryolive
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "scripting.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "scripting.md"
 
 EXPECTED = {
     "read_particles": "cryolive.io.read_particles",
