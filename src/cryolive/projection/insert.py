@@ -200,48 +200,33 @@ class Reconstructor:
         out.denominator = self.denominator.copy()
         return out
 
-    def _hermitian_columns(self, plus: Reconstructor | None) -> Callable[[int, int], tuple[Any, Any]]:
-        """A reader of the accumulators' columns: ``(num, den)[:, :, j0:j1]`` (new arrays) with ``plus``'s added and
-        Friedel symmetry imposed on the ``x = 0`` plane (and the point group's, with ``symmetrise='grid'``). Without
-        symmetry the accumulators are never copied whole."""
-        big, h = self.big, self.big // 2 + 1
-        recs = [r for r in (self, plus) if r is not None]
-        for r in recs[1:]:
-            _check_same_grid(self, r)
+    def _summed(self, plus: Reconstructor | None) -> list[Reconstructor]:
+        """This reconstructor and ``plus`` (if given, checked to share its grid): the accumulators to add."""
+        if plus is None:
+            return [self]
+        _check_same_grid(self, plus)
+        return [self, plus]
+
+    def _column_readers(self, plus: Reconstructor | None) -> tuple[Callable[[int, int], Any],
+                                                                   Callable[[int, int], Any]]:
+        """Readers of the numerator's and the denominator's columns ``[:, :, j0:j1]`` (new arrays) with ``plus``'s
+        added and Friedel symmetry imposed on the ``x = 0`` plane (and the point group's, with
+        ``symmetrise='grid'``). Without symmetry the accumulators are never copied whole."""
         if self.symmetrise == "grid" and len(self._ops) > 1:
             num, den = self.hermitian_accumulators(plus)
-            return lambda j0, j1: (num[:, :, j0:j1], den[:, :, j0:j1])
-        nums = [r.numerator.reshape(big, big, h) for r in recs]
-        dens = [r.denominator.reshape(big, big, h) for r in recs]
-        n_plane, d_plane = sum(a[:, :, 0] for a in nums), sum(d[:, :, 0] for d in dens)
-        n_plane = n_plane + _mirror_plane(n_plane).conj()
-        d_plane = d_plane + _mirror_plane(d_plane)
-
-        def columns(j0: int, j1: int) -> tuple[Any, Any]:
-            num, den = nums[0][:, :, j0:j1].copy(), dens[0][:, :, j0:j1].copy()
-            for a, d in zip(nums[1:], dens[1:], strict=True):
-                num += a[:, :, j0:j1]
-                den += d[:, :, j0:j1]
-            if j0 == 0:
-                num[:, :, 0], den[:, :, 0] = n_plane, d_plane
-            return num, den
-
-        return columns
+            return (lambda j0, j1: num[:, :, j0:j1]), (lambda j0, j1: den[:, :, j0:j1])
+        recs = self._summed(plus)
+        return (_hermitian_columns([r.numerator for r in recs], self.big, conjugate=True),
+                _hermitian_columns([r.denominator for r in recs], self.big, conjugate=False))
 
     def hermitian_accumulators(self, plus: Reconstructor | None = None) -> tuple[Any, Any]:
         """Numerator and denominator half grids ``(N, N, N // 2 + 1)`` (new arrays) with Friedel symmetry imposed on
         the ``x = 0`` plane, and the point group's (with ``symmetrise='grid'``: ``sum_g acc(g k)``, trilinear, as
         RELION symmetrises its back-projector). ``plus``: another reconstructor whose accumulators are added first
         (the full map from two half sets without a third copy)."""
-        big, h = self.big, self.big // 2 + 1
-        recs = [r for r in (self, plus) if r is not None]
-        for r in recs[1:]:
-            _check_same_grid(self, r)
-        num = sum(r.numerator for r in recs).reshape(big, big, h)
-        den = sum(r.denominator for r in recs).reshape(big, big, h)
-        n_plane, d_plane = num[:, :, 0].copy(), den[:, :, 0].copy()
-        num[:, :, 0] = n_plane + _mirror_plane(n_plane).conj()
-        den[:, :, 0] = d_plane + _mirror_plane(d_plane)
+        recs, h = self._summed(plus), self.big // 2 + 1
+        num = _hermitian_columns([r.numerator for r in recs], self.big, conjugate=True)(0, h)
+        den = _hermitian_columns([r.denominator for r in recs], self.big, conjugate=False)(0, h)
         if self.symmetrise == "grid" and len(self._ops) > 1:
             num, den = _symmetrised_half(num, den, self._ops[1:])
         return num, den
@@ -259,7 +244,7 @@ class Reconstructor:
         """
         m = xp()
         big, h = self.big, self.big // 2 + 1
-        columns = self._hermitian_columns(plus)
+        num_columns, den_columns = self._column_readers(plus)
         step = max(1, _SLAB_VOXELS // (big * big))
         chunks = [(j, min(h, j + step)) for j in range(0, h, step)]
         mult = half_grid_multiplicity(big)
@@ -271,20 +256,20 @@ class Reconstructor:
             for j0, j1 in chunks:
                 shell = m.clip(m.rint(self._radius(j0, j1)).astype(m.int32), 0, nshell - 1).ravel()
                 wts = m.broadcast_to(mult[j0:j1], (big, big, j1 - j0))
-                sums += m.bincount(shell, weights=(columns(j0, j1)[1] * wts).ravel(), minlength=nshell)[:nshell]
+                sums += m.bincount(shell, weights=(den_columns(j0, j1) * wts).ravel(), minlength=nshell)[:nshell]
                 counts += m.bincount(shell, weights=wts.ravel(), minlength=nshell)[:nshell]
             tau_inv = (sums / m.maximum(counts, 1) / m.maximum(ssnr_arr, 1e-6)).astype(m.float32)
         else:
             total = weight = 0.0
             for j0, j1 in chunks:
                 wts = mult[j0:j1] * (self._radius(j0, j1) <= self.max_freq * self.box)
-                total += float((columns(j0, j1)[1] * wts).sum())
+                total += float((den_columns(j0, j1) * wts).sum())
                 weight += float(wts.sum())
             k = 1e-3 if wiener_constant is None else wiener_constant
             reg_const = k * total / max(weight, 1.0) + 1e-12
 
         def ratio(j0: int, j1: int) -> Any:
-            num, den = columns(j0, j1)
+            num, den = num_columns(j0, j1), den_columns(j0, j1)
             r = self._radius(j0, j1)
             reg = tau_inv[m.clip(m.rint(r).astype(m.int32), 0, nshell - 1)] if ssnr is not None else reg_const
             # den + reg is 0 only where no data came (beyond a working box's radius), and there num is 0 too
@@ -304,6 +289,27 @@ class Reconstructor:
         c = m.arange(big, dtype=m.float32) - big // 2
         x = m.arange(j0, j1, dtype=m.float32)
         return m.sqrt(c[:, None, None] ** 2 + c[None, :, None] ** 2 + x[None, None, :] ** 2) / self.pad
+
+
+def _hermitian_columns(grids: list[Any], big: int, conjugate: bool) -> Callable[[int, int], Any]:
+    """A reader of the columns ``[:, :, j0:j1]`` (new arrays) of the sum of the flat half grids ``grids``
+    ``(N, N, N // 2 + 1)``, ``N = big``, with Friedel symmetry imposed on the ``x = 0`` plane, which holds both
+    ``k`` and ``-k``: ``plane + mirror(plane)``, the mirror conjugated for the complex numerator (``conjugate``)."""
+    h = big // 2 + 1
+    arrays = [g.reshape(big, big, h) for g in grids]
+    plane = sum(a[:, :, 0] for a in arrays)
+    mirror = _mirror_plane(plane)
+    plane = plane + (mirror.conj() if conjugate else mirror)
+
+    def columns(j0: int, j1: int) -> Any:
+        out = arrays[0][:, :, j0:j1].copy()
+        for a in arrays[1:]:
+            out += a[:, :, j0:j1]
+        if j0 == 0:
+            out[:, :, 0] = plane
+        return out
+
+    return columns
 
 
 def _check_same_grid(a: Reconstructor, b: Reconstructor) -> None:

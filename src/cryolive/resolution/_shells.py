@@ -105,9 +105,9 @@ def apply_radial(vol: Any, weight_of_radius: Any) -> Any:
 
     m = xp()
     n = check_cubic(vol)
-    fft, kw = fft_module(m, overwrite=False)
-    f = fft.rfftn(m.asarray(vol, dtype=m.float32), **kw)
-    w = weight_of_radius(rfft_radius_px(n))
-    f *= w.astype(f.real.dtype)
-    out = fft.irfftn(f, s=(n, n, n), **{**kw, "overwrite_x": True} if kw else {})
+    fft, keep_input = fft_module(m, overwrite=False)  # vol is the caller's
+    f = fft.rfftn(m.asarray(vol, dtype=m.float32), **keep_input)
+    f *= weight_of_radius(rfft_radius_px(n)).astype(f.real.dtype)
+    fft, own_input = fft_module(m)  # f is ours
+    out = fft.irfftn(f, s=(n, n, n), **own_input)
     return out.astype(m.float32)
