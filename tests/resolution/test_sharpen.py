@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cryolive.backend import asarray, to_numpy
-from cryolive.resolution import guinier_bfactor, guinier_curve, sharpen
+from cryolive.resolution import choose_bfactor, guinier_bfactor, guinier_curve, sharpen
 
 
 @pytest.fixture(autouse=True)
@@ -30,6 +30,15 @@ def test_guinier_bfactor_recovers_applied_b() -> None:
     white, blurred = _blurred_white_noise(B_TRUE)
     assert guinier_bfactor(asarray(blurred), PIXEL, 2.5, 10.0) == pytest.approx(B_TRUE, rel=0.10)
     assert abs(guinier_bfactor(asarray(white), PIXEL, 2.5, 10.0)) < 10.0
+
+
+def test_choose_bfactor_fits_takes_the_given_value_or_says_why_not() -> None:
+    _white, blurred = _blurred_white_noise(B_TRUE)
+    b, line = choose_bfactor(asarray(blurred), PIXEL, 3.0)
+    assert b == pytest.approx(B_TRUE, rel=0.10) and line.startswith("Guinier B-factor")
+    assert choose_bfactor(asarray(blurred), PIXEL, 3.0, given=-50.0) == (-50.0, "B-factor -50.0 Å^2 (given)")
+    b, line = choose_bfactor(asarray(blurred), PIXEL, 12.0)  # too coarse for a fit beyond 10 Å
+    assert b == 0.0 and "coarser than 8 Å" in line and line.endswith("B = 0")
 
 
 def test_guinier_curve_is_a_line_of_slope_minus_b_over_4() -> None:

@@ -26,7 +26,7 @@ from cryolive.params import check_params, param
 from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
-from cryolive.resolution.sharpen import auto_bfactor, sharpen
+from cryolive.resolution.sharpen import choose_bfactor, sharpen
 from cryolive.rotations.symmetry import check_symmetry
 
 
@@ -161,20 +161,8 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, hal
     job.log(f"gold-standard FSC: {res:.2f} Å at 0.143, {result_fsc.res_05:.2f} Å at 0.5 (masked, corrected); "
             f"unmasked {resolution_at(result_fsc.fsc_unmasked, stack.box, apix, 0.143):.2f} Å")
     filtered = fsc_filter(full, result_fsc.fsc)
-    bfac = params.bfactor
-    if bfac is None:
-        try:
-            bfac = auto_bfactor(full, apix, res)
-            why = f"{res:.2f} Å is coarser than 8 Å (the fit needs shells beyond 10 Å)"
-        except ValueError as exc:  # too few Fourier shells between 10 Å and the resolution (a small box)
-            bfac, why = None, str(exc)
-        if bfac is None:
-            bfac = 0.0
-            job.log(f"no Guinier fit: {why}; B = 0")
-        else:
-            job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {res:.2f} Å)")
-    else:
-        job.log(f"B-factor {bfac:.1f} Å^2 (given)")
+    bfac, line = choose_bfactor(full, apix, res, params.bfactor)
+    job.log(line)
     sharp = sharpen(full, apix, bfac, res, fsc_curve=result_fsc.fsc) * mask
     job.log(f"sharpened map: exp(+B s^2/4), FSC-weighted, low-passed at {res:.2f} Å, masked")
     out = {name: to_numpy(v).astype(np.float32) for name, v in

@@ -55,7 +55,7 @@ from cryolive.refinement.refine import (
     refine,
 )
 from cryolive.refinement.sgd import SGDStep
-from cryolive.resolution.sharpen import auto_bfactor, sharpen
+from cryolive.resolution.sharpen import choose_bfactor, sharpen
 
 
 def check_reference(particles_path: str, reference_path: MapSource, box: int, pixel_size: float) -> np.ndarray:
@@ -233,16 +233,8 @@ def _write_outputs(job: jobdir.JobFolder, result: RefineResult, apix: float) -> 
     write_map(job.file("mask_refine.mrc"), it.mask, apix)
     write_map(job.file("mask_fsc.mrc"), it.fsc_mask if it.fsc_mask is not None else it.mask, apix)
     full = 0.5 * (it.half_a + it.half_b)
-    try:
-        bfac = auto_bfactor(full, apix, it.resolution_A)
-        why = f"{it.resolution_A:.2f} Å is coarser than 8 Å"
-    except ValueError as exc:  # too few Fourier shells between 10 Å and the resolution (a small box)
-        bfac, why = None, str(exc)
-    if bfac is None:
-        bfac = 0.0
-        job.log(f"no Guinier fit: {why}; map_sharp uses B = 0")
-    else:
-        job.log(f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {it.resolution_A:.2f} Å)")
+    bfac, line = choose_bfactor(full, apix, it.resolution_A)
+    job.log(line)
     sharp = to_numpy(sharpen(full, apix, bfac, it.resolution_A, fsc_curve=it.fsc.fsc)) * it.mask
     write_map(job.file("map_sharp.mrc"), sharp.astype(np.float32), apix)
     it.fsc.to_csv(job.file("fsc.csv"))

@@ -12,11 +12,12 @@ from cryolive.resolution.fsc import (
     shell_voxel_counts,
     ssnr_from_fsc,
 )
-from cryolive.resolution.sharpen import auto_bfactor, guinier_bfactor, guinier_curve, sharpen
+from cryolive.resolution.sharpen import auto_bfactor, choose_bfactor, guinier_bfactor, guinier_curve, sharpen
 
 __all__ = [
     "FSCResult",
     "auto_bfactor",
+    "choose_bfactor",
     "fsc",
     "fsc_filter",
     "fsc_weight",

@@ -25,7 +25,7 @@ from cryolive.resolution._shells import (
 from cryolive.resolution.filters import _edge_width, lowpass_weight
 from cryolive.resolution.fsc import fsc_weight
 
-__all__ = ["auto_bfactor", "guinier_bfactor", "guinier_curve", "sharpen"]
+__all__ = ["auto_bfactor", "choose_bfactor", "guinier_bfactor", "guinier_curve", "sharpen"]
 
 _MAX_EXPONENT = 60.0  # cap on B s²/4 so exp() stays finite in float32
 
@@ -87,6 +87,23 @@ def auto_bfactor(vol: Any, pixel_size: float, resolution_A: float) -> float | No
     if res_high > 8.0:
         return None
     return guinier_bfactor(vol, pixel_size, res_high_A=res_high, res_low_A=10.0)
+
+
+def choose_bfactor(vol: Any, pixel_size: float, resolution_A: float,
+                   given: float | None = None) -> tuple[float, str]:
+    """The B-factor (Å^2) a job sharpens ``vol`` (``(n, n, n)``, ``pixel_size`` Å/px) with, and the log line saying
+    where it came from: ``given`` when set, else the Guinier fit of :func:`auto_bfactor`, else 0 when the map is
+    too coarse or the box too small for a fit (the line says why)."""
+    if given is not None:
+        return float(given), f"B-factor {given:.1f} Å^2 (given)"
+    try:
+        bfac = auto_bfactor(vol, pixel_size, resolution_A)
+        why = f"{resolution_A:.2f} Å is coarser than 8 Å (the fit needs shells beyond 10 Å)"
+    except ValueError as exc:  # too few Fourier shells between 10 Å and the resolution (a small box)
+        bfac, why = None, str(exc)
+    if bfac is None:
+        return 0.0, f"no Guinier fit: {why}; B = 0"
+    return float(bfac), f"Guinier B-factor {bfac:.1f} Å^2 (fit from 10 Å to {resolution_A:.2f} Å)"
 
 
 def sharpen(
