@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 
+import mrcfile
 import numpy as np
 import pytest
+from qtpy.QtCore import Qt
 
 from cryolive.plugin._motion_widget import TRACKS_PREFIX, MotionWidget, track_data
 from cryolive.simulator.movies import MovieSimParams, simulate_movies
@@ -83,3 +85,73 @@ def test_motion_form_keeps_the_fields_it_does_not_show(make_napari_viewer):
     assert widget.params().target_particles == 70 and widget.params().seed == 3
     shown = {**widget.form.widgets, **widget.more_form.widgets}
     assert set(shown) == set(param_spec(MotionParams))  # every spec'd parameter, once
+
+
+def _interrupted_motion_job(sim, out, params, upto):
+    """A motion job in ``out`` whose process "died" after its step ``upto`` (stage, done): the generator is closed
+    there and ``status.json`` put back as the running job had last written it, with a process id that is gone."""
+    import socket
+
+    from cryolive.jobs.motion import motion_job
+
+    gen = motion_job(str(sim / "particles.star"), str(sim / "movies"), str(sim / "half_A.mrc"),
+                     str(sim / "half_B.mrc"), out=str(out), params=params)
+    for step in gen:
+        if (step.stage, step.done) == upto:
+            break
+    job = out / "job_motion_001"
+    status = json.loads((job / "status.json").read_text())  # "running", by this process
+    gen.close()  # the folder now says "stopped"; a kill would have left the status above
+    status.update(pid=999999, host=socket.gethostname())
+    (job / "status.json").write_text(json.dumps(status))
+    return job
+
+
+def test_motion_dock_continues_an_interrupted_job(make_napari_viewer, qtbot, tmp_path):
+    from cryolive.jobs import drain
+    from cryolive.jobs.jobdir import job_state
+    from cryolive.jobs.motion import motion_job
+    from cryolive.motion import MotionParams
+
+    sim = simulate_movies(tmp_path / "sim", MovieSimParams(n_micrographs=3, n_frames=6, particles_per_micrograph=4,
+                                                           mic_size=160, seed=2))
+    p = MotionParams(override_r=1.0, override_theta=1.0, override_z_A=100.0, dose_target_particles=8)
+    drain(motion_job(str(sim / "particles.star"), str(sim / "movies"), str(sim / "half_A.mrc"),
+                     str(sim / "half_B.mrc"), out=str(tmp_path / "unbroken"), params=p))
+    job = _interrupted_motion_job(sim, tmp_path / "jobs", p, ("final", 1))
+    assert job_state(job)["state"] == "interrupted" and (job / "checkpoint.npz").exists()
+
+    viewer = make_napari_viewer(show=True)
+    widget = MotionWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Motion correction")
+    widget.edits["out"].setText(str(tmp_path / "elsewhere"))
+    assert not widget.continue_row.isVisibleTo(widget)
+    widget.edits["out"].setText(str(tmp_path / "jobs"))  # the output folder holds the interrupted job
+    row = widget.continue_row
+    assert row.isVisibleTo(widget) and not row.combo.isVisibleTo(widget)  # one job: no list
+    assert widget.interrupted_jobs() == [job] and row.button.text() == "Continue job_motion_001"
+    assert row.combo.currentText() == "job_motion_001 was interrupted after final 1/3"
+    shot = os.environ.get("CRYOLIVE_MOTION_CONTINUE_SCREENSHOT")
+    if shot:
+        qtbot.wait(200)
+        widget.grab().save(shot)
+    with qtbot.waitSignal(widget.runFinished, timeout=120_000) as finished:
+        qtbot.mouseClick(row.button, Qt.MouseButton.LeftButton)
+        assert widget.busy and not row.isVisibleTo(widget) and not widget.start_btn.isEnabled()
+        assert widget.status.text() == "continued job_motion_001 after final 1/3…"
+    assert finished.args == ["finished"]
+    assert job_state(job)["state"] == "finished" and "continuing after final 1" in (job / "log.txt").read_text()
+    assert not (job / "checkpoint.npz").exists() and not list((tmp_path / "jobs").glob("job_motion_002"))
+    # the same layers and progress as a run started here: the last micrograph and its 4 tracks
+    tracks = [ly for ly in viewer.layers if ly.name.startswith(TRACKS_PREFIX)]
+    assert len(tracks) == 1 and len(np.unique(tracks[0].data[:, 0])) == 4 and "motion micrograph" in viewer.layers
+    assert widget.progress.value() == widget.progress.maximum() == 3
+    assert widget.status.text().startswith("finished") and widget.start_btn.isEnabled()
+    # the outputs are those of the unbroken run
+    unbroken = tmp_path / "unbroken" / "job_motion_001"
+    np.testing.assert_allclose(np.load(job / "trajectories.npz")["trajectories"],
+                               np.load(unbroken / "trajectories.npz")["trajectories"], atol=1e-9)
+    with mrcfile.open(job / "particles.mrcs") as a, mrcfile.open(unbroken / "particles.mrcs") as b:
+        np.testing.assert_allclose(a.data, b.data, rtol=1e-6, atol=1e-5)
+    assert (job / "particles.star").exists()
+    assert not row.isVisibleTo(widget) and widget.interrupted_jobs() == []  # nothing left to continue

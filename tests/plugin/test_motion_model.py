@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import subprocess
 import sys
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from cryolive.motion import Hyper, MotionParams, MotionStep
 from cryolive.motion.hyper import SearchPoint
 from cryolive.params import param_spec
 from cryolive.plugin.motion_model import (
     MotionRunModel,
+    interrupted_motions,
     job_args,
     missing_inputs,
     search_curves,
@@ -81,6 +86,54 @@ def test_search_curves_and_tracks():
     rows = track_data(np.array([[10.0, 20.0], [30.0, 40.0]]), traj, 5)
     assert rows.shape == (6, 4) and np.allclose(rows[:3, 2], 20 + 5 * np.array([-1, 0, 1]))
     assert tracks_layer_name(10) == "motion trajectories (×10)"
+
+
+def _motion_folder(out, name: str, state: str, stage: str = "final", done: int = 1, total: int = 3,
+                   checkpoint: bool = True, params: dict | None = None, mtime: float | None = None):
+    """A job folder as a motion job leaves it: ``params.json``, ``status.json`` as its last step wrote it (a job
+    whose process was killed still says "running", with a pid that is gone), and ``checkpoint.npz``."""
+    job = out / name
+    job.mkdir(parents=True)
+    prm = {"particles": "p.star", "movies": "movies", "half_a": "a.mrc", "half_b": "b.mrc", "final_stage": "final"}
+    (job / "params.json").write_text(json.dumps(prm if params is None else params))
+    pid = os.getpid() if state != "running" else 999999  # a running job's process that is gone: interrupted
+    (job / "status.json").write_text(json.dumps({"state": state, "stage": stage, "done": done, "total": total,
+                                                 "pid": pid, "host": socket.gethostname()}))
+    if checkpoint:
+        np.savez(job / "checkpoint.npz", stage=np.asarray(stage))
+    if mtime is not None:
+        os.utime(job / "status.json", (mtime, mtime))
+    return job
+
+
+def test_interrupted_motion_jobs_are_listed_newest_first_and_continue_from_their_folder(tmp_path):
+    from cryolive.io import InputError
+
+    out = tmp_path / "jobs"
+    assert interrupted_motions(out) == []  # no folder yet
+    old = _motion_folder(out, "job_motion_001", "running", "dose", 1, 2, mtime=1000.0)
+    new = _motion_folder(out, "job_motion_003", "running", "final", 2, 3, mtime=2000.0)
+    finished = _motion_folder(out, "job_motion_002", "finished")
+    _motion_folder(out, "job_motion_004", "stopped")
+    _motion_folder(out, "job_motion_005", "running", checkpoint=False)  # nothing to continue from
+    _motion_folder(out, "job_refine_001", "running")  # another dock's kind
+    assert interrupted_motions(out) == [(new, "job_motion_003 was interrupted after final 2/3"),
+                                        (old, "job_motion_001 was interrupted after dose 1/2")]
+    model = MotionRunModel()
+    model.start({"particles_path": "p.star"})
+    model.update(_step("final", 2, dose=True))
+    model.finish("stopped", None)
+    assert model.continue_from(new) == "continued job_motion_003 after final 2/3…"
+    assert model.state == "running" and model.status_text == "continued job_motion_003 after final 2/3…"
+    assert model.job_dir == new and model.steps == 0 and model.latest is None and model.dose_weights is None
+    model.update(_step("final", 3))
+    assert model.status_text == "final: 3/2 (micrograph 3 of 2) — ok"
+    # a finished job, a folder that is not a motion job, a missing checkpoint: one line naming the folder
+    for folder, words in ((finished, "finished"), (tmp_path / "nothing", "not a motion correction job folder"),
+                          (out / "job_motion_005", "no checkpoint.npz")):
+        with pytest.raises(InputError, match=words) as err:
+            MotionRunModel().continue_from(folder)
+        assert str(folder) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_model_imports_no_qt():

@@ -121,6 +121,13 @@ def motion_job(particles_path: str, movies: str, half_a_path: str, half_b_path: 
     return (yield from _run(job, inp, p, t0))
 
 
+def continuable_motion(job_dir: str | os.PathLike) -> dict:
+    """``params.json`` of the motion job in ``job_dir`` if it can go on from its checkpoint; otherwise an
+    InputError of one line naming the folder (not a motion job, still running, finished, no checkpoint)."""
+    return continuable_params(job_dir, "motion correction", ("particles", "movies", "half_a", "half_b"),
+                              "its outputs are complete (start a new motion job to run it again)")
+
+
 def continue_motion_job(job_dir: str) -> Generator[MotionStep, None, MotionResult]:
     """Go on with a motion correction that was killed or stopped, in its own folder, from the checkpoint its last
     completed unit of work wrote (``checkpoint.npz``; a search step, a dose micrograph or a final micrograph):
@@ -128,8 +135,7 @@ def continue_motion_job(job_dir: str) -> Generator[MotionStep, None, MotionResul
     Refused in one line naming the folder when it is not a motion job, still running, finished, or has no
     checkpoint."""
     folder = Path(job_dir)
-    prm = continuable_params(folder, "motion correction", ("particles", "movies", "half_a", "half_b"),
-                             "its outputs are complete (start a new motion job to run it again)")
+    prm = continuable_motion(folder)
     p = MotionParams(**{f.name: prm[f.name] for f in dataclasses.fields(MotionParams) if f.name in prm})
     ckpt = load_checkpoint(folder / CHECKPOINT, MotionCheckpoint)
     t0 = time.perf_counter()

@@ -1,4 +1,5 @@
-"""Run control shared by the docks that stream a job (Refinement, Classification; Motion uses job_stream).
+"""Run control shared by the docks that stream a job (Refinement, Classification; Motion uses job_stream and
+ContinueRow).
 
 A dock that mixes in :class:`JobDockMixin` (before ``QWidget``) calls :meth:`~JobDockMixin._init_run_state` first
 in ``__init__`` (``viewer``, ``plots``, the worker and job state, ``state`` "idle"), then
@@ -10,7 +11,7 @@ name of its plots dock). The mixin holds Pause/Resume, Stop, the one-display-ste
 end of a run, failure reports and the plots dock. A dock that can continue interrupted jobs provides
 ``_interrupted(out)`` (its model's ``(job folder, text)`` list) and ``continue_job(job_dir)``, and calls
 :meth:`~JobDockMixin._watch_interrupted` once ``out_edit`` exists: a Continue button (and a list when there are
-several) then offers the output folder's interrupted jobs.
+several; :class:`ContinueRow`) then offers the output folder's interrupted jobs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QBoxLayout,
     QComboBox,
@@ -98,6 +99,70 @@ def job_stream(handle: Any, start: Callable[[], Generator]) -> Generator:
         return "failed", exc
 
 
+class ContinueRow(QWidget):
+    """A **Continue** button for the interrupted jobs of an output folder (a list before it when there are several,
+    newest first), hidden when there are none. :meth:`watch` ties it to the output folder's line edit;
+    :attr:`chosen` gives the job folder to go on with when the button is clicked. Used by every dock that can
+    continue a job (those of :class:`JobDockMixin` and the Motion correction dock)."""
+
+    chosen = Signal(object)  # the job folder (Path) to continue
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.combo = QComboBox()
+        self.combo.setToolTip("the interrupted jobs in the output folder (their process is gone), newest first")
+        self.button = QPushButton("Continue")
+        self.button.setToolTip("go on with the interrupted job in its folder, from its last checkpoint")
+        row.addWidget(self.combo, 1)
+        row.addWidget(self.button)
+        self.combo.currentIndexChanged.connect(self._choice_changed)
+        self.button.clicked.connect(self._clicked)
+        self._out_edit: QLineEdit | None = None
+        self._find: Callable[[Path], list[tuple[Path, str]]] = lambda _out: []
+        self._busy: Callable[[], bool] = lambda: False
+        self.setVisible(False)
+
+    def watch(self, out_edit: QLineEdit, find: Callable[[Path], list[tuple[Path, str]]],
+              busy: Callable[[], bool]) -> None:
+        """Offer ``find(output folder)`` (``(job folder, text)``, newest first) now and whenever ``out_edit``
+        changes; nothing while ``busy()`` (a run is going on)."""
+        self._out_edit, self._find, self._busy = out_edit, find, busy
+        out_edit.textChanged.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self, *_: Any) -> None:
+        """List the interrupted jobs in the output folder (default ``jobs``); the row shows only when there is one
+        (the list only when there are several) and no run is going."""
+        edit = self._out_edit
+        out = Path((edit.text() if edit is not None else "").strip() or "jobs").expanduser()
+        jobs = [] if self._busy() else self._find(out)
+        combo = self.combo
+        combo.blockSignals(True)
+        combo.clear()
+        for job, text in jobs:
+            combo.addItem(text, str(job))
+        combo.blockSignals(False)
+        combo.setVisible(len(jobs) > 1)
+        self.setVisible(bool(jobs))
+        self._choice_changed()
+
+    def jobs(self) -> list[Path]:
+        """The jobs offered, newest first."""
+        return [Path(self.combo.itemData(i)) for i in range(self.combo.count())]
+
+    def _choice_changed(self, *_: Any) -> None:
+        job = self.combo.currentData()
+        self.button.setText(f"Continue {Path(job).name}" if job else "Continue")
+        self.button.setToolTip(self.combo.currentText())
+
+    def _clicked(self) -> None:
+        job = self.combo.currentData()
+        if job:
+            self.chosen.emit(Path(job))
+
+
 class JobDockMixin:
     """Pause/Resume/Stop, paced drawing and run completion for a dock that streams a job generator."""
 
@@ -161,17 +226,9 @@ class JobDockMixin:
         for b in (self.start_btn, self.pause_btn, self.stop_btn):
             row.addWidget(b)
         root.addLayout(row)
-        self.continue_row = QWidget()
-        crow = QHBoxLayout(self.continue_row)
-        crow.setContentsMargins(0, 0, 0, 0)
-        self.continue_combo = QComboBox()
-        self.continue_combo.setToolTip("the interrupted jobs in the output folder (their process is gone), newest "
-                                       "first")
-        self.continue_btn = QPushButton("Continue")
-        self.continue_btn.setToolTip("go on with the interrupted job in its folder, from its last iteration")
-        crow.addWidget(self.continue_combo, 1)
-        crow.addWidget(self.continue_btn)
-        self.continue_row.setVisible(False)
+        self.continue_row = ContinueRow()
+        self.continue_combo = self.continue_row.combo
+        self.continue_btn = self.continue_row.button
         root.addWidget(self.continue_row)
         self.status_label = QLabel("ready")
         self.status_label.setWordWrap(True)
@@ -191,39 +248,16 @@ class JobDockMixin:
 
     def _watch_interrupted(self) -> None:
         """Offer the output folder's interrupted jobs now and whenever the folder changes."""
-        self.continue_combo.currentIndexChanged.connect(self._continue_choice_changed)
-        self.continue_btn.clicked.connect(self._continue_clicked)
-        self.out_edit.textChanged.connect(self.refresh_interrupted)
-        self.refresh_interrupted()
+        self.continue_row.chosen.connect(self.continue_job)
+        self.continue_row.watch(self.out_edit, self._interrupted, lambda: self.running)
 
     def refresh_interrupted(self, *_: Any) -> None:
-        """List the interrupted jobs in the output folder; the Continue row shows only when there is one (the
-        list only when there are several) and no run is going."""
-        jobs = [] if self.running else self._interrupted(Path(self.out_edit.text().strip() or "jobs").expanduser())
-        combo = self.continue_combo
-        combo.blockSignals(True)
-        combo.clear()
-        for job, text in jobs:
-            combo.addItem(text, str(job))
-        combo.blockSignals(False)
-        combo.setVisible(len(jobs) > 1)
-        self.continue_row.setVisible(bool(jobs))
-        self._continue_choice_changed()
+        """List the interrupted jobs in the output folder (:meth:`ContinueRow.refresh`)."""
+        self.continue_row.refresh()
 
     def interrupted_jobs(self) -> list[Path]:
         """The jobs the Continue row offers, newest first."""
-        combo = self.continue_combo
-        return [Path(combo.itemData(i)) for i in range(combo.count())]
-
-    def _continue_choice_changed(self, *_: Any) -> None:
-        job = self.continue_combo.currentData()
-        self.continue_btn.setText(f"Continue {Path(job).name}" if job else "Continue")
-        self.continue_btn.setToolTip(self.continue_combo.currentText())
-
-    def _continue_clicked(self) -> None:
-        job = self.continue_combo.currentData()
-        if job:
-            self.continue_job(Path(job))
+        return self.continue_row.jobs()
 
     def _continue_started(self, job_dir: Path, status: str) -> None:
         """After ``_new_worker`` for a continued job: the job folder is known, the status says it continued."""

@@ -12,12 +12,17 @@ the latest step (older pending steps are dropped) into named layers — the micr
 particle's trajectory magnified ``×N`` around its position (one Tracks track per particle) — and into the
 dose-weight and cross-validation canvases. Stop sets a ``threading.Event``; the stream closes the job generator
 after the current step (the job folder then says "stopped").
+
+Under Start, a **Continue** row (:class:`~cryolive.plugin._job_dock.ContinueRow`, as in the Refinement and
+Classification docks) offers the output folder's interrupted motion jobs (their process is gone; a
+``checkpoint.npz`` left), newest first; it runs ``continue_motion_job(job_dir)`` through the same worker, stream,
+Stop, layers and plots as Start.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -41,13 +46,14 @@ from superqt import QCollapsible
 from cryolive.motion import MotionParams
 from cryolive.params import param_spec
 from cryolive.plugin._common import scrolling_layout, with_browse
-from cryolive.plugin._job_dock import job_stream
+from cryolive.plugin._job_dock import ContinueRow, job_stream
 from cryolive.plugin._param_form import ParamForm
 from cryolive.plugin._plots import MotionPlotCanvas
 from cryolive.plugin.motion_model import (
     PATH_FIELDS,
     TRACKS_PREFIX,
     MotionRunModel,
+    interrupted_motions,
     job_args,
     missing_inputs,
     search_curves,
@@ -67,6 +73,13 @@ def _motion_stream(args: dict, stop: threading.Event) -> Generator:
     from cryolive.jobs.motion import motion_job
 
     return (yield from job_stream(SimpleNamespace(stop=stop, gen=None), lambda: motion_job(**args)))
+
+
+def _continue_stream(job_dir: str, stop: threading.Event) -> Generator:
+    """:func:`_motion_stream` for an interrupted job that goes on in its folder ``job_dir``."""
+    from cryolive.jobs.motion import continue_motion_job
+
+    return (yield from job_stream(SimpleNamespace(stop=stop, gen=None), lambda: continue_motion_job(job_dir)))
 
 
 class MotionWidget(QWidget):
@@ -114,6 +127,9 @@ class MotionWidget(QWidget):
         row.addWidget(self.start_btn)
         row.addWidget(self.stop_btn)
         lay.addLayout(row)
+        self.continue_row = ContinueRow()
+        self.continue_row.chosen.connect(self.continue_job)
+        lay.addWidget(self.continue_row)
         self.progress = QProgressBar()
         self.status = QLabel(self.model.status_text)
         self.status.setWordWrap(True)
@@ -124,6 +140,7 @@ class MotionWidget(QWidget):
         lay.addWidget(self.dose_plot)
         lay.addWidget(self.search_plot)
         lay.addStretch(1)
+        self.continue_row.watch(self.edits["out"], interrupted_motions, lambda: self.busy)
 
     def _path_row(self, key: str, is_dir: bool) -> QWidget:
         """A line edit for input ``key`` (kept in ``self.edits``) with a "…" file dialog (a folder dialog for the
@@ -163,15 +180,43 @@ class MotionWidget(QWidget):
         if missing or self.busy:
             show_error(f"motion correction: missing {', '.join(missing)}" if missing else "a job is running")
             return None
-        self._stop.clear()
         self.model.start(args)
-        worker = create_worker(_motion_stream, args, self._stop, _start_thread=False)
+        return self._run(_motion_stream, args)
+
+    def interrupted_jobs(self) -> list[Path]:
+        """The interrupted motion jobs the Continue row offers, newest first."""
+        return self.continue_row.jobs()
+
+    def refresh_interrupted(self) -> None:
+        """List the output folder's interrupted motion jobs in the Continue row (hidden when none or busy)."""
+        self.continue_row.refresh()
+
+    def continue_job(self, job_dir: str | Path) -> Any:
+        """Go on with the interrupted motion job in ``job_dir`` (as ``cryolive motion --continue``) in a worker, with
+        the same layers, plots and Stop as Start; returns the worker (None when it cannot go on, said to the
+        user)."""
+        if self.busy:
+            show_error("a job is running")
+            return None
+        try:
+            self.model.continue_from(job_dir)
+        except Exception as exc:  # noqa: BLE001 - reported to the user
+            show_error(f"motion correction: cannot continue ({exc})")
+            self.refresh_interrupted()
+            return None
+        return self._run(_continue_stream, str(job_dir))
+
+    def _run(self, stream: Callable[..., Generator], arg: Any) -> Any:
+        """Start ``stream(arg, stop)`` in a worker wired to this dock (the model knows the run); returns it."""
+        self._stop.clear()
+        worker = create_worker(stream, arg, self._stop, _start_thread=False)
         worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self.start_btn.setEnabled(False)
         self.stop_btn.setEnabled(True)
+        self.refresh_interrupted()  # hidden while the job runs
         self.status.setText(self.model.status_text)
         worker.start()
         return worker
@@ -248,5 +293,6 @@ class MotionWidget(QWidget):
         self._worker = None
         self.start_btn.setEnabled(True)
         self.stop_btn.setEnabled(False)
+        self.refresh_interrupted()
         state = self.model.state
         self.runFinished.emit(state if state in ("finished", "failed") else "stopped")

@@ -13,14 +13,21 @@ plain Python::
     model.finish("finished", result)
     model.status_text  # "finished: r 5, θ 0.80, z 300 Å"
 
+A motion correction that was killed goes on in its folder: :func:`interrupted_motions` lists those of an output
+folder, :meth:`MotionRunModel.continue_from` takes one (the dock then runs ``continue_motion_job(job_dir)``).
+
 Positions and trajectories are in pixels of the movie frames, ``(x, y)``.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from cryolive.jobs.jobdir import interrupted_jobs, job_state
 
 #: the dock's path fields: (key, label, a folder?) in the order shown
 PATH_FIELDS = (("particles", "particles STAR", False), ("movies", "movies folder or STAR", True),
@@ -31,6 +38,8 @@ PATH_FIELDS = (("particles", "particles STAR", False), ("movies", "movies folder
 REQUIRED = ("particles_path", "movies", "half_a_path", "half_b_path")
 #: the prefix of the trajectories layer's name (the magnification follows)
 TRACKS_PREFIX = "motion trajectories"
+#: the motion job folders' names (``motion_job`` makes ``job_motion_<nnn>``)
+JOB_GLOBS = ("job_motion_*",)
 
 
 def job_args(paths: dict[str, str | None], params: Any) -> dict[str, Any]:
@@ -49,6 +58,23 @@ def job_args(paths: dict[str, str | None], params: Any) -> dict[str, Any]:
 def missing_inputs(args: dict[str, Any]) -> list[str]:
     """The required ``motion_job`` arguments that ``args`` lacks."""
     return [k for k in REQUIRED if not args.get(k)]
+
+
+def progress_text(folder: str | os.PathLike) -> str:
+    """How far the motion job in ``folder`` got by its ``status.json``: "after final 1/3" (its last step: stage,
+    units done of the stage's total), or "before its first step ended"."""
+    status = job_state(folder)
+    stage, done, total = status.get("stage"), status.get("done"), status.get("total")
+    if not done or stage not in ("hyper", "dose", "final"):
+        return "before its first step ended"
+    return f"after {stage} {done}" + (f"/{total}" if total else "")
+
+
+def interrupted_motions(out: str | os.PathLike) -> list[tuple[Path, str]]:
+    """The motion corrections in the output folder ``out`` that were interrupted (their process is gone) and can be
+    continued from their checkpoint, newest first: ``(job folder, "job_motion_002 was interrupted after final
+    1/3")``."""
+    return [(job, f"{job.name} was interrupted {progress_text(job)}") for job in interrupted_jobs(out, JOB_GLOBS)]
 
 
 def track_data(positions: np.ndarray, traj: np.ndarray, magnify: float) -> np.ndarray:
@@ -99,6 +125,7 @@ class MotionRunModel:
         self.dose_weights: np.ndarray | None = None  # (frames, shells), the newest
         self.search: tuple = ()  # the newest hyper-parameter search (SearchPoints)
         self.result: Any = None  # the MotionResult, once finished
+        self.job_dir: Path | None = None  # the folder of a continued run (a new run's is made by the job)
 
     def start(self, args: dict[str, Any]) -> None:
         """A new run of ``motion_job(**args)``: nothing received yet."""
@@ -106,6 +133,21 @@ class MotionRunModel:
         self.args = args
         self.state = "running"
         self.status_text = "running…"
+
+    def continue_from(self, job_dir: str | os.PathLike) -> str:
+        """A continued run: the interrupted motion correction in ``job_dir`` goes on (its inputs and parameters
+        from its ``params.json``, as ``continue_motion_job(job_dir)`` reads them). Returns the status line
+        ("continued job_motion_002 after final 1/3…"); an InputError of one line naming the folder when it
+        cannot go on (not a motion job, still running, finished, no checkpoint)."""
+        from cryolive.jobs.motion import continuable_motion
+
+        folder = Path(job_dir)
+        continuable_motion(folder)
+        self._reset()  # no job arguments: the job reads them from its folder
+        self.job_dir = folder
+        self.state = "running"
+        self.status_text = f"continued {folder.name} {progress_text(folder)}…"
+        return self.status_text
 
     def update(self, step: Any) -> None:
         """The newest step (main thread): progress, status line, dose weights and search when it has them."""
