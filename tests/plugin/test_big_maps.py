@@ -151,6 +151,22 @@ def test_focus_overlap_on_the_preview_grid(make_napari_viewer, qtbot, big_map):
     assert w.outside_fraction == pytest.approx(preview_fraction, abs=0.05)
 
 
+def test_a_mask_loaded_over_a_big_preview_is_full_size(make_napari_viewer, qtbot, big_map, tmp_path):
+    from cryolive.io import write_map
+
+    viewer = make_napari_viewer()
+    w = _masks_dock(viewer, big_map)
+    _wait_idle(qtbot, w)
+    layer = w.layer("solvent")
+    assert layer.metadata["preview"]
+    mask = (big_map > 0.5).astype(np.float32)
+    write_map(tmp_path / "m.mrc", mask, APIX)
+    assert w.load_mask(tmp_path / "m.mrc") is layer
+    assert layer.data.shape == (BIG,) * 3 and not layer.metadata.get("preview") and w._mask_grid("solvent") == 1
+    np.testing.assert_allclose(layer.translate, ORIGIN)
+    assert w.save_mask(tmp_path / "saved.mrc")  # written at once: not a preview to recompute first
+
+
 # ------------------------------------------------------------------------------------------------- streaming
 def _iteration(i: int, n: int) -> SimpleNamespace:
     rng = np.random.default_rng(i)

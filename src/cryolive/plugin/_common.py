@@ -129,6 +129,7 @@ def set_mask_layer(viewer: Any, name: str, data: np.ndarray, like: Layer | tuple
             layer.scale, layer.translate = scale, translate
         if tuple(layer.contrast_limits) != (0.0, 1.0):
             layer.contrast_limits = (0.0, 1.0)
+        layer.metadata.clear()  # what the layer was before (e.g. a binned preview) does not carry over
         layer.metadata.update(meta)
         return layer
     if layer is not None and layer in viewer.layers:
