@@ -172,9 +172,10 @@ def test_big_boxes_preview_binned_then_full_size():
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     vol = np.exp(-(x**2 + y**2 + z**2) / (2 * 15.0**2)).astype(np.float32)
     p = mc.SolventParams(0.3, 4.0, 8.0)
-    preview, binned = mc.solvent_mask(vol, apix, p, preview=True)
-    full, full_binned = mc.solvent_mask(vol, apix, p, preview=False)
-    assert binned and not full_binned and preview.shape == full.shape == (n, n, n)
+    pr, fr = mc.solvent_mask(vol, apix, p, preview=True), mc.solvent_mask(vol, apix, p, preview=False)
+    preview, full = pr.mask, fr.mask
+    assert (pr.factor, pr.grid, fr.factor, fr.grid) == (2, 1, 1, 1)  # up to box 128: 2x binned, back to full size
+    assert pr.preview and not fr.preview and preview.shape == full.shape == (n, n, n)
     np.testing.assert_array_equal(full, to_numpy(threshold_mask(vol, 0.3, 4.0, 8.0, apix)))
     # the preview lies where the full mask does (voxel centres aligned by the binning), within a voxel or so
     assert np.abs(preview - full).mean() < 0.01

@@ -683,7 +683,7 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
         out = cl.iteration(it, subset, online)
         last = ClassIteration(
             iteration=it, stage="online" if online else "full", mode=p.mode, n_particles=len(subset),
-            class_maps=np.stack([to_numpy(v).astype(np.float32) for v in out["maps"]]),
+            class_maps=np.stack([to_numpy(v) for v in out["maps"]], dtype=np.float32),  # one copy
             class_sizes=np.asarray(out["sizes"], dtype=np.float64),
             class_resolution_A=np.asarray(out["res"], dtype=np.float64),
             class_fsc=np.stack(out["curves"]), mean_ess=out["ess"], changed_fraction=out["changed"],

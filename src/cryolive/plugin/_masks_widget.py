@@ -4,6 +4,14 @@ Threading: every mask is computed by a :class:`LatestOnlyRunner` (a napari ``thr
 time; a request made while one runs replaces any queued request, and the running call's result is dropped when it
 is stale). Slider moves are debounced (``DEBOUNCE_MS``) before a request. Results come back on the main thread,
 where the layers are updated. The worker functions (``_mask_compute``) see NumPy arrays only.
+
+Big maps: boxes above ``_mask_compute.PREVIEW_MAX_BOX`` are previewed on a binned map. Up to
+``UPSAMPLED_MAX_BOX`` (128) the preview is 2× binned and interpolated back to the full box, as it always was; bigger
+boxes are binned to ≤ 96 voxels and the layer holds that grid, with the layer's scale and translate set so that it
+lies over the map in world coordinates (the map is binned once, in the worker, and kept while the user drags). The
+full-size mask is computed by "Create mask (full size)" and before a save, and replaces the preview in the same
+layer. While the solvent layer is such a preview, the overlap with a focus mask is checked on the preview's grid
+(the focus mask binned the same way).
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ class MasksWidget(QWidget):
         self._placing = False
         self._painted = False
         self._after_full: list[Any] = []
+        self._binned_focus = mc._BinnedCache()  # the focus mask on a big map's preview grid (for the overlap)
         # the dock's own layers by kind ("solvent", "focus", "outside"); a user's layer is never overwritten
         self._own: dict[str, Image | None] = {"solvent": None, "focus": None, "outside": None}
 
@@ -126,7 +135,8 @@ class MasksWidget(QWidget):
         form.addRow("Low-pass first", row)
         self.create_btn = QPushButton("Create mask (full size)")
         self.create_btn.setToolTip("compute the mask at full size (the live preview of boxes > "
-                                   f"{mc.PREVIEW_MAX_BOX} uses a 2× binned map)")
+                                   f"{mc.PREVIEW_MAX_BOX} uses a binned map: 2× up to {mc.UPSAMPLED_MAX_BOX}, "
+                                   f"else ≤ {mc.PREVIEW_MAX_BOX} voxels)")
         form.addRow(self.create_btn)
         self.solvent_label = QLabel("no mask yet")
         self.solvent_label.setWordWrap(True)
@@ -270,12 +280,18 @@ class MasksWidget(QWidget):
         if layer is not None:
             self.viewer.layers.remove(layer)
 
+    def _mask_grid(self, kind: str) -> int:
+        """The voxel size of the ``kind`` layer's data over the map's (1, or the binning of a big box's preview)."""
+        layer = self.layer(kind)
+        return 1 if layer is None else int(layer.metadata.get("grid", 1))
+
     def _mask_data(self, kind: str) -> np.ndarray | None:
         layer = self.layer(kind)
         return None if layer is None else np.asarray(layer.data)
 
     @property
     def solvent_mask(self) -> np.ndarray | None:
+        """The solvent layer's data: full size, or a big box's preview on its binned grid (``metadata["grid"]``)."""
         return self._mask_data("solvent")
 
     @property
@@ -301,30 +317,29 @@ class MasksWidget(QWidget):
             self.solvent_label.setText("pick a map layer (a 3D image)")
             return
         p = self.solvent_params()
-        n = layer.data.shape[0]
-        binned = preview and n > mc.PREVIEW_MAX_BOX
-        self.solvent_label.setText("computing a 2× binned preview…" if binned else "computing…")
+        f = mc.preview_factor(layer.data.shape[0]) if preview else 1
+        self.solvent_label.setText(f"computing a {f}× binned preview…" if f > 1 else "computing…")
         self._solvent_runner.request((layer.name, p, preview), layer.data, voxel_size(layer), p, preview)
 
     @staticmethod
-    def _compute_solvent(vol: Any, apix: float, p: mc.SolventParams, preview: bool) -> tuple[np.ndarray, bool]:
+    def _compute_solvent(vol: Any, apix: float, p: mc.SolventParams, preview: bool) -> mc.SolventMask:
         return mc.solvent_mask(np.asarray(vol), apix, p, preview)
 
-    def _on_solvent_done(self, tag: Any, result: tuple[np.ndarray, bool]) -> None:
+    def _on_solvent_done(self, tag: Any, result: mc.SolventMask) -> None:
         name, p, _ = tag
-        mask, binned = result
         if name not in self.viewer.layers:
             return
         like = self.viewer.layers[name]
-        meta = {"preview": binned, "source_map": name, "threshold": p.threshold, "dilate_A": p.dilate_A,
-                "soft_A": p.soft_A, "lowpass_A": p.lowpass_A}
-        self._set_layer("solvent", SOLVENT_LAYER, mask, like, meta)
-        frac = mask_volume_fraction(mask)
-        what = "preview on a 2× binned map; Create for full size" if binned else "full size"
-        self.solvent_label.setText(f"mask covers {100 * frac:.1f} % of the box ({what})")
+        geometry = mc.binned_geometry(like.scale, like.translate, result.grid) if result.grid > 1 else like
+        meta = {"preview": result.preview, "binning": result.factor, "grid": result.grid, "source_map": name,
+                "threshold": p.threshold, "dilate_A": p.dilate_A, "soft_A": p.soft_A, "lowpass_A": p.lowpass_A}
+        self._set_layer("solvent", SOLVENT_LAYER, result.mask, geometry, meta)
+        what = (f"preview on a {result.factor}× binned map; Create for full size" if result.preview
+                else "full size")
+        self.solvent_label.setText(f"mask covers {100 * result.fraction:.1f} % of the box ({what})")
         self._update_overlap()
         self.solventChanged.emit()
-        if not binned:
+        if not result.preview:
             pending, self._after_full = self._after_full, []
             for action in pending:
                 action()
@@ -499,6 +514,11 @@ class MasksWidget(QWidget):
     # ------------------------------------------------------------------------------------------------ overlap
     def _update_overlap(self) -> None:
         focus, solvent = self.focus_mask, self.solvent_mask
+        grid = self._mask_grid("solvent")
+        on_preview = focus is not None and solvent is not None and grid > 1
+        if on_preview:
+            # a big box's preview: compare on its grid (the focus mask binned the same way, once per focus mask)
+            focus = self._binned_focus.get(focus, grid)
         warnings = []
         self.outside_fraction = None
         outside = None
@@ -514,10 +534,12 @@ class MasksWidget(QWidget):
                 if overlap.reaches_outside:
                     outside = mc.outside_region(focus, solvent)
                     warnings.append(f"{100 * frac:.1f} % of the focus mask lies outside the solvent mask "
-                                    f"(drawn in red as '{OUTSIDE_LAYER}').")
+                                    f"(drawn in red as '{OUTSIDE_LAYER}'"
+                                    + ("; on the preview's grid: Create for full size)." if on_preview else ")."))
         if outside is not None:
-            layer = self._set_layer("outside", OUTSIDE_LAYER, outside, self.layer("focus"),
-                                    {"fraction": self.outside_fraction})
+            where = self.layer("solvent") if on_preview else self.layer("focus")  # the grid it was computed on
+            layer = self._set_layer("outside", OUTSIDE_LAYER, outside, where,
+                                    {"fraction": self.outside_fraction, "grid": grid if on_preview else 1})
             layer.visible = True
         else:
             self._remove_layer("outside")

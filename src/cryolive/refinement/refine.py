@@ -235,6 +235,12 @@ class _State:
     seen: np.ndarray  # bool: has a pose from this run
 
 
+def _host32(a: Any) -> np.ndarray:
+    """A fresh map of this iteration as a NumPy float32 array: the array itself on NumPy when it is float32 already
+    (the iteration hands it on, the dock shows it without a copy), else one copy (from the GPU, or a cast)."""
+    return np.asarray(to_numpy(a), dtype=np.float32)
+
+
 def _angular_histogram(rotations: np.ndarray) -> np.ndarray:
     """Counts of viewing directions (third row of A) in 10-degree bins of (tilt 0-180, rot -180-180)."""
     d = rotations[:, 2, :]
@@ -688,8 +694,8 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
         last = RefineIteration(
             iteration=it, search="local" if local else "global", n_particles=len(subset),
             align_resolution_A=float(r.n * r.apix / out["r_align"]), resolution_A=r.resolution,
-            resolution_unmasked_A=float(res_unmasked), fsc=fsc, map=to_numpy(out["map"]).astype(np.float32),
-            half_a=to_numpy(out["half_a"]).astype(np.float32), half_b=to_numpy(out["half_b"]).astype(np.float32),
+            resolution_unmasked_A=float(res_unmasked), fsc=fsc, map=_host32(out["map"]),
+            half_a=_host32(out["half_a"]), half_b=_host32(out["half_b"]),
             mask=to_numpy(r.mask).astype(np.float32),
             angular_distribution=_angular_histogram(r.state.rotations[subset]),
             pose_summary=out["pose_summary"], sigma2=r.sigma2.copy(), timings=out["timings"],
