@@ -113,10 +113,13 @@ def two_states(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("mode", ["fixed", "local", "hetero"])
+@pytest.mark.parametrize("mode", ["fixed", "local", "hetero", "working-box"])
 def test_classification_on_the_device_matches_numpy(device_backend, two_states, tmp_path, mode):
     starts = [str(two_states / "truth" / f"state_{k}.mrc") for k in (0, 1)] if mode == "hetero" else None
     params = ClassifyParams(n_classes=2, mode=mode, max_iter=2, coarse_step_deg=15.0, levels=2)
+    if mode == "working-box":  # fixed poses; an online-EM iteration in a 22 px working box, then one at the whole box
+        params = ClassifyParams(n_classes=2, max_iter=2, online_em_iters=2, minibatch_size=200,
+                                max_resolution_A=16.0, working_margin_px=2.0)
 
     def run(out: Path):
         return drain(classify_job(str(two_states / "particles.star"), str(out), params, starts=starts))
@@ -124,6 +127,8 @@ def test_classification_on_the_device_matches_numpy(device_backend, two_states, 
     _, res_np = _on("numpy", lambda: run(tmp_path / "np"))
     steps, res_dev = run(tmp_path / "dev")
     assert len(steps) == 2 and _host(res_dev.posteriors) and _host(res_dev.final.class_maps)
+    if mode == "working-box":
+        assert steps[0].working_box < 24 and steps[1].working_box == 24
     # float32 rounding may flip a near-tied pose in the hetero search for a particle or two (a different basin
     # kept per candidate): almost every posterior is the same to 1e-3, none differs by more than 0.05
     diff = np.abs(res_dev.posteriors - res_np.posteriors)

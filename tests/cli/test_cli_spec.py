@@ -52,8 +52,8 @@ def _other_value(cls: type, name: str, s: ParamSpec) -> tuple[list[str], object]
     """Command-line words setting field ``name`` to an allowed value other than its default, and that value."""
     field = next(f for f in dataclasses.fields(cls) if f.name == name)
     default = field.default
-    if isinstance(default, bool):
-        return [s.flag], not default
+    if isinstance(default, bool):  # a switch; one on by default is turned off by its --no- form
+        return [s.flag if not default else "--no-" + s.flag[2:]], not default
     if s.choices is not None:
         value = next(c for c in s.choices if c != default)
         return [s.flag, str(value)], value

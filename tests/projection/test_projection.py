@@ -157,3 +157,27 @@ def test_working_box_keeps_the_transform_below_its_radius(max_freq):
     k = np.abs(np.arange(n) - n // 2)
     beyond = np.maximum.reduce(np.meshgrid(k, k, k, indexing="ij")) >= rec_cut.grid_box // 2
     assert power[beyond].sum() < 1e-8 * power.sum()
+
+
+def test_grown_accumulators_are_those_of_the_larger_working_box():
+    # accumulators grown into a larger working box (online EM blends iterations that worked in different boxes)
+    # equal inserting the same data, limited to the smaller radius, into the larger box
+    rng = np.random.default_rng(5)
+    n, small_f, large_f = 32, 0.2, 0.35
+    rots = random_rotations(40, rng)
+    f = (rng.standard_normal((40, n, n // 2 + 1)) + 1j * rng.standard_normal((40, n, n // 2 + 1))).astype(np.complex64)
+    ky, kx = (to_numpy(a) for a in rfft_freqs_2d(n))
+    ctf = np.where(kx**2 + ky**2 <= small_f**2, 0.5 + 0.4 * np.cos(30 * np.hypot(kx, ky)), 0.0).astype(np.float32)
+    ctf = np.broadcast_to(ctf, f.shape)
+    small, large = Reconstructor(n, max_freq=small_f), Reconstructor(n, max_freq=large_f)
+    small.insert(f, rots, ctf=ctf)
+    large.insert(f, rots, ctf=ctf)
+    grown = small.grown(large_f)
+    assert small.grid_box < grown.grid_box == large.grid_box < n and grown.n_images == 40
+    for name in ("numerator", "denominator"):
+        got, want = to_numpy(getattr(grown, name)), to_numpy(getattr(large, name))
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+    grown.blend(large, 0.5)  # the same grid now: they combine
+    with pytest.raises(ValueError, match="cannot grow"):
+        large.grown(small_f)

@@ -55,6 +55,7 @@ from cryolive.io import InputError, ParticleStack
 from cryolive.masks import soft_sphere
 from cryolive.params import param
 from cryolive.projection import Projector, Reconstructor
+from cryolive.projection.gridding import working_freq
 from cryolive.reconstruction.halves import finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter, lowpass
 from cryolive.resolution.fsc import fsc, gold_standard_fsc, resolution_at
@@ -99,6 +100,17 @@ class ClassifyParams:
     class_box: int | None = param(None, ge=16, unit="px", flag="--class-box", label="Class box",
                                   help="box of the class maps (default: min(box, 128)); past the particle box the "
                                        "FSC beyond the data's Nyquist is not real")
+    # the class projectors and reconstructors work in a box cut, inside the class box, to the radius scored plus a
+    # margin (``working_margin`` x that radius + ``working_margin_px`` class-box pixels), as the refinement's do
+    # (RefineParams.working_box; RELION's current_size, cryoSPARC's working box): set-up, search, insertion and
+    # memory follow the resolution. The last iteration is at the whole class box (a run that converges in a
+    # working box does one more iteration there), so the class maps written are complete to the class Nyquist
+    working_box: bool = param(True, flag="--working-box", label="Working box",
+                              help="work in a box cut to the current resolution (plus a margin) inside the class "
+                                   "box, the last iteration at the whole class box (on by default; "
+                                   "--no-working-box: the whole class box throughout)")
+    working_margin: float = param(1.25, ge=1, label="Working box margin")
+    working_margin_px: float = param(10.0, ge=0, unit="px", label="Working box extra")
     symmetry: str = "C1"
     local_step_deg: float = 1.5
     local_extent_deg: float = 3.0
@@ -142,6 +154,7 @@ class ClassIteration:
     timings: dict[str, float] = field(default_factory=dict)
     job_dir: str | None = None  # set by the job wrapper
     checkpoint: ClassifyCheckpoint | None = None  # what the next iteration starts from (to continue a killed job)
+    working_box: int = 0  # box (px) the iteration's projectors and reconstructions worked in (at most the class box)
 
 
 @dataclass(frozen=True)
@@ -165,7 +178,10 @@ class ClassifyCheckpoint:
       from empty accumulators, and they are the large part: 2 K padded volumes);
     * the stopping state: ``prev_changed`` (the changed fraction the stall test compares with; NaN: none yet) and
       ``finished`` (the run ended at this iteration: converged, stalled or ``max_iter``); the random generator's
-      state as JSON.
+      state as JSON;
+    * ``accumulator_freq``: the highest frequency (cycles/pixel) the accumulators' working box holds (0.5: the whole
+      class box); ``final_pass``: the run converged in a working box, and the next iteration, at the whole class
+      box, is its last.
     """
 
     iteration: int
@@ -183,6 +199,8 @@ class ClassifyCheckpoint:
     prev_changed: float
     finished: bool
     rng_state: str
+    accumulator_freq: float = 0.5
+    final_pass: bool = False
 
 
 @dataclass(frozen=True)
@@ -228,11 +246,16 @@ def _marginal(scores: np.ndarray) -> np.ndarray:
 
 
 def _blend(old: Reconstructor | None, new: Reconstructor, eta: float, scale: float) -> Reconstructor:
-    """Online EM: ``(1 − η) old + η scale new`` on both accumulators (``old`` None: ``scale new``)."""
+    """Online EM: ``(1 − η) old + η scale new`` on both accumulators (``old`` None: ``scale new``), in the larger
+    of their two working boxes (the smaller's accumulators are zero beyond their radius)."""
     if old is None:
         new.numerator *= scale
         new.denominator *= scale
         return new
+    if old.grid_box < new.grid_box:
+        old = old.grown(new.max_freq)
+    elif new.grid_box < old.grid_box:
+        new = new.grown(old.max_freq)
     old.blend(new, eta, scale)
     return old
 
@@ -397,17 +420,20 @@ class _Classifier:
             curves.append(curve)
         self.refs, self.fsc_curves = refs, curves
 
-    def _compose_filtered(self, full: Any, ha: Any, hb: Any) -> tuple[Any, np.ndarray]:
+    def _compose_filtered(self, full: Any, ha: Any, hb: Any, max_freq: float = 0.5) -> tuple[Any, np.ndarray]:
         """The E-step volume ``S (F V_k + (1 − F) V̄)`` and the class FSC.
 
         The class FSC compares the class's own half maps inside the region the class decides, ``S F`` (``S``
         without a focus mask), corrected for the mask by phase randomisation: outside the focus the composed
         volumes share the consensus, and an FSC taken there would read the consensus's resolution (Nyquist on a
         large data set), not the class's. The class part is filtered by that FSC, the consensus part by the
-        consensus's own half-map FSC.
+        consensus's own half-map FSC. ``max_freq`` (cycles/pixel): the working box the maps were reconstructed in;
+        the FSC is zero beyond it (the maps hold nothing there: what a mask spreads there is not resolution).
         """
         region = self.solvent if self.focus is None else self.solvent * self.focus
         curve = np.asarray(gold_standard_fsc(ha, hb, self.apix, mask=region, seed=self.p.seed).fsc)
+        if max_freq < 0.5:
+            curve = np.where(np.arange(len(curve)) > max_freq * self.nc, 0.0, curve)
         cls = fsc_filter(full, curve)
         if self.focus is None:
             return cls * self.solvent, curve
@@ -415,9 +441,10 @@ class _Classifier:
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def checkpoint(self, it: int, prev_changed: float | None, finished: bool,
-                   accumulators: bool) -> ClassifyCheckpoint:
+                   accumulators: bool, final_pass: bool = False) -> ClassifyCheckpoint:
         """A copy (NumPy) of the state after iteration ``it``; ``accumulators``: the next iteration blends into
-        the reconstructors (online EM), so they are kept too."""
+        the reconstructors (online EM), so they are kept too; ``final_pass``: the next iteration is the last, at
+        the whole class box."""
         k = self.p.n_classes
         empty = np.zeros(0)
         moved = self.p.mode != "fixed"
@@ -441,7 +468,8 @@ class _Classifier:
             n_images=(np.array([[rec.n_images for rec in pair] for pair in self.recs], np.int64) if keep
                       else empty),
             prev_changed=float("nan") if prev_changed is None else float(prev_changed),
-            finished=bool(finished), rng_state=json.dumps(self.rng.bit_generator.state))
+            finished=bool(finished), rng_state=json.dumps(self.rng.bit_generator.state),
+            accumulator_freq=float(recs[0].max_freq) if keep else 0.5, final_pass=bool(final_pass))
 
     def _restore(self, c: ClassifyCheckpoint) -> None:
         """Put the classifier back in the state ``c`` was taken in (shapes checked against the particles and the
@@ -467,7 +495,7 @@ class _Classifier:
         if c.numerators.size:
             for cls in range(k):
                 for h in range(2):
-                    rec = Reconstructor(self.nc, symmetry=p.symmetry)
+                    rec = Reconstructor(self.nc, symmetry=p.symmetry, max_freq=c.accumulator_freq)
                     num, den = c.numerators[cls, h], c.denominators[cls, h]
                     if num.shape != rec.numerator.shape or den.shape != rec.denominator.shape:
                         raise InputError(f"the checkpoint's reconstructor accumulators have shapes {num.shape} and "
@@ -550,7 +578,17 @@ class _Classifier:
         return Candidates(cand.rotations, cand.shifts, cand.scores + prior)
 
     # ------------------------------------------------------------------------------------------- iteration
-    def iteration(self, it: int, subset: np.ndarray, online: bool) -> dict[str, Any]:
+    def _working_freq(self, r_align: float, full_box: bool) -> float:
+        """Highest frequency (cycles/pixel of the class box) the projectors and reconstructors of an iteration
+        hold: the scored radius with the refinement's margin, or 0.5 (the whole class box) for ``full_box`` or
+        with the working box off."""
+        if full_box or not self.p.working_box:
+            return 0.5
+        return working_freq(r_align, self.nc, self.p.working_margin, self.p.working_margin_px)
+
+    def iteration(self, it: int, subset: np.ndarray, online: bool, full_box: bool = True) -> dict[str, Any]:
+        """One E + M step over ``subset`` (``online``: blended into the accumulators); ``full_box``: work at the
+        whole class box instead of the working box (:meth:`_working_freq`)."""
         m, p, k = self.m, self.p, self.p.n_classes
         t0 = time.perf_counter()
         beta = 1.0 - _similarity(p, it)
@@ -564,12 +602,14 @@ class _Classifier:
         plan = self._plan()
         radius_A = 0.35 * self.nc * self.apix
         radii = plan.level_radii(r_align, 0, radius_A, self.apix)
-        projs = [Projector(r) for r in self.refs]
+        projs = [Projector(r, max_freq=self._working_freq(r_align, full_box)) for r in self.refs]
+        work_freq = projs[0].max_freq  # 0.5 where the working box is the whole class box
+        res_pix = pixel_set(self.nc, work_freq * self.nc)  # residuals out to the working radius (beyond: kept)
         grids: list[GridProjections | None] = [None] * k
         if p.mode == "hetero" and not (p.hetero_search == "local" and self.have_poses):
             grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
             grids = [project_grid(pr, grid_rots, pix, radii[0]) for pr in projs]
-        new = [[Reconstructor(self.nc, symmetry=p.symmetry) for _ in range(2)] for _ in range(k)]
+        new = [[Reconstructor(self.nc, symmetry=p.symmetry, max_freq=work_freq) for _ in range(2)] for _ in range(k)]
         nsh = self.nc // 2 + 1
         acc, cnt = np.zeros(nsh), np.zeros(nsh)
         t_e = t_m = 0.0
@@ -595,8 +635,7 @@ class _Classifier:
                     sel = np.nonzero(best == c)[0]
                     if len(sel):
                         self.scorer.residual_power(projs[c], f[m.asarray(sel)], idx[sel], self.rot[idx[sel], c],
-                                                   self._class_shifts(idx[sel], c), pixel_set(self.nc, self.nc / 2),
-                                                   acc_b, cnt_b)
+                                                   self._class_shifts(idx[sel], c), res_pix, acc_b, cnt_b)
                 ctf = self._ctf_image(idx)
             return f_raw, ctf, post, acc_b, cnt_b, time.perf_counter() - te
 
@@ -629,12 +668,15 @@ class _Classifier:
             for h in range(2):
                 self.recs[c][h] = _blend(self.recs[c][h] if online else None, new[c][h], eta, scale)
             ha, hb, full = finalize_halves(self.recs[c][0], self.recs[c][1])
-            vol, curve = self._compose_filtered(full, ha, hb)
+            held = self.recs[c][0].max_freq  # the accumulators' working box (online EM: the larger one blended)
+            work_limit_A = self.apix / held if held < 0.5 else 0.0
+            vol, curve = self._compose_filtered(full, ha, hb, held)
             maps.append(fsc_filter(full, curve) * self.solvent)
             curves.append(curve)
-            # a class (nearly) without particles has no resolution: its FSC compares two empty half maps
-            res.append(resolution_at(curve, self.nc, self.apix, 0.5) if members[c] >= MIN_CLASS_PARTICLES
-                       else float("inf"))
+            # a class (nearly) without particles has no resolution: its FSC compares two empty half maps; in a
+            # working box no resolution finer than the box holds is claimed
+            res.append(max(resolution_at(curve, self.nc, self.apix, 0.5), work_limit_A)
+                       if members[c] >= MIN_CLASS_PARTICLES else float("inf"))
             self.refs[c] = vol
         self.fsc_curves = curves
         sizes = self.posteriors.mean(axis=0)
@@ -642,6 +684,7 @@ class _Classifier:
         changed = float(np.mean(old_assigned != self.assigned[subset]))
         t_r = time.perf_counter() - tr
         return dict(maps=maps, curves=curves, res=res, sizes=sizes, changed=changed, beta=beta,
+                    working_box=int(projs[0].grid_box),
                     ess=float(effective_classes(self.posteriors[subset]).mean()),
                     timings={"e_step_s": t_e, "m_step_s": t_m, "reconstruct_s": t_r,
                              "total_s": time.perf_counter() - t0,
@@ -665,13 +708,14 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
     p = params or ClassifyParams()
     if p.mode == "hetero" and starts is None:
         raise ValueError("heterogeneous refinement needs K starting maps")
-    first, prev_changed = 1, None
+    first, prev_changed, final_pass = 1, None, False
     if resume is not None:
         first = resume.iteration + 1
         if resume.finished or first > p.max_iter:
             raise InputError(f"nothing to continue: the run had ended after iteration {resume.iteration} "
                              f"(of at most {p.max_iter})")
         prev_changed = None if np.isnan(resume.prev_changed) else resume.prev_changed
+        final_pass = resume.final_pass
     cl = _Classifier(particles, p, starts, solvent_mask, focus_mask, consensus, resume=resume)
     n_tot = len(particles)
     mb = p.minibatch_size or max(1000, 300 * p.n_classes)
@@ -680,7 +724,8 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
     for it in range(first, p.max_iter + 1):
         online = it <= p.online_em_iters and mb < n_tot
         subset = np.sort(cl.rng.choice(n_tot, size=mb, replace=False)) if online else np.arange(n_tot)
-        out = cl.iteration(it, subset, online)
+        # the last iteration works at the whole class box (the maps written are complete to its Nyquist)
+        out = cl.iteration(it, subset, online, full_box=final_pass or it == p.max_iter)
         last = ClassIteration(
             iteration=it, stage="online" if online else "full", mode=p.mode, n_particles=len(subset),
             class_maps=np.stack([to_numpy(v) for v in out["maps"]], dtype=np.float32),  # one copy
@@ -690,22 +735,26 @@ def classify(particles: ParticleStack, params: ClassifyParams | None = None, *, 
             similarity=1.0 - out["beta"], pixel_size=cl.apix,
             solvent_mask=to_numpy(cl.solvent).astype(np.float32),
             focus_mask=None if cl.focus is None else to_numpy(cl.focus).astype(np.float32),
-            warnings=tuple(cl.warnings), timings=out["timings"])
+            warnings=tuple(cl.warnings), timings=out["timings"], working_box=out["working_box"])
         history.append({"iteration": it, "stage": last.stage, "n_particles": len(subset),
                         "changed_fraction": out["changed"], "mean_ess": out["ess"], "similarity": last.similarity,
+                        "working_box_px": out["working_box"],
                         **{f"class_{c + 1}_size": float(s) for c, s in enumerate(out["sizes"])},
                         **{f"class_{c + 1}_res_A": float(r) for c, r in enumerate(out["res"])},
                         **out["timings"]})
-        done = False
-        if not online and it > p.anneal_iters:
+        done = final_pass  # the pass at the whole class box after converging in a working box ends the run
+        if not done and not online and it > p.anneal_iters:
             # converged, or stalled: a few particles flip back and forth between two iterations for good
             stalled = (out["changed"] < 4 * p.convergence and prev_changed is not None
                        and out["changed"] >= 0.8 * prev_changed)
             done = out["changed"] < p.convergence or stalled
             if not done:
                 prev_changed = out["changed"]
+            elif out["working_box"] < cl.nc:  # converged in a working box: one more iteration at the whole box
+                done, final_pass = False, True
         blends_next = it + 1 <= p.online_em_iters and mb < n_tot
-        ckpt = cl.checkpoint(it, prev_changed, done or it == p.max_iter, accumulators=blends_next)
+        ckpt = cl.checkpoint(it, prev_changed, done or it == p.max_iter, accumulators=blends_next,
+                             final_pass=final_pass and not done)
         last = dataclasses.replace(last, checkpoint=ckpt)
         yield last
         if done:

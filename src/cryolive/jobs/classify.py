@@ -10,7 +10,7 @@ plus a job folder.
     particles_class_001.star    the particles of each class (most probable class)
     class_sizes.csv, .png       class sizes (fractions) per iteration
     class_fsc.csv               each class's FSC (plain half-map comparison of the composed volumes)
-    iterations.csv              per-iteration numbers and timings
+    iterations.csv              per-iteration numbers (with the working box, ``working_box_px``) and timings
     consensus.mrc               the consensus map (classification)
     solvent_mask.mrc, focus_mask.mrc
     checkpoint.npz              the state after the last completed iteration (removed when the job finishes):
@@ -240,7 +240,7 @@ def _run(job: JobFolder, inp: _Inputs, t0: float, resume: ClassifyCheckpoint | N
 def _summary(it: ClassIteration) -> dict:
     row = {"iteration": it.iteration, "stage": it.stage, "n_particles": it.n_particles,
            "changed_fraction": round(it.changed_fraction, 5), "mean_ess": round(it.mean_ess, 4),
-           "similarity": round(it.similarity, 3)}
+           "similarity": round(it.similarity, 3), "working_box_px": it.working_box}
     row.update({f"class_{c + 1}_size": round(float(s), 5) for c, s in enumerate(it.class_sizes)})
     row.update({f"class_{c + 1}_res_A": round(float(r), 3) for c, r in enumerate(it.class_resolution_A)})
     row.update({k: round(v, 3) for k, v in it.timings.items()})
@@ -251,7 +251,8 @@ def _log_iteration(job: JobFolder, it: ClassIteration) -> None:
     sizes = ", ".join(f"{100 * s:.1f} %" for s in it.class_sizes)
     res = ", ".join(f"{r:.1f}" for r in it.class_resolution_A)
     t = it.timings
-    job.log(f"iteration {it.iteration} ({it.stage}, {it.n_particles} particles, similarity {it.similarity:.2f}): "
+    job.log(f"iteration {it.iteration} ({it.stage}, {it.n_particles} particles, similarity {it.similarity:.2f}, "
+            f"working box {it.working_box} px): "
             f"sizes {sizes}; class FSC 0.5 at {res} Å; {100 * it.changed_fraction:.1f} % changed class; "
             f"E step {t['e_step_s']:.1f} s, M step {t['m_step_s']:.1f} s, total {t['total_s']:.1f} s")
 

@@ -223,15 +223,17 @@ def save_checkpoint(path: str | os.PathLike, c: Any) -> None:
 
 def load_checkpoint(path: str | os.PathLike, kind: type[Checkpoint]) -> Checkpoint:
     """Read a checkpoint written by :func:`save_checkpoint` as the dataclass ``kind`` (fields annotated ``int``,
-    ``float``, ``bool`` or ``str`` become Python scalars, the others stay NumPy arrays). InputError naming the file
-    if it is unreadable or holds another kind of checkpoint."""
+    ``float``, ``bool`` or ``str`` become Python scalars, the others stay NumPy arrays; fields with a default may
+    be absent). InputError naming the file if it is unreadable or holds another kind of checkpoint."""
     conv: dict[str, Callable[[Any], Any]] = {"int": int, "float": float, "bool": bool, "str": str}
     try:
         with np.load(path) as data:
             values = {k: data[k] for k in data.files}
-        types = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-                 for f in dataclasses.fields(kind)}  # type: ignore[arg-type]
-        if set(values) != set(types):
+        fields = dataclasses.fields(kind)  # type: ignore[arg-type]
+        types = {f.name: f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "") for f in fields}
+        # a field with a default may be missing (a checkpoint written before the field was added)
+        optional = {f.name for f in fields if f.default is not dataclasses.MISSING}
+        if not set(types) - optional <= set(values) <= set(types):
             raise KeyError(f"fields {sorted(set(values) ^ set(types))} differ")
         return kind(**{k: conv[types[k]](v.item()) if types[k] in conv else v for k, v in values.items()})
     except (OSError, ValueError, KeyError, TypeError) as exc:

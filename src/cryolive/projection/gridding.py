@@ -139,3 +139,12 @@ def working_box(n: int, max_freq: float) -> int:
     m = 2 * math.ceil(max(max_freq, 0.0) * n) + 2
     m += m % 2
     return int(min(max(m, 8), n))
+
+
+def working_freq(r_align: float, n: int, margin: float, margin_px: float) -> float:
+    """Highest frequency (cycles/pixel of a box-``n`` image) an iteration's projectors and reconstructors hold when
+    it aligns out to ``r_align`` Fourier pixels: that radius times ``margin`` plus ``margin_px`` pixels, at most
+    Nyquist (0.5, the whole box). RELION's ``current_size`` and cryoSPARC's working box follow the resolution so;
+    the margin keeps the shells just past the alignment radius (which the next iteration's FSC reads, and where
+    the interpolation of the scored pixels reaches). The box it makes: :func:`working_box`."""
+    return float(min(0.5, (margin * r_align + margin_px) / n))

@@ -192,6 +192,24 @@ class Reconstructor:
         self.denominator += (rate * weight) * other.denominator
         self.n_images = int(round((1.0 - rate) * self.n_images + rate * weight * other.n_images))
 
+    def grown(self, max_freq: float) -> Reconstructor:
+        """A new reconstructor with these accumulators in the (larger or equal) working box of ``max_freq``: the
+        same frequencies on the same spacing, so the smaller half grid is the centre of the larger one (the
+        ``kx = 0 ..`` columns at the start) and the values are unchanged; zero beyond. What lets online EM blend
+        the accumulators of iterations that worked in different boxes. ValueError if ``max_freq``'s box is
+        smaller than this one's."""
+        out = Reconstructor(self.box, self.pad, self.symmetry, self.symmetrise, max_freq=max_freq)
+        if out.grid_box < self.grid_box:
+            raise ValueError(f"cannot grow the accumulators of a working box of {self.grid_box} px into "
+                             f"{out.grid_box} px")
+        big, small = out.big, self.big
+        o = big // 2 - small // 2
+        for name in ("numerator", "denominator"):
+            dst = getattr(out, name).reshape(big, big, big // 2 + 1)
+            dst[o:o + small, o:o + small, :small // 2 + 1] = getattr(self, name).reshape(small, small, small // 2 + 1)
+        out.n_images = self.n_images
+        return out
+
     def copy(self) -> Reconstructor:
         """A deep copy of the accumulators."""
         out = Reconstructor.__new__(Reconstructor)

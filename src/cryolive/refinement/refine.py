@@ -49,6 +49,7 @@ from cryolive.io import InputError, ParticleStack
 from cryolive.masks import mask_volume_fraction, soft_sphere, solvent_mask_from_map
 from cryolive.params import check_params, param
 from cryolive.projection import Projector, Reconstructor
+from cryolive.projection.gridding import working_freq
 from cryolive.reconstruction.halves import half_sets, regularised_halves
 from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass, lowpass_below
@@ -413,7 +414,7 @@ class _Refiner:
         radius with its margin, or 0.5 (the whole box) for ``full_box`` or with the working box off."""
         if full_box or not self.p.working_box:
             return 0.5
-        return float(min(0.5, (self.p.working_margin * r_align + self.p.working_margin_px) / self.n))
+        return working_freq(r_align, self.n, self.p.working_margin, self.p.working_margin_px)
 
     def iteration(self, it: int, subset: np.ndarray, local: bool, free_scale: bool,
                   sample: bool = False, full_box: bool = True) -> dict[str, Any]:
