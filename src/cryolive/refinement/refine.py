@@ -22,7 +22,10 @@ with ``sgd_steps`` it first yields one :class:`~cryolive.refinement.sgd.SGDStep`
 shows that phase live and a stop takes effect within one step). Consumers tell them apart by type
 (:data:`RefineStep`).
 It reads particles in batches (memory bounded by ``batch_size``), holds no Qt, and writes no files (the job
-wrapper :func:`cryolive.jobs.refine.refine_job` does).
+wrapper :func:`cryolive.jobs.refine.refine_job` does). Steps 1 and 2 of an iteration are one function over any part
+of the particles (:func:`cryolive.refinement.estep.run_part`): this process runs it over the iteration's particles,
+or, with ``workers`` / ``scheduler`` (or a Dask ``client``), the Dask workers run it over their parts and the driver
+adds them (:mod:`cryolive.refinement.distributed`); steps 3 and 4 run here either way.
 """
 
 from __future__ import annotations
