@@ -3,7 +3,8 @@
 Every per-particle result of the E step (pose search, the pruning bound, the scale, the residual power) depends on
 that particle alone, not on the batch or the part it is searched in: the workers' parts (100 particles, in batches
 of 64) and one process's batches (64) have different boundaries, and the poses come out the same; the maps differ
-only by the float rounding of the sums (the parts' reconstructors are added in another order)."""
+only by the float rounding of the sums (the parts' reconstructors are added in another order), as they do in one
+process with another ``batch_size``."""
 
 from __future__ import annotations
 
@@ -68,9 +69,11 @@ def test_dask_workers_reproduce_the_single_process_refinement(sim) -> None:
     parts = [t for t in tasks.data if str(t["key"]).startswith("_part_task")]
     assert len(its_two) == len(its_one) == 3 and len(parts) == 3 * 4
     assert [i.search for i in its_two] == ["global", "local", "local"]
-    # the same poses (none differs by more than 0.5 deg; in practice all are equal) and scales
+    # the same poses and scales: here every pose is equal; float rounding may flip a near tie between neighbouring
+    # poses of the finest search level (1 particle in 2000 at box 64, by that level's step), never more
     ang = np.degrees(symmetric_angular_distance(one.rotations, two.rotations, "C1"))
-    assert ang.max() < 0.5, (ang.max(), np.mean(ang > 0))
+    assert np.mean(ang < 1e-3) >= 0.99 and ang.max() <= FAST["coarse_step_deg"] / 2 ** FAST["levels"] + 1e-3, (
+        ang.max(), np.mean(ang > 1e-3))
     assert np.abs(one.shifts_A - two.shifts_A).max() < 0.05 * stack.pixel_size
     np.testing.assert_allclose(one.scales, two.scales, rtol=1e-3)
     # the same maps: FSC >= 0.99 at every shell below Nyquist, and equal to float rounding (a part added twice or
