@@ -107,12 +107,21 @@ def test_cli_workers_run_a_job_and_a_stop_closes_the_cluster(sim, tmp_path, caps
     # the napari docks stop a job by closing its generator: the cluster the job opened is closed too
     clients = _recording(monkeypatch, "cryolive.jobs.refine", "optional_dask_client")
     gen = refine_job(str(sim / "particles.star"), str(sim / "reference.mrc"), str(out),
-                     RefineParams(**{**FAST, "max_iter": 4, "workers": 1}))
+                     RefineParams(**{**FAST, "workers": 1}))
     assert isinstance(next(gen), RefineIteration)
     assert len(clients) == 1 and clients[0].status == "running"
     gen.close()
     assert clients[0].status == "closed"
-    assert json.loads((out / "job_refine_002" / "status.json").read_text())["state"] == "stopped"
+    stopped = out / "job_refine_002"
+    assert json.loads((stopped / "status.json").read_text())["state"] == "stopped"
+    # --continue goes on on the cluster params.json names (workers 1), or on the one given
+    assert json.loads((stopped / "params.json").read_text())["workers"] == 1
+    capsys.readouterr()
+    assert main(["refine", "--continue", str(stopped), "--workers", "2"]) == 0
+    assert "Dask dashboard: http" in capsys.readouterr().out and len(clients) == 2
+    log = (stopped / "log.txt").read_text()
+    assert log.index("continuing after iteration 1") < log.index("Dask: 2 workers, dashboard http")
+    assert json.loads((stopped / "status.json").read_text())["state"] == "finished"
 
 
 def test_workers_and_scheduler_are_checked_before_any_work(sim, tmp_path) -> None:
