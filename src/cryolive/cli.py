@@ -120,7 +120,11 @@ def cmd_refine(a: argparse.Namespace) -> int:
     from cryolive.refinement.sgd import SGDStep
 
     p = params_from_args(RefineParams, a, symmetry=a.sym, seed=a.seed, marginalize=a.marginalize,
-                         use_input_poses=a.use_poses, relax_symmetry=a.relax_sym)
+                         use_input_poses=a.use_poses, relax_symmetry=a.relax_sym, scheduler=a.scheduler)
+
+    def dashboard(client) -> None:  # noqa: ANN001 - distributed.Client
+        print(f"Dask dashboard: {client.dashboard_link}", flush=True)
+
     def show(it) -> None:  # noqa: ANN001 - RefineStep
         if isinstance(it, SGDStep):
             if it.milestone:
@@ -134,7 +138,8 @@ def cmd_refine(a: argparse.Namespace) -> int:
     if a.continue_job:
         from cryolive.jobs.refine import continue_refine_job
 
-        _, result = drain(continue_refine_job(a.continue_job, save_iterations=a.save_iterations), show)
+        _, result = drain(continue_refine_job(a.continue_job, save_iterations=a.save_iterations, workers=a.workers,
+                                              scheduler=a.scheduler, on_client=dashboard), show)
         print(f"final resolution {result.final.resolution_A:.2f} Å; job folder {a.continue_job}")
         return 0
     missing = [flag for flag, v in (("STAR", a.star), ("--ref", a.ref), ("--out", a.out)) if v is None]
@@ -144,8 +149,8 @@ def cmd_refine(a: argparse.Namespace) -> int:
         from cryolive.rotations.symmetry import check_symmetry
 
         check_symmetry(a.relax_sym, "--relax-sym")
-    _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations),
-                      show)
+    _, result = drain(refine_job(a.star, a.ref, a.out, p, mask_path=a.mask, save_iterations=a.save_iterations,
+                                 on_client=dashboard), show)
     from cryolive.jobs.refine import shared_band_warning
 
     warning = shared_band_warning(result.final, p)
@@ -554,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pseudo-symmetry to relax (RELION's --relax_sym): local searches also try each mate of the "
                         "pose under SYM and keep the best; the map keeps --sym")
     s.add_argument("--marginalize", action="store_true", help="adaptive marginalisation over the best poses")
+    s.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                   help="search and insert on an existing Dask cluster (e.g. tcp://host:8786)")
     s.add_argument("--save-iterations", action="store_true", help="write the map of every iteration")
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(func=cmd_refine)

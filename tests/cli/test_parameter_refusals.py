@@ -35,6 +35,9 @@ def _refused(capsys, argv: list[str], says: str) -> None:
     (["--lowpass", "0"], "--lowpass must be more than 0 Å"),
     (["--coarse-step", "0"], "--coarse-step must be more than 0 deg"),
     (["--global-iters", "-2"], "--global-iters must be at least 0"),
+    (["--workers", "0"], "--workers must be at least 1 (got 0)"),
+    (["--workers", "2", "--scheduler", "tcp://host:8786"], "give one (a local cluster"),
+    (["--scheduler", "tcp://host :8786"], "not a scheduler address"),
 ])
 def test_refine_parameters_out_of_range(tmp_path, capsys, extra, says) -> None:
     out = tmp_path / "jobs"

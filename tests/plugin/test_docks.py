@@ -557,10 +557,16 @@ def test_refinement_form_is_built_from_the_spec(make_napari_viewer, tmp_path):
     shown = {**w.main_form.widgets, **w.more_form.widgets}
     assert set(shown) == set(param_spec(RefineParams)) and not set(w.main_form.widgets) & set(w.more_form.widgets)
     assert shown["max_shift_px"].native.specialValueText() == "auto" and shown["sgd_steps"].native.text() == "off"
+    assert shown["workers"].native.text() == "off" and w.params().workers is None and w.params().scheduler is None
     p = dataclasses.replace(TINY, stop_tolerance=0.005, particle_diameter_A=140.0, stochastic_global=True,
-                            dynamic_mask_near=0.5, greyscale=False, marginalize=True, seed=11)
+                            dynamic_mask_near=0.5, greyscale=False, marginalize=True, seed=11, workers=2)
     w.set_params(p)
     assert w.params() == p
+    w.set_params(dataclasses.replace(p, workers=None, scheduler="tcp://host:8786"))
+    assert w.scheduler.text() == "tcp://host:8786" and w.params().scheduler == "tcp://host:8786"
+    w.scheduler.setText(" ")
+    assert w.params() == dataclasses.replace(p, workers=None)
+    w.set_params(p)
     shown["particle_diameter_A"].value = shown["particle_diameter_A"].min  # "auto"
     shown["max_iter"].value = 5
     assert w.params() == dataclasses.replace(p, particle_diameter_A=None, max_iter=5)

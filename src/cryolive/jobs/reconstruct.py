@@ -114,14 +114,11 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
         half = half_sets(stack, params.seed)
         recs = None
         if params.workers or params.scheduler:
-            from cryolive.reconstruction.distributed import backproject_halves_dask
-
-            def on_client(client: object) -> None:
-                job.log(f"Dask: {len(client.scheduler_info().get('workers', {}))} workers, "  # type: ignore[attr-defined]
-                        f"dashboard {client.dashboard_link}")  # type: ignore[attr-defined]
+            from cryolive.reconstruction.distributed import backproject_halves_dask, describe_client
 
             source = backproject_halves_dask(stack, half, params.symmetry, params.batch_size, workers=params.workers,
-                                             scheduler=params.scheduler, on_client=on_client)
+                                             scheduler=params.scheduler,
+                                             on_client=lambda client: job.log(describe_client(client)))
         else:
             source = backproject_halves(stack, half, params.symmetry, params.batch_size)
         for done, batch_recs in source:

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from cryolive.io.particles import check_half_sets, check_image_statistics
 from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs import jobdir
 from cryolive.jobs.plots import plot_fsc
+from cryolive.reconstruction.distributed import describe_client, optional_dask_client
 from cryolive.refinement.refine import (
     RefineCheckpoint,
     RefineIteration,
@@ -82,11 +84,16 @@ def _read_inputs(particles_path: str, reference_path: MapSource, mask_path: MapS
 
 
 def refine_job(particles_path: str, reference_path: MapSource, out: str = "jobs", params: RefineParams | None = None,
-               mask_path: MapSource | None = None,
-               save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
+               mask_path: MapSource | None = None, save_iterations: bool = False,
+               on_client: Callable[[Any], None] | None = None) -> Generator[RefineStep, None, RefineResult]:
     """Run homogeneous refinement into a new job folder, yielding each ab-initio step and iteration; returns the
     result. The reference and the mask are MRC files or maps in memory (:class:`~cryolive.io.MapInput`, checked
-    as a file is; the job writes them into its folder as ``input_reference.mrc`` / ``input_mask.mrc``)."""
+    as a file is; the job writes them into its folder as ``input_reference.mrc`` / ``input_mask.mrc``).
+
+    With ``params.workers`` / ``params.scheduler`` the iterations' E + M steps run on a Dask cluster opened before
+    the job folder (a scheduler that cannot be reached is refused first) and closed when the job ends or is
+    stopped (the generator closed); the log names the workers and the dashboard, and ``on_client(client)`` is
+    called once connected (the CLI prints the dashboard)."""
     p = params or RefineParams()
     t0 = time.perf_counter()
     stack, ref, mask, notes = _read_inputs(particles_path, reference_path, mask_path, p)
@@ -94,47 +101,68 @@ def refine_job(particles_path: str, reference_path: MapSource, out: str = "jobs"
     # two half-map accumulators (Hermitian half grids, padded 2x: 48 bytes per voxel of the box each), two
     # projectors (32 each) and the finalize and FSC temporaries: 4.8 GB measured at box 256, 288 bytes per voxel
     check_memory(350.0 * stack.box**3, f"refinement at a box of {stack.box} px", "downsample the particles")
-    job = jobdir.JobFolder.create(out, "refine")
-    maps = jobdir.write_input_maps(job, {"reference": reference_path, "mask": mask_path or None})
-    job.write_params({"particles": particles_path, "reference": maps["reference"], "mask": maps["mask"],
-                      **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
-                      "pixel_size_A": stack.pixel_size, "box": stack.box})
-    job.set_status("running", iteration=0)
-    job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
-            f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
-            f"low-passed to {p.initial_lowpass_A} Å")
-    for note in notes:
-        job.log(f"NOTE: {note}")
-    if p.use_input_poses:
-        job.log(f"starting from the particles' own poses ({particles_path}): local searches from iteration 1")
-    if p.relax_symmetry:
-        job.log(f"symmetry {p.relax_symmetry} relaxed: local searches try every {p.relax_symmetry} mate of each pose "
-                f"and keep the best; the map is reconstructed in {p.symmetry}")
-    if p.sgd_steps > 0:
-        job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the reference "
-                f"(to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")
-    return (yield from _run(job, stack, ref, mask, p, t0, save_iterations))
+    with optional_dask_client(p.workers, p.scheduler) as client:
+        job = jobdir.JobFolder.create(out, "refine")
+        maps = jobdir.write_input_maps(job, {"reference": reference_path, "mask": mask_path or None})
+        job.write_params({"particles": particles_path, "reference": maps["reference"], "mask": maps["mask"],
+                          **dataclasses.asdict(p), "backend": backend_name(), "n_particles": len(stack),
+                          "pixel_size_A": stack.pixel_size, "box": stack.box})
+        job.set_status("running", iteration=0)
+        job.log(f"homogeneous refinement on {device_label()}: {len(stack)} particles, box {stack.box}, "
+                f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
+                f"low-passed to {p.initial_lowpass_A} Å")
+        _log_client(job, client, on_client)
+        for note in notes:
+            job.log(f"NOTE: {note}")
+        if p.use_input_poses:
+            job.log(f"starting from the particles' own poses ({particles_path}): local searches from iteration 1")
+        if p.relax_symmetry:
+            job.log(f"symmetry {p.relax_symmetry} relaxed: local searches try every {p.relax_symmetry} mate of each "
+                    f"pose and keep the best; the map is reconstructed in {p.symmetry}")
+        if p.sgd_steps > 0:
+            job.log(f"first {p.sgd_steps} ab-initio minibatch steps of {p.sgd_batch_size} particles from the "
+                    f"reference (to {p.sgd_resolution_A} Å): the map may end turned or mirrored (check the hand)")
+        return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, client=client))
 
 
-def continue_refine_job(job_dir: str, save_iterations: bool = False) -> Generator[RefineStep, None, RefineResult]:
+def continue_refine_job(job_dir: str, save_iterations: bool = False, workers: int | None = None,
+                        scheduler: str | None = None, on_client: Callable[[Any], None] | None = None,
+                        ) -> Generator[RefineStep, None, RefineResult]:
     """Go on with a refinement that was killed or stopped, in its own folder, from the checkpoint its last
     completed iteration wrote (``checkpoint.npz``): the same particles, reference, mask and parameters
     (``params.json``); the run continues exactly as it would have without the interruption. Refused, naming the
-    folder, when it is still running, finished, or has no checkpoint."""
+    folder, when it is still running, finished, or has no checkpoint.
+
+    ``workers`` / ``scheduler``: run on this Dask cluster instead of the one ``params.json`` names (either given
+    replaces both; the result does not depend on it)."""
     folder = Path(job_dir)
     prm = _continuable(folder)
     p = RefineParams(**{f.name: prm[f.name] for f in dataclasses.fields(RefineParams) if f.name in prm})
+    if workers is not None or scheduler is not None:
+        p = dataclasses.replace(p, workers=workers, scheduler=scheduler)
     ckpt = jobdir.load_checkpoint(folder / jobdir.CHECKPOINT, RefineCheckpoint)
     t0 = time.perf_counter()
     stack, ref, mask, notes = _read_inputs(prm["particles"], jobdir.input_in_folder(folder, prm["reference"]),
                                            jobdir.input_in_folder(folder, prm.get("mask")), p)
-    job = jobdir.JobFolder(folder)
-    job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
-    for note in notes:
-        job.log(f"NOTE: {note}")
-    job.set_status("running", iteration=ckpt.iteration)
-    history = jobdir.read_history(job.file("iterations.csv"))[:ckpt.iteration]
-    return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history))
+    with optional_dask_client(p.workers, p.scheduler) as client:
+        job = jobdir.JobFolder(folder)
+        job.log(f"continuing after iteration {ckpt.iteration} (checkpoint.npz) on {device_label()}")
+        _log_client(job, client, on_client)
+        for note in notes:
+            job.log(f"NOTE: {note}")
+        job.set_status("running", iteration=ckpt.iteration)
+        history = jobdir.read_history(job.file("iterations.csv"))[:ckpt.iteration]
+        return (yield from _run(job, stack, ref, mask, p, t0, save_iterations, resume=ckpt, history=history,
+                                client=client))
+
+
+def _log_client(job: jobdir.JobFolder, client: Any, on_client: Callable[[Any], None] | None) -> None:
+    """Log the Dask workers and dashboard (nothing without a client) and tell ``on_client``."""
+    if client is None:
+        return
+    job.log(describe_client(client))
+    if on_client is not None:
+        on_client(client)
 
 
 def _continuable(folder: Path) -> dict:
@@ -145,9 +173,9 @@ def _continuable(folder: Path) -> dict:
 
 def _run(job: jobdir.JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.ndarray | None, p: RefineParams,
          t0: float, save_iterations: bool, resume: RefineCheckpoint | None = None,
-         history: list[dict] | None = None) -> Generator[RefineStep, None, RefineResult]:
-    """Drive :func:`refine` in ``job``: per-iteration log, ``iterations.csv``, status and checkpoint; the outputs
-    at the end."""
+         history: list[dict] | None = None, client: Any = None) -> Generator[RefineStep, None, RefineResult]:
+    """Drive :func:`refine` in ``job`` (on the Dask ``client``'s workers when given): per-iteration log,
+    ``iterations.csv``, status and checkpoint; the outputs at the end."""
     history = [] if history is None else history
     sgd_done = [0]
 
@@ -166,7 +194,8 @@ def _run(job: jobdir.JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.
         job.set_status("running", iteration=it.iteration, resolution_A=it.resolution_A)
         return it
 
-    result: RefineResult = yield from jobdir.run_in_job(job, refine(stack, ref, p, mask=mask, resume=resume), on_step,
+    core = refine(stack, ref, p, mask=mask, resume=resume, client=client)
+    result: RefineResult = yield from jobdir.run_in_job(job, core, on_step,
                                                         lambda: {"last_iteration": len(history),
                                                                  "ab_initio_steps": sgd_done[0]},
                                                         finish=lambda r: _write_outputs(job, r, stack.pixel_size))

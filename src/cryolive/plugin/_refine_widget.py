@@ -176,9 +176,15 @@ class RefineWidget(JobDockMixin, QWidget):
         mf.addRow(self.marginalize)
         self.seed = QSpinBox(minimum=0, maximum=2**31 - 1)
         mf.addRow("Seed", self.seed)
+        self.scheduler = QLineEdit()
+        self.scheduler.setPlaceholderText("none (tcp://host:8786)")
+        self.scheduler.setToolTip("search and insert on an existing Dask cluster (--scheduler); empty: in this "
+                                  "process, or on the local cluster 'Dask workers' asks for")
+        mf.addRow("Dask scheduler", self.scheduler)
         more.addWidget(more_w)
         root.addWidget(more)
         self.field("sgd_steps").native.setSpecialValueText("off")
+        self.field("workers").native.setSpecialValueText("off")
         # local searches from iteration 1: the global iterations do not apply
         self.use_poses.toggled.connect(lambda on: setattr(self.field("global_iters"), "enabled", not on))
 
@@ -231,7 +237,8 @@ class RefineWidget(JobDockMixin, QWidget):
         return dataclasses.replace(self._form_params(), symmetry=symmetry_text(self.sym),
                                    use_input_poses=self.use_poses.isChecked(),
                                    relax_symmetry=relax_symmetry_value(self.relax_sym.currentText()),
-                                   marginalize=self.marginalize.isChecked(), seed=int(self.seed.value()))
+                                   marginalize=self.marginalize.isChecked(), seed=int(self.seed.value()),
+                                   scheduler=self.scheduler.text().strip() or None)
 
     def set_params(self, p: RefineParams) -> None:
         """Show a RefineParams (e.g. small settings for a quick look); fields the dock does not show are kept."""
@@ -242,6 +249,7 @@ class RefineWidget(JobDockMixin, QWidget):
         self.relax_sym.setCurrentText(p.relax_symmetry or "none")
         self.marginalize.setChecked(p.marginalize)
         self.seed.setValue(p.seed)
+        self.scheduler.setText(p.scheduler or "")
 
     # ------------------------------------------------------------------------------------------------ control
     def start(self) -> None:

@@ -7,7 +7,8 @@ into its own pair of half-set :class:`~cryolive.projection.Reconstructor` accumu
 agree to float32 rounding.
 
 :func:`dask_client` starts a ``LocalCluster`` of ``workers`` processes (one thread each) or joins an existing
-scheduler (``tcp://host:8786``); its dashboard address is ``client.dashboard_link``.
+scheduler (``tcp://host:8786``); its dashboard address is ``client.dashboard_link`` (:func:`describe_client` makes
+the job-log line). Refinement runs its iterations on the same clients (:mod:`cryolive.refinement.distributed`).
 """
 
 from __future__ import annotations
@@ -46,6 +47,21 @@ def dask_client(workers: int | None = None, scheduler: str | None = None) -> Ite
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client
+
+
+@contextmanager
+def optional_dask_client(workers: int | None = None, scheduler: str | None = None) -> Iterator[Any]:
+    """:func:`dask_client` when ``workers`` or ``scheduler`` is given, else None (everything in this process)."""
+    if not (workers or scheduler):
+        yield None
+        return
+    with dask_client(workers, scheduler) as client:
+        yield client
+
+
+def describe_client(client: Any) -> str:
+    """The job-log line of a Dask client: ``Dask: <n> workers, dashboard <link>``."""
+    return f"Dask: {len(client.scheduler_info().get('workers', {}))} workers, dashboard {client.dashboard_link}"
 
 
 def _backproject_part(stack: ParticleStack, idx: np.ndarray, half: np.ndarray, symmetry: str,

@@ -22,7 +22,10 @@ with ``sgd_steps`` it first yields one :class:`~cryolive.refinement.sgd.SGDStep`
 shows that phase live and a stop takes effect within one step). Consumers tell them apart by type
 (:data:`RefineStep`).
 It reads particles in batches (memory bounded by ``batch_size``), holds no Qt, and writes no files (the job
-wrapper :func:`cryolive.jobs.refine.refine_job` does).
+wrapper :func:`cryolive.jobs.refine.refine_job` does). Steps 1 and 2 of an iteration are one function over any part
+of the particles (:func:`cryolive.refinement.estep.run_part`): this process runs it over the iteration's particles,
+or, with ``workers`` / ``scheduler`` (or a Dask ``client``), the Dask workers run it over their parts and the driver
+adds them (:mod:`cryolive.refinement.distributed`); steps 3 and 4 run here either way.
 """
 
 from __future__ import annotations
@@ -36,21 +39,21 @@ from typing import Any
 
 import numpy as np
 
-from cryolive.alignment.grid import GridProjections, project_grid
-from cryolive.alignment.noise import noise_image, shell_power
-from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
+from cryolive.alignment.grid import project_grid
+from cryolive.alignment.noise import shell_power
+from cryolive.alignment.pixels import pixel_set, soft_window
 from cryolive.alignment.score import Scorer, score_poses
-from cryolive.alignment.search import Candidates, SearchPlan, origin_range_px, search_poses
+from cryolive.alignment.search import origin_range_px
 from cryolive.backend import to_numpy, xp
-from cryolive.batching import LOCAL_POSES, AdaptiveBatch, pose_search_bytes, rollback
-from cryolive.image.ctf import ctf_2d
-from cryolive.image.fourier import rfft2c
+from cryolive.batching import AdaptiveBatch
 from cryolive.io import InputError, ParticleStack
 from cryolive.masks import mask_volume_fraction, soft_sphere, solvent_mask_from_map
 from cryolive.params import check_params, param
-from cryolive.projection import Projector, Reconstructor
+from cryolive.projection import Projector
 from cryolive.projection.gridding import working_freq
 from cryolive.reconstruction.halves import half_sets, regularised_halves
+from cryolive.refinement.distributed import DaskParts
+from cryolive.refinement.estep import IterationContext, PartResult, Poses, image_pair, run_part, search, search_plan
 from cryolive.refinement.sgd import SGDParams, SGDStep, sgd_reconstruct
 from cryolive.resolution.filters import fsc_filter, lowpass, lowpass_below
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
@@ -153,6 +156,12 @@ class RefineParams:
     working_margin: float = param(1.25, ge=1, label="Working box margin")
     working_margin_px: float = param(10.0, ge=0, unit="px", label="Working box extra")
     seed: int = 0
+    # beyond one process (:mod:`cryolive.refinement.distributed`): each iteration's E + M step on a local Dask
+    # cluster of ``workers`` processes, or on the existing cluster at ``scheduler`` (tcp://host:8786); the maps and
+    # poses are one process's (to float rounding of the sums)
+    workers: int | None = param(None, ge=1, flag="--workers", label="Dask workers",
+                                help="search and insert on a local Dask cluster of this many processes")
+    scheduler: str | None = None
 
 
 @dataclass(frozen=True)
@@ -228,14 +237,6 @@ class RefineResult:
     history: list[dict[str, float]]
 
 
-@dataclass
-class _State:
-    rotations: np.ndarray
-    shifts: np.ndarray  # px
-    scales: np.ndarray
-    seen: np.ndarray  # bool: has a pose from this run
-
-
 def _host32(a: Any) -> np.ndarray:
     """A fresh map of this iteration as a NumPy float32 array: the array itself on NumPy when it is float32 already
     (the iteration hands it on, the dock shows it without a copy), else one copy (from the GPU, or a cast)."""
@@ -264,15 +265,15 @@ def _require_poses(stack: ParticleStack) -> None:
                          "global search first, or do not ask for the input poses")
 
 
-def _initial_state(stack: ParticleStack, use_input_poses: bool) -> _State:
+def _initial_state(stack: ParticleStack, use_input_poses: bool) -> Poses:
     """Every particle's pose before iteration 1: identity (no pose yet) or, with ``use_input_poses``, the stack's
     own rotations and origins (Å in the stack, pixels in the state)."""
     n = len(stack)
     if not use_input_poses:
-        return _State(np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 2)), np.ones(n), np.zeros(n, bool))
+        return Poses(np.tile(np.eye(3), (n, 1, 1)), np.zeros((n, 2)), np.ones(n), np.zeros(n, bool))
     _require_poses(stack)
     shifts = np.zeros((n, 2)) if stack.shifts is None else stack.shifts / stack.pixel_size
-    return _State(stack.rotations.astype(np.float64).copy(), shifts.astype(np.float64), np.ones(n),
+    return Poses(stack.rotations.astype(np.float64).copy(), shifts.astype(np.float64), np.ones(n),
                   np.ones(n, bool))
 
 
@@ -301,11 +302,22 @@ def check_inputs(stack: ParticleStack, p: RefineParams) -> None:
     if p.window_inner >= p.window_outer:
         raise InputError(f"window_inner ({p.window_inner}) must be below window_outer ({p.window_outer})")
     _relaxed_mates(p.symmetry, p.relax_symmetry)
+    check_dask_options(p.workers, p.scheduler)
     if p.use_input_poses:
         if p.sgd_steps > 0:
             raise ValueError("ab-initio steps (sgd_steps) rebuild the map without poses: they cannot be combined "
                              "with starting from the particles' poses (use_input_poses)")
         _require_poses(stack)
+
+
+def check_dask_options(workers: int | None, scheduler: str | None) -> None:
+    """Refuse ``--workers`` together with ``--scheduler`` (a local cluster or an existing one, not both), and a
+    scheduler address that is empty or holds spaces."""
+    if workers is not None and scheduler is not None:
+        raise InputError(f"--workers {workers} and --scheduler {scheduler}: give one (a local cluster of N "
+                         "processes, or an existing cluster's scheduler), not both")
+    if scheduler is not None and (not scheduler.strip() or len(scheduler.split()) != 1):
+        raise InputError(f"--scheduler {scheduler!r}: not a scheduler address (e.g. tcp://host:8786)")
 
 
 def _checked_reference(reference: Any, box: int) -> np.ndarray:
@@ -321,7 +333,8 @@ def _checked_reference(reference: Any, box: int) -> np.ndarray:
 class _Refiner:
     """The state and steps of one refinement (used by :func:`refine`)."""
 
-    def __init__(self, stack: ParticleStack, reference: Any, p: RefineParams, mask: Any = None) -> None:
+    def __init__(self, stack: ParticleStack, reference: Any, p: RefineParams, mask: Any = None,
+                 dask: DaskParts | None = None) -> None:
         m = xp()
         self.m, self.stack, self.p = m, stack, p
         self.n, self.apix = stack.box, stack.pixel_size
@@ -329,6 +342,7 @@ class _Refiner:
         ref = _checked_reference(reference, self.n)
         self.rng = np.random.default_rng(p.seed)
         self.batches = AdaptiveBatch(p.batch_size, label="refinement")  # E/M batches (see iteration)
+        self.dask = dask  # the E/M step on Dask workers (None: in this process)
         self.half = half_sets(stack, p.seed)
         self.state = _initial_state(stack, p.use_input_poses)
         self.global_iters = 0 if p.use_input_poses else p.global_iters
@@ -348,17 +362,7 @@ class _Refiner:
     # ----------------------------------------------------------------------------------------------- helpers
     def _images(self, idx: np.ndarray) -> Any:
         """Windowed image transforms ``(B, n, n // 2 + 1)`` (what the E step scores)."""
-        return self._image_pair(idx)[0]
-
-    def _image_pair(self, idx: np.ndarray) -> tuple[Any, Any]:
-        """Windowed (E step) and unwindowed (M step) image transforms of particles ``idx``.
-
-        The window removes the box corners from the score; the reconstruction inserts the whole image, because
-        the window is a convolution in Fourier space that smears the fast high-resolution CTF oscillations
-        (with true poses the windowed reconstruction is 7.44 Å against the truth, the unwindowed 7.21 Å)."""
-        m = self.m
-        img = m.asarray(self.stack.images(idx))
-        return rfft2c(img * self.window), rfft2c(img)
+        return image_pair(self.stack, idx, self.window)[0]
 
     def _initial_sigma2(self) -> np.ndarray:
         idx = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 1000), replace=False))
@@ -373,40 +377,7 @@ class _Refiner:
     def _level_radii(self, r_align: float, first_level: int) -> list[float]:
         """Fourier radius (pixels) of each search level (see :meth:`SearchPlan.level_radii`)."""
         radius_A = 0.5 * (self.p.particle_diameter_A or 0.7 * self.n * self.apix)
-        return self._plan().level_radii(r_align, first_level, radius_A, self.apix)
-
-    # ----------------------------------------------------------------------------------------------- E step
-    def _marginal(self, local: bool) -> bool:
-        """Whether this iteration inserts each particle at several poses weighted by their posterior."""
-        return self.p.marginalize or (self.p.marginalize_global and not local)
-
-    def _plan(self, marginal: bool | None = None) -> SearchPlan:
-        """The search plan; ``marginal``: the last level keeps the poses marginalised over (None: as
-        ``marginalize`` says)."""
-        p = self.p
-        marginal = p.marginalize if marginal is None else marginal
-        top = (p.marginal_top if p.marginalize else p.candidates) if marginal else None
-        return SearchPlan.of(p, self.n, self.max_shift, top)
-
-    def _search_batch(self, proj: Projector, grid: GridProjections | None, f: Any, idx: np.ndarray,
-                      pix: PixelSet, radii: list[float], local: bool, free_scale: bool,
-                      sample: bool = False) -> tuple[Candidates, int]:
-        plan = self._plan(self._marginal(local))
-        y, c2w = self.scorer.whitened(f, idx, pix, self.sigma2)
-        previous = (self.state.rotations[idx], self.state.shifts[idx]) if local else None
-        return search_poses(plan, proj, grid, y, c2w, self.state.scales[idx], pix, radii, previous, free_scale,
-                            rng=self.rng if sample and not local else None, mates=self.relax_ops if local else None)
-
-    def _update_scales(self, proj: Projector, f: Any, idx: np.ndarray, pix: PixelSet, rot: np.ndarray,
-                       sh: np.ndarray) -> None:
-        """Least-squares per-particle scale at the best pose, over the low-resolution pixels only (there the
-        FSC weighting of the reference is ~1, so the scale does not absorb the filter and drift)."""
-        if self.p.scale_mode == "reset":
-            return
-        pix = pixel_set(self.n, self._level_radii(pix.r_max, 0)[0])
-        cross, norm = score_poses(proj, *self.scorer.whitened(f, idx, pix, self.sigma2), rot, sh, pix)
-        a = to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)
-        self.state.scales[idx] = np.clip(np.where(np.isfinite(a), a, 1.0), 0.2, 5.0)
+        return search_plan(self.p, self.n, self.max_shift).level_radii(r_align, first_level, radius_A, self.apix)
 
     # ------------------------------------------------------------------------------------------- iteration
     def _working_freq(self, r_align: float, full_box: bool) -> float:
@@ -416,89 +387,54 @@ class _Refiner:
             return 0.5
         return working_freq(r_align, self.n, self.p.working_margin, self.p.working_margin_px)
 
+    def perturbed_grids(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each half set's global grid ``(G, 3, 3)`` for the next global iteration, drawn from the refiner's
+        generator (on the driver): each half set gets its own randomly perturbed grid, new every iteration (as
+        RELION perturbs its HEALPix grid): with one fixed grid, particles of both halves snap to the same discrete
+        poses and the back-projection pattern they share inflates the FSC."""
+        p = self.p
+        base = so3_grid(p.coarse_step_deg, p.symmetry)
+        return (base @ random_perturbation(self.rng, p.coarse_step_deg / 2),
+                base @ random_perturbation(self.rng, p.coarse_step_deg / 2))
+
+    def context(self, local: bool, free_scale: bool = False, sample: bool = False, full_box: bool = True,
+                grids: tuple[np.ndarray, np.ndarray] | None = None) -> IterationContext:
+        """What the E + M step of an iteration shares (:class:`~cryolive.refinement.estep.IterationContext`) with
+        the refiner's references, ``sigma^2`` and resolution now; ``grids``: a global search's grids
+        (:meth:`perturbed_grids`)."""
+        r_align = self._align_radius()
+        return IterationContext(params=self.p, box=self.n, pixel_size=self.apix, refs=(self.refs[0], self.refs[1]),
+                                work_freq=self._working_freq(r_align, full_box), r_align=r_align,
+                                radii=tuple(self._level_radii(r_align, 0)), grid_rotations=grids, sigma2=self.sigma2,
+                                window=self.window, max_shift=self.max_shift, relax_ops=self.relax_ops, local=local,
+                                free_scale=free_scale, sample=sample)
+
+    def e_m_step(self, it: int, subset: np.ndarray, ctx: IterationContext) -> PartResult:
+        """Search and insert particles ``subset`` (:func:`~cryolive.refinement.estep.run_part`): in this process in
+        batches that fit the device (the search's random draws from the refiner's generator), or over the Dask
+        workers (:class:`~cryolive.refinement.distributed.DaskParts`); the new poses are written to the state."""
+        poses, half = self.state.take(subset), self.half[subset]
+        if self.dask is None:
+            part = run_part(self.stack, ctx, subset, poses, half, batches=self.batches, rng=self.rng)
+        else:
+            part = self.dask.run(ctx, subset, poses, half, it, self.p.seed)
+        self.state.put(part.idx, part.poses)
+        return part
+
     def iteration(self, it: int, subset: np.ndarray, local: bool, free_scale: bool,
                   sample: bool = False, full_box: bool = True) -> dict[str, Any]:
         """One E + M step over ``subset``; ``sample``: draw global poses from the coarse posterior (see
         :func:`~cryolive.alignment.search.search_poses`) instead of taking the best; ``full_box``: work at the
         whole box instead of the working box (:meth:`_working_freq`)."""
-        m, p = self.m, self.p
+        p = self.p
         t0 = time.perf_counter()
-        r_align = self._align_radius()
-        pix = pixel_set(self.n, r_align)
-        radii = self._level_radii(r_align, 0)
-        work_freq = self._working_freq(r_align, full_box)
-        projs = [Projector(r, max_freq=work_freq) for r in self.refs]
-        grids: list[GridProjections | None] = [None, None]
-        if not local:
-            # each half set gets its own randomly perturbed grid, new every iteration (as RELION perturbs its
-            # HEALPix grid): with one fixed grid, particles of both halves snap to the same discrete poses and
-            # the back-projection pattern they share inflates the FSC
-            grid_rots = so3_grid(p.coarse_step_deg, p.symmetry)
-            grids = [project_grid(pr, grid_rots @ random_perturbation(self.rng, p.coarse_step_deg / 2), pix, radii[0])
-                     for pr in projs]
-        recs = [Reconstructor(self.n, symmetry=p.symmetry, max_freq=work_freq) for _ in range(2)]
-        nsh = self.n // 2 + 1
-        acc, cnt = np.zeros(nsh), np.zeros(nsh)
-        t_search = t_insert = 0.0
-        pruned_total = 0
+        ctx = self.context(local, free_scale, sample, full_box, None if local else self.perturbed_grids())
         old_rot = self.state.rotations[subset].copy()
         had_pose = self.state.seen[subset].copy()
-        sig_map_full = noise_image(self.sigma2, self.n)  # sigma^2 is fixed during the E step
-        # sigma^2 is measured on windowed images: whole images carry 1 / mean(window^2) times that noise power
-        sig_map_raw = sig_map_full / float(m.mean(self.window**2))
-        st = self.state
-
-        def e_step(a: int, b: int) -> tuple[list[tuple], np.ndarray, np.ndarray, int, float]:
-            """Search, scales, residual power and CTFs of particles ``subset[a:b]`` (both half sets) for a batch
-            that fits the device (:mod:`cryolive.batching`): the writes to the poses, scales and random state are
-            rolled back if it runs out of memory, and the insertion is left to the commit below, once it has
-            succeeded, so no particle is inserted or counted twice."""
-            idx_all = subset[a:b]
-            acc_b, cnt_b, found, pruned_b = np.zeros(nsh), np.zeros(nsh), [], 0
-            with rollback(idx_all, (st.rotations, st.shifts, st.seen, st.scales), self.rng):
-                f_all, raw_all = self._image_pair(idx_all)
-                ts = time.perf_counter()
-                for h in (1, 2):
-                    sel = np.nonzero(self.half[idx_all] == h)[0]
-                    if len(sel) == 0:
-                        continue
-                    idx, f, raw = idx_all[sel], f_all[m.asarray(sel)], raw_all[m.asarray(sel)]
-                    proj, grid = projs[h - 1], grids[h - 1]
-                    cand, pruned = self._search_batch(proj, grid, f, idx, pix, radii, local, free_scale, sample)
-                    pruned_b += pruned
-                    rot, sh, _ = cand.best()
-                    st.rotations[idx], st.shifts[idx] = rot, sh
-                    st.seen[idx] = True
-                    self._update_scales(proj, f, idx, pix, rot, sh)
-                    # the residuals out to the projector's working radius (shells beyond keep their noise estimate)
-                    self.scorer.residual_power(proj, f, idx, rot, sh, pixel_set(self.n, proj.max_freq * self.n),
-                                               acc_b, cnt_b, scales=st.scales[idx])
-                    ctf2d = self._ctf_2d(idx) * m.asarray(st.scales[idx], dtype=m.float32)[:, None, None]
-                    found.append((h, raw, cand, rot, sh, ctf2d))
-            return found, acc_b, cnt_b, pruned_b, time.perf_counter() - ts
-
-        mates = 1 if self.relax_ops is None else len(self.relax_ops)
-        item_bytes = pose_search_bytes(len(pix), max(p.candidates, p.marginal_top, mates) * LOCAL_POSES, self.n)
-        for _, _, (found, acc_b, cnt_b, pruned_b, dt) in self.batches.run(len(subset), e_step, item_bytes):
-            acc += acc_b
-            cnt += cnt_b
-            pruned_total += pruned_b
-            t_search += dt
-            for h, raw, cand, rot, sh, ctf2d in found:
-                ti = time.perf_counter()
-                if self._marginal(local) and cand.scores.shape[1] > 1:
-                    wts = np.exp(cand.scores - cand.scores[:, :1])
-                    wts /= wts.sum(axis=1, keepdims=True)
-                    for j in range(cand.scores.shape[1]):
-                        recs[h - 1].insert(raw, cand.rotations[:, j], ctf=ctf2d, shifts=cand.shifts[:, j],
-                                           weights=wts[:, j], noise_power=sig_map_raw)
-                else:
-                    recs[h - 1].insert(raw, rot, ctf=ctf2d, shifts=sh, noise_power=sig_map_raw)
-                t_insert += time.perf_counter() - ti
-            found = raw = ctf2d = None  # this batch's device arrays go before the next batch is searched
-        projs.clear()  # the projectors are done: their memory is free for the reconstructions
-        grids.clear()
-        self.sigma2 = np.where(cnt > 0, acc / np.maximum(cnt, 1e-12), self.sigma2)
+        part = self.e_m_step(it, subset, ctx)
+        recs, pruned, t_search, t_insert = part.recs, part.pruned, part.search_s, part.insert_s
+        self.sigma2 = np.where(part.cnt > 0, part.acc / np.maximum(part.cnt, 1e-12), self.sigma2)
+        del part
         if p.scale_mode == "minimize":  # the map carries the absolute scale: keep the median particle scale at 1
             self.state.scales[subset] /= float(np.median(self.state.scales[subset]))
         tr = time.perf_counter()
@@ -511,7 +447,7 @@ class _Refiner:
         fsc = gold_standard_fsc(half_a, half_b, self.apix, mask=self.fsc_mask, seed=p.seed + it)
         # in a working box the maps hold nothing beyond its radius: no resolution finer than that is claimed (a
         # mask would spread some of the signal there)
-        work_limit_A = self.apix / work_freq if work_freq < 0.5 else 0.0
+        work_limit_A = self.apix / ctx.work_freq if ctx.work_freq < 0.5 else 0.0
         self.resolution = max(float(fsc.res_0143), work_limit_A)
         # Alignment follows the *unmasked* FSC, and the references are filtered by it and masked only by the
         # static mask (user mask or sphere): a mask made from both halves' average, or an FSC raised by it, would
@@ -529,21 +465,18 @@ class _Refiner:
         change = np.degrees(symmetric_angular_distance(old_rot, self.state.rotations[subset], p.symmetry))
         change = change[had_pose]
         return dict(
-            half_a=half_a, half_b=half_b, map=full_map, fsc=fsc, r_align=r_align,
+            half_a=half_a, half_b=half_b, map=full_map, fsc=fsc, r_align=ctx.r_align,
             pose_summary={
                 "median_pose_change_deg": float(np.median(change)) if change.size else float("nan"),
                 "moved_20deg_fraction": float(np.mean(change > 20.0)) if change.size else 1.0,
                 "median_scale": float(np.median(self.state.scales[subset])),
-                "pruned_candidates": float(pruned_total),
+                "pruned_candidates": float(pruned),
                 "max_shift_px": float(self.max_shift),
             },
             timings={"search_s": t_search, "insert_s": t_insert, "reconstruct_fsc_s": t_rec,
                      "total_s": time.perf_counter() - t0},
             working_box=recs[0].grid_box,
         )
-
-    def _ctf_2d(self, idx: np.ndarray) -> Any:
-        return ctf_2d(self.stack.ctf.subset(idx), self.n, self.apix)
 
     def _update_mask(self, avg: Any) -> None:
         """Refinement mask (static, else dynamic from the half maps once past the start resolution) and the
@@ -580,13 +513,12 @@ class _Refiner:
     def greyscale(self) -> float:
         """Rescale the references so their projections match the particles' amplitudes; returns the factor."""
         sub = np.sort(self.rng.choice(len(self.stack), size=min(len(self.stack), 300), replace=False))
-        r_align = self._align_radius()
-        pix = pixel_set(self.n, r_align)
-        radii = self._level_radii(r_align, 0)
+        ctx = self.context(local=False, free_scale=True)
+        pix = pixel_set(self.n, ctx.r_align)
         proj = Projector(self.refs[0])
-        grid = project_grid(proj, so3_grid(self.p.coarse_step_deg, self.p.symmetry), pix, radii[0])
+        grid = project_grid(proj, so3_grid(self.p.coarse_step_deg, self.p.symmetry), pix, ctx.radii[0])
         f = self._images(sub)
-        cand, _ = self._search_batch(proj, grid, f, sub, pix, radii, local=False, free_scale=True)
+        cand, _ = search(ctx, self.scorer, proj, grid, f, sub, pix, self.state.take(sub), np.arange(len(sub)))
         rot, sh, _ = cand.best()
         cross, norm = score_poses(proj, *self.scorer.whitened(f, sub, pix, self.sigma2), rot, sh, pix)
         factor = float(np.median(to_numpy(cross) / np.maximum(to_numpy(norm), 1e-30)))
@@ -637,7 +569,7 @@ def _restore(r: _Refiner, c: RefineCheckpoint) -> None:
         raise InputError(f"the checkpoint holds {len(c.rotations)} poses of box {c.ref_a.shape[0]}; the particles "
                          f"are {n} of box {r.n}: it belongs to another data set")
     m = r.m
-    r.state = _State(c.rotations.copy(), c.shifts_px.copy(), c.scales.copy(), c.seen.astype(bool).copy())
+    r.state = Poses(c.rotations.copy(), c.shifts_px.copy(), c.scales.copy(), c.seen.astype(bool).copy())
     r.half = c.half.copy()
     r.sigma2 = np.asarray(c.sigma2, np.float64).copy()
     r.refs = [m.asarray(c.ref_a), m.asarray(c.ref_b)]
@@ -648,7 +580,8 @@ def _restore(r: _Refiner, c: RefineCheckpoint) -> None:
 
 
 def refine(particles: ParticleStack, reference: Any, params: RefineParams | None = None,
-           mask: Any = None, resume: RefineCheckpoint | None = None) -> Generator[RefineStep, None, RefineResult]:
+           mask: Any = None, resume: RefineCheckpoint | None = None,
+           client: Any = None) -> Generator[RefineStep, None, RefineResult]:
     """Gold-standard homogeneous refinement; yields a :class:`RefineIteration` per iteration (after an
     :class:`~cryolive.refinement.sgd.SGDStep` per ab-initio step when ``params.sgd_steps`` > 0).
 
@@ -656,15 +589,29 @@ def refine(particles: ParticleStack, reference: Any, params: RefineParams | None
     with ``params.use_input_poses`` the search is local around them from the first iteration);
     ``reference``: ``(n, n, n)`` map at the particles' pixel size; ``mask``: optional static mask (else a soft
     sphere, then a dynamic mask from the half maps); ``resume``: a checkpoint of an earlier run of the same
-    particles and parameters (``RefineIteration.checkpoint``): the run goes on from the iteration after it.
-    Returns a :class:`RefineResult`.
+    particles and parameters (``RefineIteration.checkpoint``): the run goes on from the iteration after it;
+    ``client``: a ``distributed.Client`` whose workers run each iteration's E + M step
+    (:mod:`cryolive.refinement.distributed`). Without one, ``params.workers`` / ``params.scheduler`` open one for
+    the run (:func:`~cryolive.reconstruction.distributed.dask_client`), closed when the run ends or the generator
+    is closed; with neither, everything runs in this process. Returns a :class:`RefineResult`.
     """
     p = params or RefineParams()
     check_inputs(particles, p)
+    if client is None and (p.workers or p.scheduler):
+        from cryolive.reconstruction.distributed import dask_client
+
+        with dask_client(p.workers, p.scheduler) as own:
+            return (yield from _refine(particles, reference, p, mask, resume, own))
+    return (yield from _refine(particles, reference, p, mask, resume, client))
+
+
+def _refine(particles: ParticleStack, reference: Any, p: RefineParams, mask: Any, resume: RefineCheckpoint | None,
+            client: Any) -> Generator[RefineStep, None, RefineResult]:
+    """:func:`refine` once the inputs are checked and the Dask client, if any, is open."""
     if p.sgd_steps > 0 and resume is None:
         _checked_reference(reference, particles.box)
         reference = yield from sgd_start(particles, reference, p)
-    r = _Refiner(particles, reference, p, mask)
+    r = _Refiner(particles, reference, p, mask, dask=None if client is None else DaskParts(client, particles))
     n_tot = len(particles)
     history: list[dict[str, float]] = []
     best_res, stalls, final_left = np.inf, 0, None
