@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.spatial import cKDTree
 
 from cryolive.io import read_particles
-from cryolive.reconstruction import half_sets, neighbour_groups
+from cryolive.reconstruction import coordinate_pixel_size, describe_half_sets, half_sets, neighbour_groups
 from cryolive.sample import sample_path
+
+INTEROP = Path(__file__).resolve().parents[3] / "shared" / "data" / "interop"
+
 
 
 def _stack_with_picks(n_mics: int = 20, seed: int = 0):
@@ -48,3 +54,58 @@ def test_neighbours_and_duplicates_share_a_half_set_and_halves_stay_balanced() -
 def test_the_files_own_half_sets_are_kept() -> None:
     st = read_particles(sample_path("particles.star"))
     assert (half_sets(st) == st.half_set).all()
+
+
+def test_coordinates_of_binned_particles_are_in_micrograph_pixels() -> None:
+    """Particles extracted binned 4x: a box of n particle pixels spans 4 n micrograph pixels, so two picks 3 boxes
+    apart in micrograph pixels overlap and share a group; 5 boxes apart they do not."""
+    st = read_particles(sample_path("particles.star"))
+    n = len(st) - len(st) % 2
+    st = st.subset(np.arange(n))
+    gap = np.where(np.arange(n // 2) % 2 == 0, 3.0, 5.0) * st.box  # pair j: its two picks this far apart
+    x = np.empty(n)
+    x[0::2] = np.arange(n // 2) * 20.0 * st.box
+    x[1::2] = x[0::2] + gap
+    table = pd.DataFrame({"rlnMicrographName": ["mic.mrc"] * n, "rlnCoordinateX": x, "rlnCoordinateY": np.zeros(n)})
+    optics = st.optics.copy()
+    optics["rlnMicrographOriginalPixelSize"] = st.pixel_size / 4.0
+    binned = st.replace(half_set=np.zeros(n, int), table=table, optics=optics)
+    assert np.allclose(coordinate_pixel_size(binned), st.pixel_size / 4.0)
+    groups = neighbour_groups(binned)
+    together = groups[0::2] == groups[1::2]
+    assert together[gap < 4 * st.box].all() and not together[gap > 4 * st.box].any()
+    # read as particle pixels (the old reading), 3 boxes would be no neighbour at all
+    assert len(np.unique(neighbour_groups(binned.replace(optics=st.optics)))) == n
+
+
+def test_one_densely_picked_micrograph_still_splits_in_balanced_halves() -> None:
+    """All picks on one micrograph, closer than a box: one group; the split keeps only identical images
+    together instead of putting everything in one half."""
+    st, n = _stack_with_picks(n_mics=1)
+    table = st.table.copy()
+    table["rlnCoordinateX"] = np.arange(len(st)) * 0.5 * st.box  # a chain of overlapping picks
+    table["rlnCoordinateY"] = 0.0
+    dense = st.replace(table=table)
+    assert len(np.unique(neighbour_groups(dense))) == 1
+    half = half_sets(dense, seed=1)
+    counts = np.bincount(half, minlength=3)[1:]
+    assert abs(int(counts[0]) - int(counts[1])) <= 0.03 * len(st)
+    assert (half[n:] == half[dense.stack_index[n:]]).all()  # the same image still in one half
+
+
+@pytest.mark.skipif(not (INTEROP / "relion31.star").exists(), reason="interop samples not present")
+def test_micrograph_pixel_size_of_a_real_relion_file() -> None:
+    st = read_particles(INTEROP / "relion31.star")
+    assert st.pixel_size == 2.806
+    assert np.allclose(coordinate_pixel_size(st), 1.403)
+
+
+def test_the_log_line_says_where_the_half_sets_came_from() -> None:
+    st, n = _stack_with_picks()
+    line = describe_half_sets(st, half_sets(st, seed=3))
+    _, inverse, sizes = np.unique(neighbour_groups(st), return_inverse=True, return_counts=True)
+    shared = int(np.sum(sizes[inverse] > 1))  # particles in a group of two or more
+    assert line.startswith("half sets ") and "random split" in line and f"{shared:,} particles share pixels" in line
+    assert shared >= 100  # the 50 duplicates and their originals at least
+    own = read_particles(sample_path("particles.star"))
+    assert "the file's rlnRandomSubset" in describe_half_sets(own, own.half_set)

@@ -23,7 +23,7 @@ from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import solvent_mask_from_map
 from cryolive.params import check_params, param
-from cryolive.reconstruction.halves import backproject_halves, finalize_halves, half_sets
+from cryolive.reconstruction.halves import backproject_halves, describe_half_sets, finalize_halves, half_sets
 from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.resolution.sharpen import choose_bfactor, sharpen
@@ -112,6 +112,7 @@ def reconstruct_job(params: ReconstructParams) -> Generator[ReconstructProgress,
             f"{stack.pixel_size:.4g} Å/px, symmetry {params.symmetry}")
     try:
         half = half_sets(stack, params.seed)
+        job.log(describe_half_sets(stack, half))
         recs = None
         if params.workers or params.scheduler:
             from cryolive.reconstruction.distributed import backproject_halves_dask, describe_client

@@ -47,6 +47,7 @@ from cryolive.io.preflight import check_memory, check_output_parent
 from cryolive.jobs import jobdir
 from cryolive.jobs.plots import plot_fsc
 from cryolive.reconstruction.distributed import describe_client, optional_dask_client
+from cryolive.reconstruction.halves import describe_half_sets, half_sets
 from cryolive.refinement.refine import (
     RefineCheckpoint,
     RefineIteration,
@@ -112,6 +113,7 @@ def refine_job(particles_path: str, reference_path: MapSource, out: str = "jobs"
                 f"{stack.pixel_size:.4g} Å/px, symmetry {p.symmetry}, reference {reference_path} "
                 f"low-passed to {p.initial_lowpass_A} Å")
         _log_client(job, client, on_client)
+        job.log(describe_half_sets(stack, half_sets(stack, p.seed)))  # the split refine() makes (same seed)
         for note in notes:
             job.log(f"NOTE: {note}")
         if p.use_input_poses:

@@ -10,6 +10,8 @@ correction tests and the reconstruction job all use it. It never writes files (t
 from cryolive.reconstruction.halves import (
     HalfMaps,
     backproject_halves,
+    coordinate_pixel_size,
+    describe_half_sets,
     finalize_halves,
     half_sets,
     neighbour_groups,
@@ -20,6 +22,8 @@ from cryolive.reconstruction.halves import (
 __all__ = [
     "HalfMaps",
     "backproject_halves",
+    "coordinate_pixel_size",
+    "describe_half_sets",
     "finalize_halves",
     "half_sets",
     "neighbour_groups",

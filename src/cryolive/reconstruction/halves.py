@@ -36,36 +36,95 @@ from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fs
 BACKPROJECT_BYTES_PER_PIXEL = 48
 
 
+#: the random split falls back to keeping only identical images together when the neighbour groups would leave
+#: the smaller half with less than this fraction of the particles (e.g. one densely picked micrograph)
+MIN_HALF_FRACTION = 0.45
+
+
 def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
     """Half-set labels ``(N,)`` int in ``{1, 2}``: the file's own (``rlnRandomSubset``), or a random split where
     any is missing.
 
     The random split keeps *neighbours* together (:func:`neighbour_groups`): the same image listed twice, and picks
-    on one micrograph closer than a box, whose images share pixels and so share noise. In different half sets
-    they would correlate the half maps at every resolution and inflate the gold-standard FSC. Groups are shuffled
-    (``seed``) and cut where the cumulative count passes half the particles, so the halves stay balanced.
+    on one micrograph closer than a box, whose images share pixels and so share noise (duplicate picks of one
+    particle also share its pose). In different half sets they would correlate the half maps at every resolution
+    and inflate the gold-standard FSC. Groups are shuffled (``seed``) and cut where the cumulative count passes
+    half the particles, so the halves stay balanced; when the groups are too big for that (the smaller half under
+    :data:`MIN_HALF_FRACTION`: few, densely picked micrographs), only identical images are kept together.
     """
     half = np.asarray(stack.half_set, dtype=int).copy()
     missing = ~np.isin(half, (1, 2))
     if missing.any():
-        rng = np.random.default_rng(seed)
         idx = np.nonzero(missing)[0]
-        groups = neighbour_groups(stack)[idx]
-        uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-        order = rng.permutation(len(uniq))
-        ends = np.cumsum(sizes[order])
-        first_half = np.empty(len(uniq), bool)
-        first_half[order] = (ends - sizes[order] / 2.0) <= ends[-1] / 2.0
-        half[idx] = np.where(first_half[inverse], 1, 2)
+        labels = _split_groups(neighbour_groups(stack)[idx], seed)
+        if min(np.mean(labels == 1), np.mean(labels == 2)) < MIN_HALF_FRACTION and len(idx) > 1:
+            labels = _split_groups(neighbour_groups(stack, coordinates=False)[idx], seed)
+        half[idx] = labels
     return half
 
 
-def neighbour_groups(stack: ParticleStack) -> np.ndarray:
+def describe_half_sets(stack: ParticleStack, half: np.ndarray) -> str:
+    """One log line on the half sets ``half`` ``(N,)`` of ``stack``: their sizes, where they came from (the file's
+    ``rlnRandomSubset`` or a random split) and how many particles a random split kept together with a neighbour
+    (duplicate images, or picks on one micrograph closer than a box, :func:`neighbour_groups`)."""
+    n1, n2 = int(np.sum(half == 1)), int(np.sum(half == 2))
+    own = np.isin(np.asarray(stack.half_set, int), (1, 2))
+    if own.all():
+        return f"half sets {n1:,} / {n2:,} particles (the file's rlnRandomSubset)"
+    groups = neighbour_groups(stack)[~own]
+    _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    shared = int(np.sum(sizes[inverse] > 1))
+    apix = coordinate_pixel_size(stack)
+    scale = "" if np.allclose(apix, stack.pixel_size) else f"; coordinates read at {float(np.min(apix)):.4g} Å/px"
+    return (f"half sets {n1:,} / {n2:,} particles (random split{'' if own.sum() == 0 else ' where the file has none'}"
+            f"; {shared:,} particles share pixels with a neighbour or are duplicates, kept in one half with "
+            f"them{scale})")
+
+
+def _split_groups(groups: np.ndarray, seed: int) -> np.ndarray:
+    """Labels ``(N,)`` in ``{1, 2}`` that keep each group (``(N,)`` int labels) in one half: the groups are
+    shuffled (``seed``) and cut where the cumulative count passes half the particles."""
+    rng = np.random.default_rng(seed)
+    uniq, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    order = rng.permutation(len(uniq))
+    ends = np.cumsum(sizes[order])
+    first_half = np.empty(len(uniq), bool)
+    first_half[order] = (ends - sizes[order] / 2.0) <= ends[-1] / 2.0
+    return np.where(first_half[inverse], 1, 2)
+
+
+def coordinate_pixel_size(stack: ParticleStack) -> np.ndarray:
+    """Å per pixel of each particle's ``rlnCoordinateX/Y`` ``(N,)``: coordinates are in pixels of the micrograph,
+    which differ from the particles' when they were extracted with rescaling (binned particles). From the optics
+    group's ``rlnMicrographPixelSize``, else its ``rlnMicrographOriginalPixelSize`` (RELION 3.1+; as
+    ``relion_star_handler --remove_duplicates`` does), else the particle table's own columns of those names, else
+    the particles' pixel size."""
+    n = len(stack)
+    out = np.full(n, np.nan)
+    sources = []
+    if stack.optics is not None and "rlnOpticsGroup" in stack.optics.columns:
+        groups = pd.to_numeric(stack.optics["rlnOpticsGroup"], errors="coerce").to_numpy()
+        for label in ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize"):
+            if label in stack.optics.columns:
+                per_group = dict(zip(groups, pd.to_numeric(stack.optics[label], errors="coerce"), strict=True))
+                sources.append(np.array([per_group.get(g, np.nan) for g in stack.optics_group], float))
+    for label in ("rlnMicrographPixelSize", "rlnMicrographOriginalPixelSize"):
+        if label in stack.table.columns:
+            sources.append(pd.to_numeric(stack.table[label], errors="coerce").to_numpy(float))
+    for values in sources:
+        use = ~np.isfinite(out) & np.isfinite(values) & (values > 0)
+        out[use] = values[use]
+    return np.where(np.isfinite(out), out, float(stack.pixel_size))
+
+
+def neighbour_groups(stack: ParticleStack, coordinates: bool = True) -> np.ndarray:
     """Group label ``(N,)`` int per particle: particles that share pixels get one label.
 
-    Two particles share pixels when they are the same image (same stack and index) or when they were picked on the
-    same micrograph (``rlnMicrographName``) less than one box apart (``rlnCoordinateX/Y``, taken in the particles'
-    pixels). Without micrograph names or coordinates only identical images are grouped.
+    Two particles share pixels when they are the same image (same stack and index) or, with ``coordinates``, when
+    they were picked on the same micrograph (``rlnMicrographName``) less than one box apart
+    (``rlnCoordinateX/Y``, in micrograph pixels of :func:`coordinate_pixel_size` Å: a box of ``n`` particle pixels
+    spans ``n * pixel_size / that`` of them). Without micrograph names or coordinates only identical images are
+    grouped.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -77,15 +136,17 @@ def neighbour_groups(stack: ParticleStack) -> np.ndarray:
     _, same_image = np.unique(image_key, return_inverse=True)
     rows, cols = [np.arange(n)], [same_image + n]  # particle -> its image node
     table = stack.table
-    if {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) and stack.box > 0:
+    if coordinates and {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) \
+            and stack.box > 0:
         xy = np.stack([pd.to_numeric(table["rlnCoordinateX"], errors="coerce").to_numpy(float),
                        pd.to_numeric(table["rlnCoordinateY"], errors="coerce").to_numpy(float)], axis=1)
+        box_px = float(stack.box) * float(stack.pixel_size) / coordinate_pixel_size(stack)  # box in mic. pixels
         mics = table["rlnMicrographName"].astype(str).to_numpy()
         for mic in np.unique(mics):
             sel = np.nonzero((mics == mic) & np.isfinite(xy).all(axis=1))[0]
             if len(sel) < 2:
                 continue
-            pairs = cKDTree(xy[sel]).query_pairs(r=float(stack.box) - 1e-6, output_type="ndarray")
+            pairs = cKDTree(xy[sel]).query_pairs(r=float(box_px[sel].max()) - 1e-6, output_type="ndarray")
             if len(pairs):
                 rows.append(sel[pairs[:, 0]])
                 cols.append(sel[pairs[:, 1]])
