@@ -109,3 +109,17 @@ def test_the_log_line_says_where_the_half_sets_came_from() -> None:
     assert shared >= 100  # the 50 duplicates and their originals at least
     own = read_particles(sample_path("particles.star"))
     assert "the file's rlnRandomSubset" in describe_half_sets(own, own.half_set)
+
+
+def test_a_files_own_split_that_separates_duplicate_picks_is_warned_about() -> None:
+    st, n = _stack_with_picks()
+    ok = st.replace(half_set=half_sets(st, seed=3))
+    assert "WARNING" not in describe_half_sets(ok, ok.half_set)
+    bad_half = ok.half_set.copy()
+    table = ok.table.copy()
+    table.loc[n, ["rlnCoordinateX", "rlnCoordinateY"]] = table.loc[0, ["rlnCoordinateX", "rlnCoordinateY"]] + 3.0
+    table.loc[n, "rlnMicrographName"] = table.loc[0, "rlnMicrographName"]
+    bad_half[n] = 3 - bad_half[0]  # a pick 3 px from particle 0, in the other half
+    bad = ok.replace(table=table, half_set=bad_half)
+    line = describe_half_sets(bad, bad.half_set)
+    assert "WARNING" in line and "the other half set" in line

@@ -70,7 +70,12 @@ def describe_half_sets(stack: ParticleStack, half: np.ndarray) -> str:
     n1, n2 = int(np.sum(half == 1)), int(np.sum(half == 2))
     own = np.isin(np.asarray(stack.half_set, int), (1, 2))
     if own.all():
-        return f"half sets {n1:,} / {n2:,} particles (the file's rlnRandomSubset)"
+        split = split_neighbours(stack, half)
+        warn = "" if split == 0 else (
+            f"; WARNING: {split:,} particles share pixels with a neighbour or duplicate pick in the other half set, "
+            "which correlates the half maps and inflates the GSFSC: remove duplicate picks, or drop "
+            "rlnRandomSubset from the STAR to let cryolive split them")
+        return f"half sets {n1:,} / {n2:,} particles (the file's rlnRandomSubset{warn})"
     groups = neighbour_groups(stack)[~own]
     _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     shared = int(np.sum(sizes[inverse] > 1))
@@ -79,6 +84,14 @@ def describe_half_sets(stack: ParticleStack, half: np.ndarray) -> str:
     return (f"half sets {n1:,} / {n2:,} particles (random split{'' if own.sum() == 0 else ' where the file has none'}"
             f"; {shared:,} particles share pixels with a neighbour or are duplicates, kept in one half with "
             f"them{scale})")
+
+
+def split_neighbours(stack: ParticleStack, half: np.ndarray) -> int:
+    """How many particles sit in a group of :func:`neighbour_groups` (duplicates, picks closer than a box) whose
+    members the half-set labels ``half`` ``(N,)`` put in both halves."""
+    groups = neighbour_groups(stack)
+    both = pd.DataFrame({"g": groups, "h": half}).groupby("g")["h"].nunique()
+    return int(np.isin(groups, both.index[(both > 1).to_numpy()]).sum())
 
 
 def _split_groups(groups: np.ndarray, seed: int) -> np.ndarray:
