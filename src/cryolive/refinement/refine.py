@@ -152,7 +152,9 @@ class RefineParams:
     # (``working_margin`` x the alignment radius + ``working_margin_px``), as RELION's current_size and cryoSPARC's
     # working box do: set-up, search, insertion and memory scale with the resolution. The final passes (and the last
     # allowed iteration) use the whole box, so the maps written are complete to Nyquist
-    working_box: bool = True
+    working_box: bool = param(True, flag="--working-box", label="Working box",
+                              help="work in a box cut to the current resolution (plus a margin), the final passes "
+                                   "at the whole box (on by default; --no-working-box: the whole box throughout)")
     working_margin: float = param(1.25, ge=1, label="Working box margin")
     working_margin_px: float = param(10.0, ge=0, unit="px", label="Working box extra")
     seed: int = 0
