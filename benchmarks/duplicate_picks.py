@@ -24,16 +24,7 @@ import starfile
 from cryolive.io import read_map, read_particles
 from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.fsc import fsc, resolution_at
-
-
-def off_centre_pick(img: np.ndarray, d: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:
-    """``img`` ``(n, n)`` moved by ``d = (dx, dy)`` px, the strips that come in filled with fresh noise."""
-    out = np.roll(img, (int(d[1]), int(d[0])), axis=(0, 1))
-    for axis, k in ((0, int(d[1])), (1, int(d[0]))):
-        strip = [slice(None), slice(None)]
-        strip[axis] = slice(0, k) if k > 0 else slice(k, None)
-        out[tuple(strip)] = rng.normal(0.0, sd, out[tuple(strip)].shape)
-    return out
+from cryolive.simulator.picks import off_centre_pick
 
 
 def add_duplicates(case: Path, out: Path, fraction: float, binning: int, seed: int = 0) -> Path:

@@ -19,18 +19,9 @@ from cryolive.io import read_map, read_particles
 from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.sample import sample_path
+from cryolive.simulator.picks import off_centre_pick
 
 BIN = 4
-
-
-def _off_centre_pick(img: np.ndarray, d: np.ndarray, rng: np.random.Generator, sd: float) -> np.ndarray:
-    """``img`` ``(n, n)`` moved by ``d = (dx, dy)`` px, the strips that come in filled with fresh noise."""
-    out = np.roll(img, (int(d[1]), int(d[0])), axis=(0, 1))
-    for axis, k in ((0, int(d[1])), (1, int(d[0]))):
-        strip = [slice(None), slice(None)]
-        strip[axis] = slice(0, k) if k > 0 else slice(k, None)
-        out[tuple(strip)] = rng.normal(0.0, sd, out[tuple(strip)].shape)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +47,7 @@ def with_duplicates(tmp_path_factory):
     allp["rlnCoordinateX"], allp["rlnCoordinateY"] = xy[:, 0], xy[:, 1]
     optics["rlnMicrographOriginalPixelSize"] = apix / BIN
     with mrcfile.new(folder / "particles.mrcs") as m:
-        m.set_data(np.concatenate([imgs, np.stack([_off_centre_pick(imgs[i], d, rng, sd)
+        m.set_data(np.concatenate([imgs, np.stack([off_centre_pick(imgs[i], d, rng, sd)
                                                    for i, d in zip(src, moves, strict=True)])]))
         m.voxel_size = apix
     starfile.write({"optics": optics, "particles": allp}, folder / "particles.star")
