@@ -154,9 +154,10 @@ def neighbour_groups(stack: ParticleStack, coordinates: bool = True) -> np.ndarr
         xy = np.stack([pd.to_numeric(table["rlnCoordinateX"], errors="coerce").to_numpy(float),
                        pd.to_numeric(table["rlnCoordinateY"], errors="coerce").to_numpy(float)], axis=1)
         box_px = float(stack.box) * float(stack.pixel_size) / coordinate_pixel_size(stack)  # box in mic. pixels
-        mics = table["rlnMicrographName"].astype(str).to_numpy()
-        for mic in np.unique(mics):
-            sel = np.nonzero((mics == mic) & np.isfinite(xy).all(axis=1))[0]
+        valid = np.nonzero(np.isfinite(xy).all(axis=1))[0]
+        _, mic_of = np.unique(table["rlnMicrographName"].astype(str).to_numpy()[valid], return_inverse=True)
+        order = np.argsort(mic_of, kind="stable")  # the valid particles, micrograph by micrograph
+        for sel in np.split(valid[order], np.flatnonzero(np.diff(mic_of[order])) + 1):
             if len(sel) < 2:
                 continue
             pairs = cKDTree(xy[sel]).query_pairs(r=float(box_px[sel].max()) - 1e-6, output_type="ndarray")
