@@ -13,6 +13,7 @@ import pytest
 from cryolive.classification.classify import ClassifyParams
 from cryolive.image.resample import resample_volume
 from cryolive.io import InputError, MapInput, read_map, read_particles, write_map
+from cryolive.jobs import drain
 from cryolive.jobs.classify import classify_job, continue_classify_job
 from cryolive.jobs.jobdir import job_state
 from cryolive.jobs.refine import continue_refine_job, refine_job
@@ -29,14 +30,6 @@ def small_set(tmp_path_factory):
     return out
 
 
-def _drain(gen):
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
-
-
 def _sphere(n: int, radius_px: float) -> np.ndarray:
     z, y, x = np.mgrid[:n, :n, :n] - n // 2
     return (np.sqrt(x**2 + y**2 + z**2) <= radius_px).astype(np.float32)
@@ -51,10 +44,10 @@ def test_refinement_from_arrays_writes_its_inputs_and_matches_the_files(small_se
     write_map(tmp_path / "mask.mrc", mask, APIX)
     particles = str(small_set / "particles.star")
     p = RefineParams(max_iter=2, batch_size=64)
-    from_files = _drain(refine_job(particles, str(tmp_path / "fine_ref.mrc"), str(tmp_path / "files"), p,
-                                   mask_path=str(tmp_path / "mask.mrc")))
+    from_files = drain(refine_job(particles, str(tmp_path / "fine_ref.mrc"), str(tmp_path / "files"), p,
+                              mask_path=str(tmp_path / "mask.mrc")))[1]
     ref_in, mask_in = MapInput(fine.copy(), APIX / 2, "my reference"), MapInput(mask.copy(), APIX, "my mask")
-    from_arrays = _drain(refine_job(particles, ref_in, str(tmp_path / "arrays"), p, mask_path=mask_in))
+    from_arrays = drain(refine_job(particles, ref_in, str(tmp_path / "arrays"), p, mask_path=mask_in))[1]
     np.testing.assert_array_equal(from_arrays.final.map, from_files.final.map)
     job = tmp_path / "arrays" / "job_refine_001"
     np.testing.assert_array_equal(read_map(job / "input_reference.mrc")[0], fine)
@@ -82,7 +75,7 @@ def test_a_refinement_from_arrays_continues_from_its_folder_alone(small_set, tmp
     moved = tmp_path / "elsewhere" / job.name  # the recorded input path is gone: the folder's own copy is used
     moved.parent.mkdir()
     shutil.move(job, moved)
-    result = _drain(continue_refine_job(str(moved)))
+    result = drain(continue_refine_job(str(moved)))[1]
     assert result.final.iteration == 3 and job_state(moved)["state"] == "finished"
 
 
@@ -93,8 +86,8 @@ def test_classification_from_arrays_writes_its_inputs_and_continues(small_set, t
     write_map(tmp_path / "solvent.mrc", solvent, apix)
     particles = str(small_set / "particles.star")
     p = ClassifyParams(n_classes=2, max_iter=3, batch_size=64)
-    from_files = _drain(classify_job(particles, str(tmp_path / "files"), p, consensus=str(tmp_path / "cons.mrc"),
-                                     solvent_mask=str(tmp_path / "solvent.mrc")))
+    from_files = drain(classify_job(particles, str(tmp_path / "files"), p, consensus=str(tmp_path / "cons.mrc"),
+                                solvent_mask=str(tmp_path / "solvent.mrc")))[1]
     gen = classify_job(particles, str(tmp_path / "arrays"), p, consensus=MapInput(cons, apix, "consensus layer"),
                        solvent_mask=MapInput(solvent, apix, "solvent layer"))
     for it in gen:
@@ -106,7 +99,7 @@ def test_classification_from_arrays_writes_its_inputs_and_continues(small_set, t
     assert prm["consensus"] == str((job / "input_consensus.mrc").resolve())
     assert prm["solvent_mask"] == str((job / "input_solvent_mask.mrc").resolve())
     assert prm["focus_mask"] is None and prm["starts"] == []
-    result = _drain(continue_classify_job(str(job), "classify"))
+    result = drain(continue_classify_job(str(job), "classify"))[1]
     np.testing.assert_array_equal(result.classes, from_files.classes)
     np.testing.assert_allclose(result.final.class_maps, from_files.final.class_maps, atol=1e-6)
 
@@ -114,8 +107,8 @@ def test_classification_from_arrays_writes_its_inputs_and_continues(small_set, t
 def test_hetero_starting_maps_from_arrays_are_written_in_order(small_set, tmp_path) -> None:
     starts = [read_map(small_set / "truth" / f"state_{i}.mrc")[0] for i in (0, 1)]
     p = ClassifyParams(mode="hetero", max_iter=1, coarse_step_deg=15.0, levels=2, batch_size=64)
-    _drain(classify_job(str(small_set / "particles.star"), str(tmp_path / "jobs"), p,
-                        starts=[MapInput(s, APIX, f"state {i}") for i, s in enumerate(starts)]))
+    drain(classify_job(str(small_set / "particles.star"), str(tmp_path / "jobs"), p,
+                       starts=[MapInput(s, APIX, f"state {i}") for i, s in enumerate(starts)]))
     job = tmp_path / "jobs" / "job_hetero_001"
     prm = json.loads((job / "params.json").read_text())
     assert prm["starts"] == [str((job / f"input_starts_{i:03d}.mrc").resolve()) for i in (1, 2)]
