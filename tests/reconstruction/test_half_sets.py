@@ -93,6 +93,45 @@ def test_one_densely_picked_micrograph_still_splits_in_balanced_halves() -> None
     assert (half[n:] == half[dense.stack_index[n:]]).all()  # the same image still in one half
 
 
+def _dense_micrograph_with_duplicate_picks():
+    """One micrograph picked every 0.6 box along a line (overlapping boxes chain into one group), plus a duplicate
+    pick 0.15 box off the line beside each of the first 50 picks: returns the stack, the originals and the
+    duplicates."""
+    st = read_particles(sample_path("particles.star"))
+    n = len(st)
+    idx = np.concatenate([np.arange(n), np.arange(50)])  # the duplicates are other images (indices reused)
+    x = np.concatenate([np.arange(n), np.arange(50)]) * 0.6 * st.box
+    y = np.concatenate([np.zeros(n), np.full(50, 0.15 * st.box)])
+    table = pd.DataFrame({"rlnMicrographName": ["mic.mrc"] * len(idx), "rlnCoordinateX": x, "rlnCoordinateY": y})
+    dense = st.subset(idx).replace(half_set=np.zeros(len(idx), int), table=table)
+    # make the duplicates different images (another stack index) so only their coordinates group them
+    dense = dense.replace(stack_index=np.concatenate([dense.stack_index[:n], dense.stack_index[:50] + 10**6]))
+    return dense, np.arange(50), np.arange(n, n + 50)
+
+
+def test_chained_overlapping_picks_fall_back_to_keeping_duplicate_picks_together() -> None:
+    dense, originals, duplicates = _dense_micrograph_with_duplicate_picks()
+    assert len(np.unique(neighbour_groups(dense))) == 1  # every box overlaps the next: one group
+    half = half_sets(dense, seed=1)
+    counts = np.bincount(half, minlength=3)[1:]
+    assert abs(int(counts[0]) - int(counts[1])) <= 0.05 * len(dense)
+    assert (half[duplicates] == half[originals]).all()  # 0.15 box apart: kept together
+    assert (half[:-50][1:] != half[:-50][:-1]).any()  # 0.6 box apart: free to split
+    line = describe_half_sets(dense, half)
+    assert "100 particles are picks closer than half a box" in line
+
+
+def test_a_relion_split_of_overlapping_but_distinct_particles_is_not_warned_about() -> None:
+    dense, originals, duplicates = _dense_micrograph_with_duplicate_picks()
+    keep = np.arange(len(dense) - 50)  # no duplicates: picks 0.6 box apart, alternating halves
+    own = dense.subset(keep).replace(half_set=np.where(keep % 2 == 0, 1, 2))
+    assert "WARNING" not in describe_half_sets(own, own.half_set)
+    # with the duplicate picks in the other half than their originals, it is
+    both = dense.replace(half_set=np.concatenate([np.where(keep % 2 == 0, 1, 2), 3 - np.where(originals % 2 == 0, 1,
+                                                                                                     2)]))
+    assert "WARNING: 100 particles have a pick closer than half a box" in describe_half_sets(both, both.half_set)
+
+
 @pytest.mark.skipif(not (INTEROP / "relion31.star").exists(), reason="interop samples not present")
 def test_micrograph_pixel_size_of_a_real_relion_file() -> None:
     st = read_particles(INTEROP / "relion31.star")

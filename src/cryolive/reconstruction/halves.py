@@ -36,9 +36,25 @@ from cryolive.resolution.fsc import FSCResult, fsc, fsc_weight, gold_standard_fs
 BACKPROJECT_BYTES_PER_PIXEL = 48
 
 
-#: the random split falls back to keeping only identical images together when the neighbour groups would leave
-#: the smaller half with less than this fraction of the particles (e.g. one densely picked micrograph)
+#: a random split whose neighbour groups would leave the smaller half with less than this fraction of the
+#: particles (e.g. a few densely picked micrographs) is redone with the next, shorter distance of
+#: :data:`NEIGHBOUR_DISTANCES`
 MIN_HALF_FRACTION = 0.45
+
+#: distances (in boxes) within which picks on one micrograph are kept in one half set, tried in turn until the
+#: halves balance: boxes that overlap (they share pixels); picks that could be the same particle (closer than half
+#: a box: duplicate picks, whose shared noise lands at the same place in 3D once both are aligned; two *different*
+#: particles that share pixels put them at different places); identical images only
+NEIGHBOUR_DISTANCES = (1.0, 0.5, 0.0)
+#: picks on one micrograph closer than this (in boxes) are taken as duplicate picks of one particle
+DUPLICATE_DISTANCE = NEIGHBOUR_DISTANCES[1]
+#: what the log says of the particles kept together at each distance of :data:`NEIGHBOUR_DISTANCES`
+_KEPT_TOGETHER = {
+    1.0: "share pixels with a neighbour or are duplicates",
+    0.5: "are picks closer than half a box, likely duplicate picks (overlapping boxes chained into groups too big "
+         "to balance the halves)",
+    0.0: "are duplicate images (picks chained into groups too big to balance the halves)",
+}
 
 
 def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
@@ -50,17 +66,29 @@ def half_sets(stack: ParticleStack, seed: int = 0) -> np.ndarray:
     particle also share its pose). In different half sets they would correlate the half maps at every resolution
     and inflate the gold-standard FSC. Groups are shuffled (``seed``) and cut where the cumulative count passes
     half the particles, so the halves stay balanced; when the groups are too big for that (the smaller half under
-    :data:`MIN_HALF_FRACTION`: few, densely picked micrographs), only identical images are kept together.
+    :data:`MIN_HALF_FRACTION`: few, densely picked micrographs, where overlapping boxes chain into one group), the
+    split is redone keeping only picks closer than half a box together (duplicate picks of one particle), and
+    then only identical images (:data:`NEIGHBOUR_DISTANCES`).
     """
     half = np.asarray(stack.half_set, dtype=int).copy()
     missing = ~np.isin(half, (1, 2))
     if missing.any():
         idx = np.nonzero(missing)[0]
-        labels = _split_groups(neighbour_groups(stack)[idx], seed)
-        if min(np.mean(labels == 1), np.mean(labels == 2)) < MIN_HALF_FRACTION and len(idx) > 1:
-            labels = _split_groups(neighbour_groups(stack, coordinates=False)[idx], seed)
+        for within in NEIGHBOUR_DISTANCES:
+            labels = _split_groups(neighbour_groups(stack, within)[idx], seed)
+            if min(np.mean(labels == 1), np.mean(labels == 2)) >= MIN_HALF_FRACTION or len(idx) < 2:
+                break
         half[idx] = labels
     return half
+
+
+def kept_within(stack: ParticleStack, half: np.ndarray) -> float:
+    """The longest distance of :data:`NEIGHBOUR_DISTANCES` (in boxes) within which the half-set labels ``half``
+    ``(N,)`` keep every pair of picks on one micrograph in one half (0: only identical images, or not even those)."""
+    for within in NEIGHBOUR_DISTANCES:
+        if split_neighbours(stack, half, within) == 0:
+            return within
+    return 0.0
 
 
 def describe_half_sets(stack: ParticleStack, half: np.ndarray) -> str:
@@ -70,26 +98,28 @@ def describe_half_sets(stack: ParticleStack, half: np.ndarray) -> str:
     n1, n2 = int(np.sum(half == 1)), int(np.sum(half == 2))
     own = np.isin(np.asarray(stack.half_set, int), (1, 2))
     if own.all():
-        split = split_neighbours(stack, half)
+        # overlapping boxes of two different particles are harmless in different halves; duplicate picks are not
+        split = split_neighbours(stack, half, within=DUPLICATE_DISTANCE)
         warn = "" if split == 0 else (
-            f"; WARNING: {split:,} particles share pixels with a neighbour or duplicate pick in the other half set, "
-            "which correlates the half maps and inflates the GSFSC: remove duplicate picks, or drop "
+            f"; WARNING: {split:,} particles have a pick closer than half a box (a duplicate pick) in the other "
+            "half set, which correlates the half maps and inflates the GSFSC: remove duplicate picks, or drop "
             "rlnRandomSubset from the STAR to let cryolive split them")
         return f"half sets {n1:,} / {n2:,} particles (the file's rlnRandomSubset{warn})"
-    groups = neighbour_groups(stack)[~own]
+    within = kept_within(stack, half)
+    groups = neighbour_groups(stack, within)[~own]
     _, inverse, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     shared = int(np.sum(sizes[inverse] > 1))
     apix = coordinate_pixel_size(stack)
     scale = "" if np.allclose(apix, stack.pixel_size) else f"; coordinates read at {float(np.min(apix)):.4g} Å/px"
+    what = _KEPT_TOGETHER[within]
     return (f"half sets {n1:,} / {n2:,} particles (random split{'' if own.sum() == 0 else ' where the file has none'}"
-            f"; {shared:,} particles share pixels with a neighbour or are duplicates, kept in one half with "
-            f"them{scale})")
+            f"; {shared:,} particles {what}, kept in one half with them{scale})")
 
 
-def split_neighbours(stack: ParticleStack, half: np.ndarray) -> int:
-    """How many particles sit in a group of :func:`neighbour_groups` (duplicates, picks closer than a box) whose
-    members the half-set labels ``half`` ``(N,)`` put in both halves."""
-    groups = neighbour_groups(stack)
+def split_neighbours(stack: ParticleStack, half: np.ndarray, within: float = 1.0) -> int:
+    """How many particles sit in a group of :func:`neighbour_groups` (duplicates, picks closer than ``within``
+    boxes) whose members the half-set labels ``half`` ``(N,)`` put in both halves."""
+    groups = neighbour_groups(stack, within)
     both = pd.DataFrame({"g": groups, "h": half}).groupby("g")["h"].nunique()
     return int(np.isin(groups, both.index[(both > 1).to_numpy()]).sum())
 
@@ -130,14 +160,14 @@ def coordinate_pixel_size(stack: ParticleStack) -> np.ndarray:
     return np.where(np.isfinite(out), out, float(stack.pixel_size))
 
 
-def neighbour_groups(stack: ParticleStack, coordinates: bool = True) -> np.ndarray:
+def neighbour_groups(stack: ParticleStack, within: float = 1.0) -> np.ndarray:
     """Group label ``(N,)`` int per particle: particles that share pixels get one label.
 
-    Two particles share pixels when they are the same image (same stack and index) or, with ``coordinates``, when
-    they were picked on the same micrograph (``rlnMicrographName``) less than one box apart
+    Two particles are grouped when they are the same image (same stack and index) or, with ``within`` > 0, when
+    they were picked on the same micrograph (``rlnMicrographName``) less than ``within`` boxes apart
     (``rlnCoordinateX/Y``, in micrograph pixels of :func:`coordinate_pixel_size` Å: a box of ``n`` particle pixels
-    spans ``n * pixel_size / that`` of them). Without micrograph names or coordinates only identical images are
-    grouped.
+    spans ``n * pixel_size / that`` of them; 1: the boxes overlap). Without micrograph names or coordinates only
+    identical images are grouped.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -149,18 +179,18 @@ def neighbour_groups(stack: ParticleStack, coordinates: bool = True) -> np.ndarr
     _, same_image = np.unique(image_key, return_inverse=True)
     rows, cols = [np.arange(n)], [same_image + n]  # particle -> its image node
     table = stack.table
-    if coordinates and {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) \
+    if within > 0 and {"rlnMicrographName", "rlnCoordinateX", "rlnCoordinateY"} <= set(table.columns) \
             and stack.box > 0:
         xy = np.stack([pd.to_numeric(table["rlnCoordinateX"], errors="coerce").to_numpy(float),
                        pd.to_numeric(table["rlnCoordinateY"], errors="coerce").to_numpy(float)], axis=1)
-        box_px = float(stack.box) * float(stack.pixel_size) / coordinate_pixel_size(stack)  # box in mic. pixels
+        reach = within * float(stack.box) * float(stack.pixel_size) / coordinate_pixel_size(stack)  # mic. pixels
         valid = np.nonzero(np.isfinite(xy).all(axis=1))[0]
         _, mic_of = np.unique(table["rlnMicrographName"].astype(str).to_numpy()[valid], return_inverse=True)
         order = np.argsort(mic_of, kind="stable")  # the valid particles, micrograph by micrograph
         for sel in np.split(valid[order], np.flatnonzero(np.diff(mic_of[order])) + 1):
             if len(sel) < 2:
                 continue
-            pairs = cKDTree(xy[sel]).query_pairs(r=float(box_px[sel].max()) - 1e-6, output_type="ndarray")
+            pairs = cKDTree(xy[sel]).query_pairs(r=float(reach[sel].max()) - 1e-6, output_type="ndarray")
             if len(pairs):
                 rows.append(sel[pairs[:, 0]])
                 cols.append(sel[pairs[:, 1]])
