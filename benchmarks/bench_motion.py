@@ -5,7 +5,7 @@ whole job (search, dose weights, final) and prints a table; also the trajectory 
 truth of reconstructions from the corrected and the uncorrected (frame-sum) particles.
 
     .venv/bin/python benchmarks/bench_motion.py [--micrographs 6] [--size 384] [--frames 24] [--snr 1.0]
-        [--ppm 64] [--spacing PX] [--target 120]
+        [--ppm 64] [--spacing PX] [--target 120] [--drift 4]
 
 ``--ppm`` is the number of particles per micrograph asked for (capped by the simulator's grid of non-overlapping
 cells, ``--spacing`` px apart, default ceil(1.05 box)); ``--target`` the particles the hyper search uses. Besides the
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--ppm", type=int, default=64)
     ap.add_argument("--spacing", type=int, default=None)
     ap.add_argument("--target", type=int, default=120)
+    ap.add_argument("--drift", type=float, default=MovieSimParams.drift_px,
+                    help="global drift of each micrograph, first to last frame (px)")
     a = ap.parse_args()
     rigid_tracks: dict[str, np.ndarray] = {}
     prepare = motion_core._Context.prepare
@@ -63,7 +65,7 @@ def main() -> None:
     motion_core._Context.prepare = recording_prepare
     with tempfile.TemporaryDirectory() as tmp:
         sp = MovieSimParams(n_micrographs=a.micrographs, mic_size=a.size, n_frames=a.frames, box=a.box, snr=a.snr,
-                            particles_per_micrograph=a.ppm, spacing_px=a.spacing, seed=7)
+                            particles_per_micrograph=a.ppm, spacing_px=a.spacing, drift_px=a.drift, seed=7)
         t0 = time.perf_counter()
         sim = simulate_movies(Path(tmp) / "sim", sp)
         t_sim = time.perf_counter() - t0

@@ -34,15 +34,16 @@ def frame_patches(frame: np.ndarray, positions: np.ndarray, box: int) -> np.ndar
     return out
 
 
-def movie_patches(frame_at: Callable[[int], np.ndarray], n_frames: int, positions: np.ndarray, box: int
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def movie_patches(frame_at: Callable[[int], np.ndarray], n_frames: int, positions: np.ndarray, box: int,
+                  offsets: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Patches ``(N, F, box, box)`` float32 and the frame sum ``(ny, nx)`` float32 of a movie read one frame at a
-    time (``frame_at(f)`` returns frame ``f`` ``(ny, nx)``, gain applied), so only one frame is held in memory."""
+    time (``frame_at(f)`` returns frame ``f`` ``(ny, nx)``, gain applied), so only one frame is held in memory.
+    ``offsets``: integer ``(F, 2)`` px (x, y) added to the positions in each frame (patches that follow a drift)."""
     out = np.empty((len(positions), n_frames, box, box), np.float32)
     total = None
     for f in range(n_frames):
         frame = frame_at(f)
-        out[:, f] = frame_patches(frame, positions, box)
+        out[:, f] = frame_patches(frame, positions if offsets is None else positions + offsets[f], box)
         total = frame.astype(np.float32, copy=True) if total is None else total + frame
     return out, total
 

@@ -15,7 +15,10 @@ Per micrograph the rigid track (the particle-summed correlation peak) is found f
 local trajectories relative to it. Patches are cut at the integer pick coordinates (``rlnCoordinateX/Y``, in
 pixels of the coordinates, converted to movie pixels; see :mod:`.movies`), from frames times the gain, read one at
 a time; when the movie pixel is finer than the particles' the patches are Fourier-cropped to the particle box, so
-trajectories are always in particle pixels. With ``recenter`` the coordinates first move by ``-round(origin)``
+trajectories are always in particle pixels. A drift larger than half the rigid window (``global_window_px``,
+measured over the whole patch by :func:`~.trajectories.coarse_drift`) makes the patches be cut again, frame by
+frame, where the particles went (the movie read once more, up to :data:`MAX_DRIFT_ROUNDS` times); the rigid track
+then includes those offsets. With ``recenter`` the coordinates first move by ``-round(origin)``
 and the origins keep the remainder.
 Every step yields a frozen :class:`MotionStep`; the generator returns a :class:`MotionResult`.
 
@@ -48,10 +51,12 @@ from cryolive.motion.movie_io import open_movie
 from cryolive.motion.movies import MovieSet, coordinates, micrograph_names, movie_positions, open_movie_set
 from cryolive.motion.patches import movie_patches, noise_power, patch_transforms
 from cryolive.motion.references import References
-from cryolive.motion.trajectories import UPSAMPLE, Hyper, cc_maps, fit_trajectories, global_track
+from cryolive.motion.trajectories import UPSAMPLE, Hyper, cc_maps, coarse_drift, fit_trajectories, global_track
 from cryolive.params import param
 
 STAGES = ("hyper", "dose", "final")
+#: rounds of re-cutting the patches after a drift larger than half the rigid window (each reads the movie again)
+MAX_DRIFT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -300,13 +305,27 @@ class _Context:
         ref_own = self.refs.project(self.stack, idx, self.origins[idx])
         ref_opp = self.refs.project(self.stack, idx, self.origins[idx], opposite=True)
         t0 = self.tick("references_s", t0)
-        fx = patch_transforms(patches)
-        if self.movies.patch != self.stack.box:  # movie pixels finer than the particles': crop to the particle box
-            fx = fourier_crop(fx, self.movies.patch, self.stack.box)
-        noise = noise_power(fx)
+        fx, noise = self.transforms(patches)
         t0 = self.tick("patches_s", t0)
         band = (self.radius <= self.cut) / noise
         wg = self.p.global_window_px
+        # a drift beyond half the rigid window: cut the patches again where the particles went, frame by frame
+        # (integer movie pixels), and shift out the rest of the smooth drift, so the rigid track only measures a
+        # smooth remainder; the trajectories carry the drift
+        base = np.zeros((self.n_frames, 2))  # the smooth drift taken out (particle px)
+        to_particle_px = self.stack.box / self.movies.patch
+        for _ in range(MAX_DRIFT_ROUNDS):
+            drift = coarse_drift(fx, ref_own, band)
+            if np.abs(drift).max() <= 0.5 * wg:
+                break
+            base = base + drift
+            offsets = np.rint(base / to_particle_px).astype(np.int64)  # movie px
+            patches, _ = movie_patches(lambda f: apply_gain(movie.frame(f), gain), self.n_frames,
+                                       self.movie_xy[idx], self.movies.patch, offsets)
+            fx, _ = self.transforms(patches)
+            fx = align_frames(fx, np.broadcast_to((base - offsets * to_particle_px)[None], (len(idx),) + base.shape))
+        del patches
+        t0 = self.tick("drift_s", t0)
         maps = cc_maps(fx, ref_own, band, wg)
         sign = contrast_sign(maps)
         rigid = global_track(sign * maps, wg)
@@ -318,8 +337,16 @@ class _Context:
         binned = total[: total.shape[0] // b * b, : total.shape[1] // b * b]
         binned = binned.reshape(binned.shape[0] // b, b, binned.shape[1] // b, b).mean(axis=(1, 3))
         pos = self.movie_xy[idx]
-        return _Mic(name, idx, pos, pos * self.movies.pixel.movie_A, fx, ref_own, ref_opp, noise, rigid,
-                    binned.astype(np.float32), b, amplitude=amp)
+        return _Mic(name, idx, pos, pos * self.movies.pixel.movie_A, fx, ref_own, ref_opp, noise,
+                    rigid + base, binned.astype(np.float32), b, amplitude=amp)
+
+    def transforms(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Frame transforms ``(N, F, n, n//2+1)`` of patches ``(N, F, patch, patch)`` at the particle box ``n``
+        (Fourier-cropped when the movie's pixels are finer) and their noise power ``(n, n//2+1)``."""
+        fx = patch_transforms(patches)
+        if self.movies.patch != self.stack.box:  # movie pixels finer than the particles': crop to the particle box
+            fx = fourier_crop(fx, self.movies.patch, self.stack.box)
+        return fx, noise_power(fx)
 
     def fit_weight(self, mic: _Mic, all_fcs: bool, dose: DoseModel | None) -> np.ndarray:
         """Likelihood weights ``(F or 1, n, n//2+1)``: band x damage amplitude / noise power."""

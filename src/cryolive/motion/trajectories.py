@@ -84,6 +84,44 @@ def cc_maps(fx: np.ndarray, fref: np.ndarray, weight: np.ndarray, window_px: int
     return out
 
 
+def coarse_drift(fx: np.ndarray, fref: np.ndarray, weight: np.ndarray, reach: float = 0.45) -> np.ndarray:
+    """A micrograph's rigid drift ``(F, 2)`` px (x, y) over the whole patch, for drift too large for the windows of
+    :func:`cc_maps`: per frame, the peak of the particle-summed circular correlation (no upsampling, displacements
+    up to ``reach`` x the box), with the contrast (peak or trough) that the frame-summed map prefers; the peaks are
+    then smoothed by a cubic in time (least squares, refitted without the frames more than 8, 4, then 2 px off), since
+    a drift is smooth and single-frame peaks are noisy. When fewer than half the frames' peaks lie within those of the
+    track
+    (peaks of noise, at very low SNR), no drift is claimed: zeros.
+
+    ``fx``: ``(N, F, n, n//2+1)`` frame transforms; ``fref``: ``(N, n, n//2+1)``; ``weight``: ``(n, n//2+1)``
+    (e.g. a low band over the noise power). Displacements follow :func:`cc_maps` (content moved by ``+d``)."""
+    n_frames, n = fx.shape[1], fx.shape[-2]
+    prod = np.zeros((n_frames,) + fx.shape[-2:], np.complex128)
+    for i in range(fx.shape[0]):  # one particle at a time: no (N, F, n, m) temporary
+        prod += fx[i] * np.conj(fref[i])[None]
+    cc = np.fft.irfft2(prod * weight, s=(n, n), axes=(-2, -1))  # index 0: displacement 0, negatives wrapped
+    d = np.fft.fftfreq(n, 1.0 / n)  # displacement of each index, px
+    far = np.abs(d) > reach * n
+    cc[:, far, :] = np.nan
+    cc[:, :, far] = np.nan
+    centred = cc - np.nanmedian(cc.reshape(n_frames, -1), axis=1)[:, None, None]
+    total = np.nansum(centred, axis=0)
+    sign = 1.0 if np.nanmax(total) >= -np.nanmin(total) else -1.0
+    flat = np.nanargmax((sign * centred).reshape(n_frames, -1), axis=1)
+    peaks = np.stack([d[flat % n], d[flat // n]], axis=1)  # (F, 2) x, y
+    t = np.linspace(-1.0, 1.0, n_frames)
+    basis = np.stack([t**k for k in range(min(4, n_frames))], axis=1)  # (F, <= 4)
+    keep = np.ones(n_frames, bool)
+    for tol in (8.0, 4.0, 2.0):  # outlying peaks (noise, or a drift past the reach) dropped ever more strictly
+        coef, *_ = np.linalg.lstsq(basis[keep], peaks[keep], rcond=None)
+        smooth = basis @ coef
+        keep = np.abs(peaks - smooth).max(axis=1) <= tol
+        if keep.sum() < max(basis.shape[1] + 2, 0.5 * n_frames):
+            return np.zeros((n_frames, 2))
+    coef, *_ = np.linalg.lstsq(basis[keep], peaks[keep], rcond=None)
+    return basis @ coef
+
+
 def _keys(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keys cubic-convolution weights ``(4, P)`` for taps -1..2 and their derivatives, ``t`` in [0, 1)."""
     t2, t3 = t * t, t * t * t
