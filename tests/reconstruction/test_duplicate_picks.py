@@ -16,7 +16,10 @@ import pytest
 import starfile
 
 from cryolive.io import read_map, read_particles
+from cryolive.jobs import drain
+from cryolive.jobs.reconstruct import ReconstructParams, reconstruct_job
 from cryolive.reconstruction import backproject_halves, finalize_halves, half_sets
+from cryolive.reconstruction.solvent import solvent_fsc
 from cryolive.resolution.fsc import fsc, resolution_at
 from cryolive.sample import sample_path
 from cryolive.simulator.picks import off_centre_pick
@@ -77,3 +80,49 @@ def test_duplicate_picks_of_binned_particles_keep_the_gold_standard_honest(with_
     # coordinates read as particle pixels (the file without its micrograph pixel size) miss most pairs (6.18 Å)
     plain = st.replace(optics=st.optics.drop(columns=["rlnMicrographOriginalPixelSize"]))
     assert _gsfsc_and_truth(st, half_sets(plain, seed=0))[0] < 0.95 * truth_res
+
+
+def _solvent(stack, half):
+    *_, (rec_a, rec_b) = (recs for _done, recs in backproject_halves(stack, half))
+    a, b, _ = finalize_halves(rec_a, rec_b, prior=False)
+    return solvent_fsc(a, b, stack.pixel_size)
+
+
+def test_the_solvent_fsc_tells_shared_noise_from_signal(with_duplicates) -> None:
+    """Split by particle, the duplicate picks put the same noise in both half maps, in the solvent too; kept in one
+    half, the solvent of the two half maps does not correlate."""
+    st = with_duplicates
+    honest = _solvent(st, half_sets(st, seed=0))
+    assert not honest.shared and abs(honest.mean) < 0.03 and honest.shells > 5, honest.mean
+    assert "share nothing outside the particle" in honest.describe()
+    naive = _solvent(st, np.random.default_rng(1).integers(1, 3, len(st)))
+    assert naive.shared and naive.mean > 0.08, naive.mean
+    assert naive.describe().startswith("WARNING: solvent FSC") and "duplicate picks" in naive.describe()
+
+
+def test_the_solvent_fsc_of_independent_noise_is_chance() -> None:
+    rng = np.random.default_rng(0)
+    blob = np.zeros((40, 40, 40), np.float32)
+    blob[14:26, 14:26, 14:26] = 5.0
+    check = solvent_fsc(blob + rng.normal(size=blob.shape), blob + rng.normal(size=blob.shape), 3.0)
+    assert not check.shared and abs(check.mean) < check.level
+    shared_noise = rng.normal(size=blob.shape)
+    check = solvent_fsc(blob + shared_noise + rng.normal(size=blob.shape),
+                        blob + shared_noise + rng.normal(size=blob.shape), 3.0)
+    assert check.shared and 0.4 < check.mean < 0.6  # half the noise is shared: FSC 0.5
+
+
+def test_the_reconstruct_job_log_says_whether_the_half_maps_share_noise(with_duplicates, tmp_path) -> None:
+    """A file whose own rlnRandomSubset splits the duplicate picks: the log warns twice (the split, then the solvent
+    FSC); cryolive's own split: the solvent FSC says the halves share nothing."""
+    blocks = starfile.read(with_duplicates.source, always_dict=True)
+    parts = blocks["particles"].copy()
+    parts["rlnRandomSubset"] = np.random.default_rng(1).integers(1, 3, len(parts))
+    star = with_duplicates.source.parent / "split_by_particle.star"
+    starfile.write({"optics": blocks["optics"], "particles": parts}, star)
+    logs = {}
+    for name, path in (("own", with_duplicates.source), ("file", star)):
+        _, result = drain(reconstruct_job(ReconstructParams(particles=str(path), out=str(tmp_path / name))))
+        logs[name] = (result.job_dir / "log.txt").read_text()
+    assert "share nothing outside the particle" in logs["own"] and "WARNING" not in logs["own"]
+    assert "WARNING: solvent FSC" in logs["file"] and "duplicate pick) in the other half set" in logs["file"]

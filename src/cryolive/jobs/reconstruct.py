@@ -24,6 +24,7 @@ from cryolive.jobs.jobdir import JobFolder
 from cryolive.masks import solvent_mask_from_map
 from cryolive.params import check_params, param
 from cryolive.reconstruction.halves import backproject_halves, describe_half_sets, finalize_halves, half_sets
+from cryolive.reconstruction.solvent import solvent_fsc
 from cryolive.resolution.filters import fsc_filter
 from cryolive.resolution.fsc import FSCResult, gold_standard_fsc, resolution_at
 from cryolive.resolution.sharpen import choose_bfactor, sharpen
@@ -158,6 +159,7 @@ def _finish(job: JobFolder, params: ReconstructParams, stack: ParticleStack, hal
     res = float(result_fsc.res_0143)
     job.log(f"gold-standard FSC: {res:.2f} Å at 0.143, {result_fsc.res_05:.2f} Å at 0.5 (masked, corrected); "
             f"unmasked {resolution_at(result_fsc.fsc_unmasked, stack.box, apix, 0.143):.2f} Å")
+    job.log(solvent_fsc(half_a, half_b, apix).describe())
     filtered = fsc_filter(full, result_fsc.fsc)
     bfac, line = choose_bfactor(full, apix, res, params.bfactor)
     job.log(line)

@@ -48,6 +48,7 @@ from cryolive.jobs import jobdir
 from cryolive.jobs.plots import plot_fsc
 from cryolive.reconstruction.distributed import describe_client, optional_dask_client
 from cryolive.reconstruction.halves import describe_half_sets, half_sets
+from cryolive.reconstruction.solvent import solvent_fsc
 from cryolive.refinement.refine import (
     RefineCheckpoint,
     RefineIteration,
@@ -201,13 +202,17 @@ def _run(job: jobdir.JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.
                                                         lambda: {"last_iteration": len(history),
                                                                  "ab_initio_steps": sgd_done[0]},
                                                         finish=lambda r: _write_outputs(job, r, stack.pixel_size))
-    warning = shared_band_warning(result.final, p)
-    if warning:
+    warnings = [w for w in (shared_band_warning(result.final, p),) if w]
+    for warning in warnings:
         job.log(f"WARNING: {warning}")
+    solvent = solvent_fsc(result.final.half_a, result.final.half_b, stack.pixel_size)
+    job.log(solvent.describe())
+    if solvent.shared:
+        warnings.append(solvent.describe().removeprefix("WARNING: "))
     job.file(jobdir.CHECKPOINT).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A,
-                   warnings=[warning] if warning else [])
+                   warnings=warnings)
     job.close()
     return dataclasses.replace(result, history=history)
 
