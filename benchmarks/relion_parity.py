@@ -223,6 +223,13 @@ def parse_overrides(items: list[str]) -> dict:
         default = getattr(RefineParams(), key)
         if value.lower() == "none":
             out[key] = None
+        elif default is None:  # an optional number (particle_diameter_A=80.0, minibatch_size=500), else the text
+            for kind in (int, float, str):
+                try:
+                    out[key] = kind(value)
+                    break
+                except ValueError:
+                    continue
         elif isinstance(default, bool):
             out[key] = value.lower() in ("1", "true", "yes")
         elif isinstance(default, int):

@@ -118,7 +118,13 @@ class RefineParams:
                                    help="coarsest angular step")
     levels: int = param(3, ge=1, le=8, label="Search levels")
     candidates: int = param(5, ge=1, label="Candidates per level")
-    particle_diameter_A: float | None = param(None, gt=0, unit="Å", label="Particle diameter")
+    # RELION's --particle_diameter: the images are scored inside a soft circle of this diameter (5 px edge), so
+    # neighbours and junk at the box's edge stay out of the comparison; None: the window below
+    particle_diameter_A: float | None = param(None, gt=0, unit="Å", flag="--particle-diameter",
+                                              label="Particle diameter",
+                                              help="mask diameter (Å): images are compared inside a soft circle "
+                                                   "of this diameter, as RELION's --particle_diameter (default: "
+                                                   "a window at 85-99 % of the box)")
     bound_sigma: float = param(4.0, gt=0, label="Bound (sigma)")
     max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift",
                                        help="shift search range (default: 10 % of the box)")
@@ -349,7 +355,7 @@ class _Refiner:
         self.state = _initial_state(stack, p.use_input_poses)
         self.global_iters = 0 if p.use_input_poses else p.global_iters
         self.relax_ops = _relaxed_mates(p.symmetry, p.relax_symmetry)
-        self.window = soft_window(self.n, p.window_inner, p.window_outer)
+        self.window = scoring_window(self.n, self.apix, p)
         self.max_shift = origin_range_px(self.n, p.max_shift_px)
         self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
         self.mask = (self.static_mask if self.static_mask is not None else
@@ -528,6 +534,23 @@ class _Refiner:
             return 1.0
         self.refs = [r * factor for r in self.refs]
         return factor
+
+
+#: soft edge (pixels) of the circle a given particle diameter puts around the particle images (RELION's default)
+MASK_EDGE_PX = 5.0
+
+
+def scoring_window(n: int, pixel_size: float, p: RefineParams) -> Any:
+    """The real-space window ``(n, n)`` the particle images are multiplied by before they are scored: with
+    ``p.particle_diameter_A``, 1 inside that diameter and a raised cosine over :data:`MASK_EDGE_PX` pixels outside
+    it (RELION's particle mask), never wider than the default; else cryoSPARC's window (``p.window_inner`` to
+    ``p.window_outer`` of the half box)."""
+    inner, outer = p.window_inner, p.window_outer
+    if p.particle_diameter_A is not None:
+        radius = p.particle_diameter_A / (n * pixel_size)  # fraction of the half box
+        if radius < inner:
+            inner, outer = radius, min(radius + MASK_EDGE_PX / (n / 2), outer)
+    return soft_window(n, inner, outer)
 
 
 def _keep_global(r: _Refiner, p: RefineParams, it: int, local: bool, moved: float) -> bool:
