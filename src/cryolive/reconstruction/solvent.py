@@ -67,8 +67,9 @@ class SolventCheck:
             return line + ": the half maps share nothing outside the particle"
         return ("WARNING: " + line + ": the half maps correlate where there is no particle, so they share noise and "
                 "the gold-standard resolution is inflated. Usual causes: duplicate picks (or the same image) in both "
-                "half sets, or a file's rlnRandomSubset that splits them; also a neighbour that sits at the same "
-                "place in every box")
+                "half sets, or a file's rlnRandomSubset that splits them; less often real density weaker than a "
+                "fifth of the map's maximum (a micelle, a flexible domain) or a neighbour at the same place in "
+                "every box")
 
 
 def solvent_fsc(half_a: Any, half_b: Any, pixel_size: float, beyond_A: float = BEYOND_A) -> SolventCheck:
