@@ -110,6 +110,15 @@ def test_finish_adds_a_final_iteration_only_when_it_was_not_received(tmp_path):
     assert log.startswith("finished in 90.0 s: 8.00 Å (GSFSC 0.143); outputs in ") and "job_refine_001" in log
     assert status == "finished: 8.00 Å after 2 iterations (90 s)"
     assert notice == "Refinement finished: 8.00 Å (job_refine_001)"
+    # the job's warnings (status.json) reach the log, the status line and the notification
+    model.job_dir.mkdir()
+    (model.job_dir / "status.json").write_text(json.dumps({"state": "finished", "warnings": [
+        "solvent FSC 0.134 (mean over 23 shells finer than 15 Å; chance level 0.050): the half maps correlate"]}))
+    log, status, notice = model.finished_text(90.0)
+    assert log.endswith("\nWARNING: solvent FSC 0.134 (mean over 23 shells finer than 15 Å; chance level 0.050): "
+                        "the half maps correlate")
+    assert status.endswith("; 1 warning in the log") and notice.startswith("Refinement finished: 8.00 Å")
+    assert "WARNING: solvent FSC 0.134" in notice
 
 
 def test_history_geometry_of_a_binned_history():

@@ -24,7 +24,7 @@ from typing import Any
 
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import (
     QBoxLayout,
@@ -394,7 +394,7 @@ class JobDockMixin:
         log, status, notice = self.model.finished_text(elapsed)
         self._log(log)
         self.status_label.setText(status)
-        show_info(notice)
+        (show_warning if "WARNING" in notice else show_info)(notice)
 
     def _next_step(self) -> None:
         """Run one display step, then schedule the next (or the newest pending iteration)."""

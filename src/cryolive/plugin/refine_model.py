@@ -296,6 +296,12 @@ class RefineRunModel:
         status = f"finished: {final.resolution_A:.2f} Å after {final.iteration} iterations ({elapsed_s:.0f} s)"
         notice = f"Refinement finished: {final.resolution_A:.2f} Å" + (f" ({self.job_dir.name})" if self.job_dir
                                                                          else "")
+        # the job's own warnings (status.json): a GSFSC inside the shared starting band, half maps that share noise
+        warnings = [] if self.job_dir is None else list(job_state(self.job_dir).get("warnings") or [])
+        if warnings:
+            log += "".join(f"\nWARNING: {w}" for w in warnings)
+            status += f"; {len(warnings)} warning{'s' if len(warnings) > 1 else ''} in the log"
+            notice += f". WARNING: {warnings[0]}"
         return log, status, notice
 
     def stopped_where(self, last_iteration: int | None) -> str:
