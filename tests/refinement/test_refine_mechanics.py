@@ -101,11 +101,18 @@ def test_working_box_follows_the_resolution_and_the_last_iteration_uses_the_whol
 def test_a_particle_diameter_scores_the_images_inside_relions_soft_circle():
     """--particle-diameter 80 at 3 Å/px, box 48: 1 out to 13.3 px, 0 from 18.3 px (RELION's 5 px edge); without
     it, cryoSPARC's window (85-99 % of the half box); a diameter wider than that window leaves the window."""
-    from cryolive.refinement.refine import scoring_window
+    from cryolive.alignment.pixels import scoring_window
+    from cryolive.refinement.refine import _Refiner
 
     r = np.hypot(*np.meshgrid(np.arange(48) - 24, np.arange(48) - 24))
-    w = np.asarray(scoring_window(48, 3.0, RefineParams(particle_diameter_A=80.0)))
+    w = np.asarray(scoring_window(48, 3.0, 80.0))
     assert (w[r <= 13.3] == 1).all() and (w[r >= 18.34] == 0).all() and 0 < w[24, 24 + 15] < 1
-    default = np.asarray(scoring_window(48, 3.0, RefineParams()))
+    default = np.asarray(scoring_window(48, 3.0, None))
     assert (default[r <= 0.85 * 24] == 1).all() and (default[r >= 0.99 * 24] < 1e-3).all()
-    assert np.array_equal(np.asarray(scoring_window(48, 3.0, RefineParams(particle_diameter_A=200.0))), default)
+    assert np.array_equal(np.asarray(scoring_window(48, 3.0, 200.0)), default)
+    # the refinement scores with it
+    stack = read_particles(sample_path("particles.star"))
+    ref = read_map(sample_path("truth_map.mrc"))[0]
+    d = 0.5 * stack.box * stack.pixel_size
+    refiner = _Refiner(stack, ref, RefineParams(particle_diameter_A=d))
+    assert np.array_equal(np.asarray(refiner.window), np.asarray(scoring_window(stack.box, stack.pixel_size, d)))

@@ -60,6 +60,23 @@ def pixel_set(n: int, r_max: float) -> PixelSet:
     return _pixel_set(int(n), float(min(r_max, n / 2)), backend_name())
 
 
+#: soft edge (pixels) of the circle a given particle diameter puts around the particle images (RELION's default)
+MASK_EDGE_PX = 5.0
+
+
+def scoring_window(n: int, pixel_size: float, diameter_A: float | None, inner: float = 0.85,
+                   outer: float = 0.99) -> Any:
+    """The real-space window ``(n, n)`` particle images are multiplied by before they are scored: with a particle
+    ``diameter_A`` (Å), 1 inside that diameter and a raised cosine over :data:`MASK_EDGE_PX` pixels outside it
+    (RELION's particle mask, ``--particle_diameter``), never wider than the default; else cryoSPARC's window from
+    ``inner`` to ``outer`` of the half box (:func:`soft_window`). ``pixel_size`` in Å."""
+    if diameter_A is not None:
+        radius = diameter_A / (n * pixel_size)  # fraction of the half box
+        if radius < inner:
+            inner, outer = radius, min(radius + MASK_EDGE_PX / (n / 2), outer)
+    return soft_window(n, inner, outer)
+
+
 def soft_window(n: int, inner: float = 0.85, outer: float = 0.99) -> Any:
     """Real-space circular window ``(n, n)``: 1 inside ``inner * n/2`` pixels, raised cosine to 0 at ``outer * n/2``.
 

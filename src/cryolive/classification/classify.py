@@ -42,7 +42,7 @@ import numpy as np
 
 from cryolive.alignment.grid import GridProjections, project_grid
 from cryolive.alignment.noise import noise_image, shell_power
-from cryolive.alignment.pixels import PixelSet, pixel_set, soft_window
+from cryolive.alignment.pixels import PixelSet, pixel_set, scoring_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import Candidates, SearchPlan, local_level, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
@@ -128,6 +128,12 @@ class ClassifyParams:
     min_weight: float = 1e-3
     window_inner: float = 0.85
     window_outer: float = 0.99
+    # RELION's --particle_diameter: images scored inside a soft circle of this diameter (see RefineParams)
+    particle_diameter_A: float | None = param(None, gt=0, unit="Å", flag="--particle-diameter",
+                                              label="Particle diameter",
+                                              help="mask diameter (Å): images are compared inside a soft circle "
+                                                   "of this diameter, as RELION's --particle_diameter (default: "
+                                                   "a window at 85-99 % of the box)")
     batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
     seed: int = 0
 
@@ -291,7 +297,7 @@ class _Classifier:
         self.have_poses = stack.rotations is not None
         self.rot_in, self.sh_in = rot0, sh0  # the input poses: centre of the local-search prior
         self.poses_frozen = False
-        self.window = soft_window(self.n, p.window_inner, p.window_outer)
+        self.window = scoring_window(self.n, self.apix, p.particle_diameter_A, p.window_inner, p.window_outer)
         self.max_shift = origin_range_px(self.n, p.max_shift_px)
         self.warnings: list[str] = []
         self.posteriors = np.full((n_tot, k), 1.0 / k)

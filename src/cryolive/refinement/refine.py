@@ -41,7 +41,7 @@ import numpy as np
 
 from cryolive.alignment.grid import project_grid
 from cryolive.alignment.noise import shell_power
-from cryolive.alignment.pixels import pixel_set, soft_window
+from cryolive.alignment.pixels import pixel_set, scoring_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import origin_range_px
 from cryolive.backend import to_numpy, xp
@@ -355,7 +355,7 @@ class _Refiner:
         self.state = _initial_state(stack, p.use_input_poses)
         self.global_iters = 0 if p.use_input_poses else p.global_iters
         self.relax_ops = _relaxed_mates(p.symmetry, p.relax_symmetry)
-        self.window = scoring_window(self.n, self.apix, p)
+        self.window = scoring_window(self.n, self.apix, p.particle_diameter_A, p.window_inner, p.window_outer)
         self.max_shift = origin_range_px(self.n, p.max_shift_px)
         self.static_mask = None if mask is None else m.asarray(mask, dtype=m.float32)
         self.mask = (self.static_mask if self.static_mask is not None else
@@ -534,23 +534,6 @@ class _Refiner:
             return 1.0
         self.refs = [r * factor for r in self.refs]
         return factor
-
-
-#: soft edge (pixels) of the circle a given particle diameter puts around the particle images (RELION's default)
-MASK_EDGE_PX = 5.0
-
-
-def scoring_window(n: int, pixel_size: float, p: RefineParams) -> Any:
-    """The real-space window ``(n, n)`` the particle images are multiplied by before they are scored: with
-    ``p.particle_diameter_A``, 1 inside that diameter and a raised cosine over :data:`MASK_EDGE_PX` pixels outside
-    it (RELION's particle mask), never wider than the default; else cryoSPARC's window (``p.window_inner`` to
-    ``p.window_outer`` of the half box)."""
-    inner, outer = p.window_inner, p.window_outer
-    if p.particle_diameter_A is not None:
-        radius = p.particle_diameter_A / (n * pixel_size)  # fraction of the half box
-        if radius < inner:
-            inner, outer = radius, min(radius + MASK_EDGE_PX / (n / 2), outer)
-    return soft_window(n, inner, outer)
 
 
 def _keep_global(r: _Refiner, p: RefineParams, it: int, local: bool, moved: float) -> bool:
