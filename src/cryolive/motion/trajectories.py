@@ -89,9 +89,8 @@ def coarse_drift(fx: np.ndarray, fref: np.ndarray, weight: np.ndarray, reach: fl
     :func:`cc_maps`: per frame, the peak of the particle-summed circular correlation (no upsampling, displacements
     up to ``reach`` x the box), with the contrast (peak or trough) that the frame-summed map prefers; the peaks are
     then smoothed by a cubic in time (least squares, refitted without the frames more than 8, 4, then 2 px off), since
-    a drift is smooth and single-frame peaks are noisy. When fewer than half the frames' peaks lie within those of the
-    track
-    (peaks of noise, at very low SNR), no drift is claimed: zeros.
+    a drift is smooth and single-frame peaks are noisy. When fewer than half the frames' peaks stay that close to
+    the track (peaks of noise, at very low SNR), no drift is claimed: zeros.
 
     ``fx``: ``(N, F, n, n//2+1)`` frame transforms; ``fref``: ``(N, n, n//2+1)``; ``weight``: ``(n, n//2+1)``
     (e.g. a low band over the noise power). Displacements follow :func:`cc_maps` (content moved by ``+d``)."""
