@@ -109,21 +109,28 @@ def apply_ctf(img: np.ndarray, ctf: CTFParams) -> np.ndarray:
     return np.fft.fftshift(np.fft.irfft2(f * c, s=img.shape)).astype(np.float32)
 
 
-def extract(mic: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """Boxes of 96 px at integer picks ``(n, 2)`` (x, y), padded with the micrograph's mean, Fourier-binned to 48 and
-    normalised as RELION's extraction does (background outside 0.75 of the radius: mean 0, sd 1)."""
+def binned_boxes(mic: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """Boxes ``(n, 48, 48)`` of 96 px at integer picks ``(n, 2)`` (x, y), padded with the micrograph's mean and
+    Fourier-binned 2x (intensities kept)."""
     pad = np.pad(mic, MIC_BOX, constant_values=float(mic.mean()))
     h = MIC_BOX // 2
-    out = np.empty((len(picks), BOX, BOX), np.float32)
-    yy, xx = np.indices((BOX, BOX)) - BOX // 2
-    bg = np.hypot(xx, yy) > 0.75 * BOX / 2
     lo = (MIC_BOX - BOX) // 2
+    out = np.empty((len(picks), BOX, BOX), np.float32)
     for i, (x, y) in enumerate(picks):
         img = pad[y - h + MIC_BOX:y - h + 2 * MIC_BOX, x - h + MIC_BOX:x - h + 2 * MIC_BOX]
         f = np.fft.fftshift(np.fft.fft2(img))[lo:lo + BOX, lo:lo + BOX]
-        small = np.real(np.fft.ifft2(np.fft.ifftshift(f))) / BIN**2
-        out[i] = (small - small[bg].mean()) / max(small[bg].std(), 1e-12)
+        out[i] = np.real(np.fft.ifft2(np.fft.ifftshift(f))) / BIN**2
     return out
+
+
+def extract(mic: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """:func:`binned_boxes` normalised as RELION's extraction does (background outside 0.75 of the radius: mean 0,
+    sd 1)."""
+    out = binned_boxes(mic, picks)
+    yy, xx = np.indices((BOX, BOX)) - BOX // 2
+    bg = np.hypot(xx, yy) > 0.75 * BOX / 2
+    mean, sd = out[:, bg].mean(axis=1), np.maximum(out[:, bg].std(axis=1), 1e-12)
+    return (out - mean[:, None, None]) / sd[:, None, None]
 
 
 def make_data(folder: Path, n_mics: int, snr: float, seed: int = 0) -> dict:
@@ -172,7 +179,7 @@ def make_data(folder: Path, n_mics: int, snr: float, seed: int = 0) -> dict:
     # one noise level for the set, from the binned clean particles' variance on the first micrograph (white noise
     # loses BIN^2 of its variance in the binning; the band-limited signal keeps most of it)
     first = mics[0]
-    noise_sd = float(np.sqrt(extract_raw(first[0], first[2][first[4] == REAL]).var(axis=(1, 2)).mean()
+    noise_sd = float(np.sqrt(binned_boxes(first[0], first[2][first[4] == REAL]).var(axis=(1, 2)).mean()
                              * BIN**2 / snr))
     for k, (clean, ramp, picks, src, kind, rot, centres, _ctf, ang, astig, dfp, _carbon) in enumerate(mics):
         mic = clean + rng.normal(0, noise_sd, clean.shape).astype(np.float32) + 0.5 * noise_sd * ramp
@@ -224,19 +231,6 @@ def make_data(folder: Path, n_mics: int, snr: float, seed: int = 0) -> dict:
     np.savez(folder / "truth.npz", kinds=kinds, rotations=rots, origins=origins, noise_sd=noise_sd,
              diameter_A=diameter_A)
     return {"n": n, "kinds": kinds, "diameter_A": diameter_A}
-
-
-def extract_raw(mic: np.ndarray, picks: np.ndarray) -> np.ndarray:
-    """Binned boxes like :func:`extract`, without the normalisation (to measure the clean signal's variance)."""
-    pad = np.pad(mic, MIC_BOX)
-    h = MIC_BOX // 2
-    lo = (MIC_BOX - BOX) // 2
-    out = []
-    for x, y in picks:
-        img = pad[y - h + MIC_BOX:y - h + 2 * MIC_BOX, x - h + MIC_BOX:x - h + 2 * MIC_BOX]
-        f = np.fft.fftshift(np.fft.fft2(img))[lo:lo + BOX, lo:lo + BOX]
-        out.append(np.real(np.fft.ifft2(np.fft.ifftshift(f))) / BIN**2)
-    return np.array(out)
 
 
 def _res(vol: np.ndarray, truth: np.ndarray, level: float) -> float:

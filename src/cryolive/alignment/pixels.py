@@ -62,6 +62,9 @@ def pixel_set(n: int, r_max: float) -> PixelSet:
 
 #: soft edge (pixels) of the circle a given particle diameter puts around the particle images (RELION's default)
 MASK_EDGE_PX = 5.0
+#: the help of the ``--particle-diameter`` parameter of refinement and classification (:func:`scoring_window`)
+PARTICLE_DIAMETER_HELP = ("mask diameter (Å): images are compared inside a soft circle of this diameter, as "
+                          "RELION's --particle_diameter (default: a window at 85-99 % of the box)")
 
 
 def scoring_window(n: int, pixel_size: float, diameter_A: float | None, inner: float = 0.85,

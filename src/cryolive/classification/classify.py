@@ -42,7 +42,7 @@ import numpy as np
 
 from cryolive.alignment.grid import GridProjections, project_grid
 from cryolive.alignment.noise import noise_image, shell_power
-from cryolive.alignment.pixels import PixelSet, pixel_set, scoring_window
+from cryolive.alignment.pixels import PARTICLE_DIAMETER_HELP, PixelSet, pixel_set, scoring_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import Candidates, SearchPlan, local_level, origin_range_px, search_poses
 from cryolive.backend import to_numpy, xp
@@ -131,9 +131,7 @@ class ClassifyParams:
     # RELION's --particle_diameter: images scored inside a soft circle of this diameter (see RefineParams)
     particle_diameter_A: float | None = param(None, gt=0, unit="Å", flag="--particle-diameter",
                                               label="Particle diameter",
-                                              help="mask diameter (Å): images are compared inside a soft circle "
-                                                   "of this diameter, as RELION's --particle_diameter (default: "
-                                                   "a window at 85-99 % of the box)")
+                                              help=PARTICLE_DIAMETER_HELP)
     batch_size: int = param(256, ge=1, flag="--batch-size", label="Batch size")
     seed: int = 0
 

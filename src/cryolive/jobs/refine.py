@@ -206,9 +206,10 @@ def _run(job: jobdir.JobFolder, stack: ParticleStack, ref: np.ndarray, mask: np.
     for warning in warnings:
         job.log(f"WARNING: {warning}")
     solvent = solvent_fsc(result.final.half_a, result.final.half_b, stack.pixel_size)
-    job.log(solvent.describe())
+    line = solvent.describe()
+    job.log(line)
     if solvent.shared:
-        warnings.append(solvent.describe().removeprefix("WARNING: "))
+        warnings.append(line.removeprefix("WARNING: "))
     job.file(jobdir.CHECKPOINT).unlink(missing_ok=True)
     job.log(f"finished in {time.perf_counter() - t0:.1f} s: {result.final.resolution_A:.2f} Å (GSFSC 0.143)")
     job.set_status("finished", iteration=result.final.iteration, resolution_A=result.final.resolution_A,

@@ -299,13 +299,17 @@ class _Context:
         t0 = time.perf_counter()
         idx = np.nonzero(self.names == name)[0]
         movie, gain = open_movie(self.paths[name]), self.movies.gain
-        patches, total = movie_patches(lambda f: apply_gain(movie.frame(f), gain), self.n_frames,
-                                       self.movie_xy[idx], self.movies.patch)
+
+        def frame_at(f: int) -> np.ndarray:
+            return apply_gain(movie.frame(f), gain)
+
+        patches, total = movie_patches(frame_at, self.n_frames, self.movie_xy[idx], self.movies.patch)
         t0 = self.tick("read_s", t0)
         ref_own = self.refs.project(self.stack, idx, self.origins[idx])
         ref_opp = self.refs.project(self.stack, idx, self.origins[idx], opposite=True)
         t0 = self.tick("references_s", t0)
-        fx, noise = self.transforms(patches)
+        fx = self.transforms(patches)
+        noise = noise_power(fx)
         t0 = self.tick("patches_s", t0)
         band = (self.radius <= self.cut) / noise
         wg = self.p.global_window_px
@@ -320,9 +324,8 @@ class _Context:
                 break
             base = base + drift
             offsets = np.rint(base / to_particle_px).astype(np.int64)  # movie px
-            patches, _ = movie_patches(lambda f: apply_gain(movie.frame(f), gain), self.n_frames,
-                                       self.movie_xy[idx], self.movies.patch, offsets)
-            fx, _ = self.transforms(patches)
+            patches, _ = movie_patches(frame_at, self.n_frames, self.movie_xy[idx], self.movies.patch, offsets)
+            fx = self.transforms(patches)
             fx = align_frames(fx, np.broadcast_to((base - offsets * to_particle_px)[None], (len(idx),) + base.shape))
         del patches
         t0 = self.tick("drift_s", t0)
@@ -340,13 +343,13 @@ class _Context:
         return _Mic(name, idx, pos, pos * self.movies.pixel.movie_A, fx, ref_own, ref_opp, noise,
                     rigid + base, binned.astype(np.float32), b, amplitude=amp)
 
-    def transforms(self, patches: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def transforms(self, patches: np.ndarray) -> np.ndarray:
         """Frame transforms ``(N, F, n, n//2+1)`` of patches ``(N, F, patch, patch)`` at the particle box ``n``
-        (Fourier-cropped when the movie's pixels are finer) and their noise power ``(n, n//2+1)``."""
+        (Fourier-cropped when the movie's pixels are finer)."""
         fx = patch_transforms(patches)
         if self.movies.patch != self.stack.box:  # movie pixels finer than the particles': crop to the particle box
             fx = fourier_crop(fx, self.movies.patch, self.stack.box)
-        return fx, noise_power(fx)
+        return fx
 
     def fit_weight(self, mic: _Mic, all_fcs: bool, dose: DoseModel | None) -> np.ndarray:
         """Likelihood weights ``(F or 1, n, n//2+1)``: band x damage amplitude / noise power."""

@@ -41,7 +41,7 @@ import numpy as np
 
 from cryolive.alignment.grid import project_grid
 from cryolive.alignment.noise import shell_power
-from cryolive.alignment.pixels import pixel_set, scoring_window
+from cryolive.alignment.pixels import PARTICLE_DIAMETER_HELP, pixel_set, scoring_window
 from cryolive.alignment.score import Scorer, score_poses
 from cryolive.alignment.search import origin_range_px
 from cryolive.backend import to_numpy, xp
@@ -122,9 +122,7 @@ class RefineParams:
     # neighbours and junk at the box's edge stay out of the comparison; None: the window below
     particle_diameter_A: float | None = param(None, gt=0, unit="Å", flag="--particle-diameter",
                                               label="Particle diameter",
-                                              help="mask diameter (Å): images are compared inside a soft circle "
-                                                   "of this diameter, as RELION's --particle_diameter (default: "
-                                                   "a window at 85-99 % of the box)")
+                                              help=PARTICLE_DIAMETER_HELP)
     bound_sigma: float = param(4.0, gt=0, label="Bound (sigma)")
     max_shift_px: float | None = param(None, ge=0, unit="px", flag="--max-shift", label="Maximum shift",
                                        help="shift search range (default: 10 % of the box)")
